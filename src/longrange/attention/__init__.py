@@ -1,0 +1,15 @@
+"""Attention mechanisms behind one protocol; `REGISTRY` maps a config `kind` to its class.
+
+Each mechanism registers itself here by an explicit import (no import magic).
+"""
+
+from longrange.attention.base import Attention, AttentionModule, AttentionOutput
+from longrange.attention.full import FullAttention
+from longrange.attention.xl import XLAttention
+
+REGISTRY: dict[str, type[AttentionModule]] = {
+    "full": FullAttention,
+    "xl": XLAttention,
+}
+
+__all__ = ["REGISTRY", "Attention", "AttentionModule", "AttentionOutput", "FullAttention", "XLAttention"]

@@ -1,0 +1,111 @@
+"""The attention protocol every mechanism implements, and helpers they share.
+
+Shape legend: B batch, T tokens of the current segment, M memory slots, D model width,
+H heads, E head width (D = H * E).
+
+Contract (see DESIGN.md):
+
+    forward(x (B, T, D), *, state, doc_start, pad_mask=None, carry=None) -> AttentionOutput
+
+- ``state`` is this layer's `LayerState` (None for stateless mechanisms). The model has already
+  cleared the rows in ``doc_start`` before calling; mechanisms must not reset again.
+- ``pad_mask`` (B, T) bool, True for real tokens (encoders, padded batches). None: all real.
+- ``carry`` is a tensor handed from one layer's attention to the next layer's (Luna's packed
+  sequence P); None for every other mechanism. Returned as ``AttentionOutput.carry``.
+- ``aux_loss`` is a scalar trained alongside the LM loss (the Compressive reconstruction loss).
+
+Constructors take plain keyword arguments: ``d_model, n_heads, dropout, causal, layer_index`` and
+the fields of the mechanism's config section (`longrange.config`). Mechanisms declare
+``stateful``, ``causal_only``, ``length_multiple`` and raise `ValueError` naming the setting to
+change when asked for something they cannot do.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from longrange.memory.state import LayerState
+
+
+class AttentionOutput(NamedTuple):
+    out: Tensor  # (B, T, D)
+    state: LayerState | None  # next state (None for stateless mechanisms)
+    aux_loss: Tensor | None = None  # scalar
+    carry: Tensor | None = None  # handed to the next layer's attention (Luna's P)
+
+
+class Attention(Protocol):
+    stateful: bool
+    causal_only: bool
+    length_multiple: int
+
+    def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> LayerState | None: ...
+
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        state: LayerState | None,
+        doc_start: Tensor | None,
+        pad_mask: Tensor | None = None,
+        carry: Tensor | None = None,
+    ) -> AttentionOutput: ...
+
+
+class AttentionModule(nn.Module):
+    """Defaults for the protocol's declarations; mechanisms override what differs."""
+
+    stateful = False
+    causal_only = False
+    length_multiple = 1
+
+    def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> LayerState | None:
+        return None
+
+    def check_input(self, x: Tensor, causal: bool) -> None:
+        """Refuse what this mechanism cannot do, saying which setting to change."""
+        name = type(self).__name__
+        if self.causal_only and not causal:
+            raise ValueError(f"{name} is causal only; use another attention kind for a bidirectional encoder")
+        if x.dim() != 3:
+            raise ValueError(f"{name} expects x of shape (batch, tokens, d_model), got {tuple(x.shape)}")
+
+
+def split_heads(x: Tensor, n_heads: int) -> Tensor:
+    """(B, T, H*E) -> (B, H, T, E)"""
+    b, t, d = x.shape
+    return x.view(b, t, n_heads, d // n_heads).transpose(1, 2)
+
+
+def merge_heads(x: Tensor) -> Tensor:
+    """(B, H, T, E) -> (B, T, H*E)"""
+    b, h, t, e = x.shape
+    return x.transpose(1, 2).reshape(b, t, h * e)
+
+
+def memory_causal_mask(valid: Tensor | None, n_mem: int, t: int, device: torch.device) -> Tensor:
+    """Boolean mask (B or 1, 1, T, M+T), True = may attend: every valid memory slot, causal within segment.
+
+    ``valid`` (B, M) bool marks memory slots that hold real states (False after a document reset).
+    """
+    causal = torch.ones(t, t, dtype=torch.bool, device=device).tril()
+    if n_mem == 0:
+        return causal.view(1, 1, t, t)
+    mem = torch.ones(1, 1, t, n_mem, dtype=torch.bool, device=device)
+    if valid is not None:
+        mem = valid[:, None, None, :].expand(-1, 1, t, n_mem)
+    return torch.cat([mem, causal.view(1, 1, t, t).expand(mem.shape[0], 1, t, t)], dim=-1)
+
+
+def fifo_append(memory: Tensor, valid: Tensor, new: Tensor, capacity: int) -> tuple[Tensor, Tensor]:
+    """Append `new` (B, T, ...) to a FIFO `memory` (B, M, ...) keeping the newest `capacity` slots.
+
+    Returns (memory, valid) with ``valid`` (B, capacity) bool. Slots are ordered oldest first.
+    """
+    merged = torch.cat([memory, new], dim=1)[:, -capacity:] if capacity > 0 else memory[:, :0]
+    ones = torch.ones(new.shape[:2], dtype=torch.bool, device=new.device)
+    merged_valid = torch.cat([valid, ones], dim=1)[:, -capacity:] if capacity > 0 else valid[:, :0]
+    return merged, merged_valid

@@ -1,0 +1,343 @@
+"""Configuration dataclasses, presets by name, YAML load/save.
+
+`ModelConfig` holds the shared sizes plus one small config per mechanism. Which mechanism each
+layer uses is the per-layer list `ModelConfig.layers` of registry kinds (``"full"``, ``"xl"``,
+``"lsh"``, ...). Only `longrange.model.build.build_model` reads a `ModelConfig`; modules take plain
+arguments. Every value is a plain Python type (``Literal`` strings, ints, floats, lists) so a
+config round-trips through YAML and is saved beside every checkpoint.
+
+A config error is a `ConfigError` (a `ValueError`) that names the bad key and the allowed values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import yaml
+
+AttentionKind = Literal["full", "xl", "lsh", "local", "luna", "compressive", "knn"]
+ATTENTION_KINDS: tuple[str, ...] = get_args(AttentionKind)
+STATEFUL_KINDS = ("xl", "compressive", "knn")  # segment recurrence: memory carried across segments
+
+
+class ConfigError(ValueError):
+    """A configuration key or value that cannot be used; the message names the key and the choices."""
+
+
+def _check_choice(key: str, value: Any, choices: tuple) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key}={value!r} is not allowed; choose one of {list(choices)}")
+
+
+def _check_positive(key: str, value: int | float, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"{key}={value!r} must be {'>= 0' if allow_zero else '> 0'}")
+
+
+# --------------------------------------------------------------------------- mechanism configs
+
+
+@dataclass
+class FullConfig:
+    """Exact softmax attention (SDPA): the baseline and the test oracle."""
+
+    rotary: bool = True  # rotary position embedding on q/k (positions restart every segment)
+
+
+@dataclass
+class XLConfig:
+    """Transformer-XL segment recurrence (Dai et al. 2019)."""
+
+    mem_len: int = 256  # hidden states of the previous segments each layer attends to
+
+
+@dataclass
+class LSHConfig:
+    """Reformer angular-LSH attention (Kitaev et al. 2020)."""
+
+    n_hashes: int = 4  # hash rounds; more rounds approach full attention
+    bucket_size: int = 64  # chunk length after sorting by bucket
+    n_buckets: int | None = None  # None: 2 * padded_length / bucket_size, as in the paper
+    chunks_before: int = 1  # each chunk also attends to this many previous chunks
+    chunks_after: int = 0  # ... and to this many following chunks (bidirectional only)
+    dedup: bool = True  # paper's correction for a pair attended in several rounds
+    hash_seed: int | None = None  # fixed rotations (evaluation, tests, HF interop); None: fresh per call
+
+
+@dataclass
+class LocalConfig:
+    """Chunked local attention, interleaved with LSH layers in the Reformer."""
+
+    chunk_len: int = 64
+    chunks_before: int = 1
+    chunks_after: int = 0
+
+
+@dataclass
+class LunaConfig:
+    """Luna: linear unified nested attention (Ma et al. 2021)."""
+
+    proj_len: int = 16  # l, length of the extra sequence P
+    activation: Literal["elu", "softplus"] = "elu"  # non-negative pack weights of the causal form
+    share_projections: bool = False  # share pack/unpack projections (paper's parameter budget)
+    chunk_len: int = 128  # block length of the chunked prefix sums (memory/speed trade-off)
+
+
+@dataclass
+class CompressiveConfig:
+    """Compressive Transformer (Rae et al. 2020): XL memory plus compressed memory."""
+
+    mem_len: int = 128  # n_m
+    cmem_len: int = 128  # n_cm, compressed slots
+    rate: int = 4  # c
+    compression: Literal["max", "mean", "conv", "dilated_conv", "most_used"] = "conv"
+    loss: Literal["attention", "autoencoding"] = "attention"
+    loss_weight: float = 1.0
+
+
+@dataclass
+class KNNConfig:
+    """Memorizing Transformer (Wu et al. 2022): external kNN memory at the `knn` layers."""
+
+    memory_size: int = 2048  # M, entries per batch row (FIFO)
+    topk: int = 32
+    backend: Literal["exact", "faiss-flat", "faiss-hnsw", "faiss-ivf"] = "exact"
+    mem_len: int = 256  # XL cache of the local attention in a kNN layer
+
+
+# --------------------------------------------------------------------------- model config
+
+_SECTIONS: dict[str, type] = {
+    "full": FullConfig,
+    "xl": XLConfig,
+    "lsh": LSHConfig,
+    "local": LocalConfig,
+    "luna": LunaConfig,
+    "compressive": CompressiveConfig,
+    "knn": KNNConfig,
+}
+
+
+@dataclass
+class ModelConfig:
+    """A language model: embeddings -> blocks (one attention kind per layer) -> head."""
+
+    name: str = "custom"
+    vocab_size: int = 256  # bytes by default
+    d_model: int = 256
+    n_heads: int = 4
+    d_ff: int | None = None  # None: 4 * d_model
+    layers: list[str] = field(default_factory=lambda: ["full"] * 4)  # attention kind per layer
+    segment_len: int = 256  # tokens per forward in training / evaluation
+    dropout: float = 0.0
+    positions: Literal["none", "sinusoidal", "learned", "axial"] = "none"  # absolute, added to embeddings
+    max_len: int = 65536  # longest sequence an absolute position table covers
+    axial_shape: list[int] | None = None  # factorisation of max_len for axial positions
+    reversible: bool = False  # reversible residual blocks (Reformer)
+    ff_chunks: int = 1  # feed-forward applied in this many chunks along time
+    head_chunks: int = 1  # LM head + loss applied in this many chunks along time
+    tie_embeddings: bool = False
+    full: FullConfig = field(default_factory=FullConfig)
+    xl: XLConfig = field(default_factory=XLConfig)
+    lsh: LSHConfig = field(default_factory=LSHConfig)
+    local: LocalConfig = field(default_factory=LocalConfig)
+    luna: LunaConfig = field(default_factory=LunaConfig)
+    compressive: CompressiveConfig = field(default_factory=CompressiveConfig)
+    knn: KNNConfig = field(default_factory=KNNConfig)
+
+    def __post_init__(self) -> None:
+        for key, cls in _SECTIONS.items():  # accept plain dicts (YAML) for the sections
+            value = getattr(self, key)
+            if isinstance(value, dict):
+                setattr(self, key, _from_dict(cls, value, prefix=f"{key}."))
+        if self.d_ff is None:
+            self.d_ff = 4 * self.d_model
+        for i, kind in enumerate(self.layers):
+            _check_choice(f"layers[{i}]", kind, ATTENTION_KINDS)
+        if not self.layers:
+            raise ConfigError("layers must name at least one attention kind")
+        for key in ("vocab_size", "d_model", "n_heads", "d_ff", "segment_len", "ff_chunks", "head_chunks"):
+            _check_positive(key, getattr(self, key))
+        if self.d_model % self.n_heads:
+            raise ConfigError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout={self.dropout} must be in [0, 1)")
+        _check_literals(self)
+        if self.positions == "axial":
+            if not self.axial_shape or _prod(self.axial_shape) < self.max_len:
+                raise ConfigError(
+                    f"axial_shape={self.axial_shape} must multiply to at least max_len={self.max_len}"
+                )
+        for key, cls in _SECTIONS.items():
+            _check_literals(getattr(self, key), prefix=f"{key}.")
+
+    # derived ------------------------------------------------------------------
+    @property
+    def n_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def d_head(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def stateful(self) -> bool:
+        """True when some layer carries memory across segments."""
+        return any(kind in STATEFUL_KINDS for kind in self.layers)
+
+    # presets / files ----------------------------------------------------------
+    @classmethod
+    def from_name(cls, name: str, **overrides: Any) -> ModelConfig:
+        if name not in PRESETS:
+            raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        cfg = cls.from_dict({**PRESETS[name], "name": name})
+        return cfg.replace(**overrides) if overrides else cfg
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        return _from_dict(cls, data)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> ModelConfig:
+        data = _read_yaml(path)
+        data = data.get("model", data)  # accept a run config with a `model:` section
+        if "preset" in data:
+            preset = data.pop("preset")
+            return cls.from_name(preset).replace(**data)
+        return cls.from_dict(data)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict; sections of mechanisms that no layer uses are left out to keep files short."""
+        data = dataclasses.asdict(self)
+        used = set(self.layers)
+        for key in _SECTIONS:
+            if key not in used:
+                data.pop(key)
+        return data
+
+    def to_file(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    def replace(self, **overrides: Any) -> ModelConfig:
+        """A copy with some keys changed; dotted keys (``"knn.memory_size"``) reach into a section."""
+        data = dataclasses.asdict(self)
+        for key, value in overrides.items():
+            _set_dotted(data, key, value)
+        return ModelConfig.from_dict(data)
+
+
+def _prod(xs: list[int]) -> int:
+    out = 1
+    for x in xs:
+        out *= x
+    return out
+
+
+def _set_dotted(data: dict, key: str, value: Any) -> None:
+    head, _, rest = key.partition(".")
+    if head not in data:
+        raise ConfigError(f"unknown key {key!r}; allowed keys: {sorted(data)}")
+    if rest:
+        if not isinstance(data[head], dict):
+            raise ConfigError(f"{head!r} has no sub-keys (got {key!r})")
+        _set_dotted(data[head], rest, value)
+    elif isinstance(data[head], dict) and isinstance(value, dict):
+        for sub_key, sub_value in value.items():
+            _set_dotted(data[head], sub_key, sub_value)
+    else:
+        data[head] = value
+
+
+def _from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'} must be a mapping, got {type(data).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown key {prefix}{unknown[0]!r}; allowed keys: {sorted(names)}")
+    return cls(**data)
+
+
+def _check_literals(obj: Any, prefix: str = "") -> None:
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        hint = hints[f.name]
+        if typing.get_origin(hint) is Literal:
+            _check_choice(prefix + f.name, getattr(obj, f.name), get_args(hint))
+        elif hint is int and not isinstance(getattr(obj, f.name), int):
+            raise ConfigError(f"{prefix}{f.name}={getattr(obj, f.name)!r} must be an integer")
+
+
+def _read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys to values")
+    return data
+
+
+# --------------------------------------------------------------------------- presets
+
+# Sizes: tiny = tests (seconds), small = CPU minutes, base = GPU.
+_SIZES: dict[str, dict[str, Any]] = {
+    "tiny": {"d_model": 64, "n_heads": 2, "n_layers": 2, "segment_len": 64},
+    "small": {"d_model": 256, "n_heads": 4, "n_layers": 4, "segment_len": 256},
+    "base": {"d_model": 512, "n_heads": 8, "n_layers": 12, "segment_len": 512},
+}
+
+
+def _preset(kind_of_layer: Any, size: str, **extra: Any) -> dict[str, Any]:
+    s = dict(_SIZES[size])
+    n_layers = s.pop("n_layers")
+    layers = [kind_of_layer(i, n_layers) for i in range(n_layers)]
+    return {**s, "layers": layers, **extra}
+
+
+def _memorizing_layers(i: int, n: int) -> str:
+    # paper: kNN memory at layer 9 of 12, i.e. three quarters of the way up
+    return "knn" if i == max(min(1, n - 1), (3 * n) // 4 - 1) else "xl"
+
+
+PRESETS: dict[str, dict[str, Any]] = {}
+for _size in _SIZES:
+    _seg = _SIZES[_size]["segment_len"]
+    PRESETS[f"transformer-{_size}"] = _preset(lambda i, n: "full", _size)
+    PRESETS[f"transformer-xl-{_size}"] = _preset(lambda i, n: "xl", _size, xl={"mem_len": _seg})
+    PRESETS[f"memorizing-{_size}"] = _preset(
+        _memorizing_layers,
+        _size,
+        xl={"mem_len": _seg},
+        knn={"mem_len": _seg, "memory_size": {"tiny": 1024, "small": 8192, "base": 65536}[_size]},
+    )
+    PRESETS[f"compressive-{_size}"] = _preset(
+        lambda i, n: "compressive",
+        _size,
+        compressive={"mem_len": _seg // 2, "cmem_len": _seg // 2, "rate": 4},
+    )
+    PRESETS[f"luna-{_size}"] = _preset(
+        lambda i, n: "luna", _size, positions="sinusoidal", luna={"proj_len": 16 if _size != "base" else 128}
+    )
+    PRESETS[f"reformer-{_size}"] = _preset(
+        lambda i, n: "lsh" if i % 2 else "local",
+        _size,
+        segment_len=_seg * 16,
+        positions="axial",
+        max_len=65536,
+        axial_shape=[256, 256],
+        reversible=True,
+        lsh={"n_hashes": 4 if _size != "tiny" else 2, "bucket_size": 64 if _size != "tiny" else 16},
+        local={"chunk_len": 64 if _size != "tiny" else 16},
+    )
+
+
+def preset_names() -> list[str]:
+    return sorted(PRESETS)

@@ -1,0 +1,84 @@
+"""Explicit state carried across segments: `LayerState` per layer, `ModelState` for the model.
+
+Memories are never hidden module buffers. A mechanism's `init_state` returns a `LayerState` whose
+tensors are all *batch first* (B, ...), so three operations work for every mechanism without
+knowing what the tensors mean:
+
+- ``detach()``: truncated backpropagation between segments (the trainer calls it);
+- ``reset(where)``: zero the rows ``where`` (B,) bool. Mechanisms keep validity masks (bool,
+  True = slot holds a real memory) and counters beside their tensors, so zeroing a row is exactly
+  "this row's memory is empty";
+- ``to(device)``.
+
+An external, non-differentiable store (the kNN memory) rides along as ``store``; it must offer
+``reset(rows: BoolTensor (B,))`` and may offer ``to(device)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class LayerState:
+    tensors: dict[str, Tensor] = field(default_factory=dict)  # every tensor batch-first (B, ...)
+    store: Any = None  # external store (KNNMemory) with reset(rows) / to(device)
+
+    def __getitem__(self, key: str) -> Tensor:
+        return self.tensors[key]
+
+    def replace(self, **tensors: Tensor) -> LayerState:
+        """A new state with some tensors replaced (the store object is shared)."""
+        return LayerState({**self.tensors, **tensors}, self.store)
+
+    def detach(self) -> LayerState:
+        return LayerState({k: v.detach() for k, v in self.tensors.items()}, self.store)
+
+    def reset(self, where: Tensor | None) -> LayerState:
+        """Clear the rows `where` (B,) bool; out of place for the tensors (autograd-safe)."""
+        if where is None or not bool(where.any()):
+            return self
+        tensors = {}
+        for key, value in self.tensors.items():
+            keep = ~where.view(-1, *([1] * (value.dim() - 1)))
+            tensors[key] = value * keep if value.dtype != torch.bool else value & keep
+        if self.store is not None:
+            self.store.reset(where)
+        return LayerState(tensors, self.store)
+
+    def to(self, device: torch.device | str) -> LayerState:
+        if self.store is not None and hasattr(self.store, "to"):
+            self.store.to(device)
+        return LayerState({k: v.to(device) for k, v in self.tensors.items()}, self.store)
+
+
+@dataclass
+class ModelState:
+    """The state of a whole model: one entry per layer (None for stateless layers).
+
+    ``pos`` (B,) int64 counts the tokens already seen in each row's current document; absolute
+    position embeddings and streaming generation use it as the offset of the next token.
+    """
+
+    layers: list[LayerState | None]
+    pos: Tensor
+
+    @property
+    def batch_size(self) -> int:
+        return self.pos.shape[0]
+
+    def detach(self) -> ModelState:
+        return ModelState([s.detach() if s is not None else None for s in self.layers], self.pos.detach())
+
+    def reset(self, where: Tensor | None) -> ModelState:
+        if where is None or not bool(where.any()):
+            return self
+        layers = [s.reset(where) if s is not None else None for s in self.layers]
+        return ModelState(layers, self.pos.masked_fill(where, 0))
+
+    def to(self, device: torch.device | str) -> ModelState:
+        return ModelState([s.to(device) if s is not None else None for s in self.layers], self.pos.to(device))

@@ -1,0 +1,89 @@
+"""Save and load models: safetensors weights + `config.yaml` in one directory.
+
+Weights are read with safetensors only, so loading a checkpoint from an untrusted source never
+runs code. A directory may be a run directory (we then use its ``checkpoint/``) or a checkpoint.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_model
+
+from longrange.config import ModelConfig
+from longrange.model.build import build_model
+from longrange.model.lm import LongRangeLM
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.yaml"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, truncated, corrupt or does not fit the model."""
+
+
+def checkpoint_dir(path: str | Path) -> Path:
+    """The directory holding weights + config: `path` itself, or its ``checkpoint/`` subdirectory."""
+    path = Path(path)
+    for candidate in (path, path / "checkpoint"):
+        if (candidate / WEIGHTS).is_file() and (candidate / CONFIG).is_file():
+            return candidate
+    raise CheckpointError(f"{str(path)!r} holds no checkpoint ({WEIGHTS} + {CONFIG}); train one first")
+
+
+def save(model: LongRangeLM, path: str | Path) -> Path:
+    """Write ``model.safetensors`` and ``config.yaml`` into directory `path` (created if needed)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model.config.to_file(path / CONFIG)
+    save_model(model, str(path / WEIGHTS))
+    return path
+
+
+def load_config(path: str | Path) -> ModelConfig:
+    return ModelConfig.from_file(checkpoint_dir(path) / CONFIG)
+
+
+def load_weights(model: LongRangeLM, path: str | Path, strict: bool = True) -> list[str]:
+    """Load safetensors weights into `model`; returns the names of model tensors the file lacked.
+
+    With ``strict=False`` tensors missing from the file keep their fresh initialisation (used to
+    start a memorizing model from a transformer-xl checkpoint); unexpected or mis-shaped ones are
+    always an error.
+    """
+    file = Path(path)
+    if file.is_dir():
+        file = checkpoint_dir(file) / WEIGHTS
+    try:
+        tensors = load_file(str(file))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"cannot read weights {str(file)!r} (truncated or corrupt?): {err}") from err
+    own = model.state_dict()
+    unexpected = sorted(set(tensors) - set(own))
+    mismatched = [k for k in tensors if k in own and tensors[k].shape != own[k].shape]
+    missing = sorted(k for k in set(own) - set(tensors) if not _is_tied_alias(model, k))
+    if unexpected or mismatched or (strict and missing):
+        raise CheckpointError(
+            f"weights {str(file)!r} do not fit this model: unexpected={unexpected[:5]} "
+            f"shape mismatch={[(k, tuple(tensors[k].shape), tuple(own[k].shape)) for k in mismatched[:5]]} "
+            f"missing={missing[:5]}; was it saved from a different config?"
+        )
+    model.load_state_dict(tensors, strict=False)
+    return missing
+
+
+def _is_tied_alias(model: LongRangeLM, key: str) -> bool:
+    return key == "head.weight" and model.head.weight is model.embed.weight
+
+
+def load(path: str | Path, **overrides: Any) -> LongRangeLM:
+    """Build the model saved in `path` (config + weights). `overrides` change config keys that
+    do not affect weights, e.g. ``load(run, **{"knn.memory_size": 8192})``."""
+    cfg = load_config(path)
+    if overrides:
+        cfg = cfg.replace(**overrides)
+    model = build_model(cfg)
+    load_weights(model, path)
+    return model

@@ -1,0 +1,142 @@
+"""`LongRangeLM`: token embeddings -> blocks (one attention kind per layer) -> LM head.
+
+Shape legend: B batch, T tokens, D model width, V vocabulary.
+
+    out = model(tokens (B, T), state=state, doc_start=doc_start (B,) bool, targets=None)
+    out.logits (B, T, V), out.state (ModelState), out.aux_loss (scalar or None), out.loss (if targets)
+
+The state is explicit: pass the returned state into the next segment's call. At the start of a
+call the rows in `doc_start` are cleared (every layer's memory, the kNN store rows, the position
+counter), so a new document never sees its predecessor.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from longrange.memory.state import ModelState
+from longrange.model.blocks import Block
+from longrange.model.feedforward import apply_chunked
+
+IGNORE_INDEX = -100  # targets with this value (padding) count in no loss
+
+
+class LMOutput(NamedTuple):
+    logits: Tensor | None  # (B, T, V); None when the head ran chunked inside the loss
+    state: ModelState
+    aux_loss: Tensor | None  # sum of the layers' auxiliary losses
+    aux_losses: dict[str, Tensor]  # per layer, e.g. {"layer3/compression": ...}, for logging
+    loss: Tensor | None = None  # mean cross-entropy over targets != IGNORE_INDEX
+
+
+class LongRangeLM(nn.Module):
+    def __init__(
+        self,
+        blocks: list[Block],
+        vocab_size: int,
+        d_model: int,
+        dropout: float = 0.0,
+        positions: nn.Module | None = None,
+        head_chunks: int = 1,
+        tie_embeddings: bool = False,
+        config=None,
+    ):
+        super().__init__()
+        self.config = config  # the ModelConfig it was built from (saved beside checkpoints)
+        self.embed = nn.Embedding(vocab_size, d_model)
+        self.positions = positions
+        self.blocks = nn.ModuleList(blocks)
+        self.norm = nn.LayerNorm(d_model)
+        self.head = nn.Linear(d_model, vocab_size, bias=False)
+        if tie_embeddings:
+            self.head.weight = self.embed.weight
+        self.dropout, self.head_chunks = dropout, head_chunks
+        self.apply(_init_weights)
+
+    # ------------------------------------------------------------------ state
+    def init_state(self, batch_size: int, device: torch.device | str | None = None) -> ModelState:
+        """Empty memories for `batch_size` rows."""
+        device = torch.device(device) if device is not None else self.embed.weight.device
+        dtype = self.embed.weight.dtype
+        layers = [b.attention.init_state(batch_size, device, dtype) for b in self.blocks]
+        return ModelState(layers, torch.zeros(batch_size, dtype=torch.long, device=device))
+
+    @property
+    def stateful(self) -> bool:
+        return any(b.attention.stateful for b in self.blocks)
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        tokens: Tensor,
+        state: ModelState | None = None,
+        doc_start: Tensor | None = None,
+        targets: Tensor | None = None,
+        pad_mask: Tensor | None = None,
+    ) -> LMOutput:
+        if tokens.dim() != 2:
+            raise ValueError(f"tokens must be (batch, time) int64, got shape {tuple(tokens.shape)}")
+        b, t = tokens.shape
+        if state is None:
+            state = self.init_state(b, tokens.device)
+        elif state.batch_size != b:
+            raise ValueError(f"state is for batch size {state.batch_size}, tokens have batch size {b}")
+        state = state.reset(doc_start)
+
+        h = self.embed(tokens)  # (B, T, D)
+        if self.positions is not None:
+            h = h + self.positions(state.pos[:, None] + torch.arange(t, device=tokens.device)).to(h.dtype)
+        h = F.dropout(h, self.dropout, self.training)
+        h, layer_states, aux_losses = self.run_blocks(h, state, doc_start, pad_mask)
+        h = self.norm(h)
+
+        n_real = pad_mask.sum(1) if pad_mask is not None else torch.full_like(state.pos, t)
+        new_state = ModelState(layer_states, state.pos + n_real)
+        aux_loss = torch.stack(list(aux_losses.values())).sum() if aux_losses else None
+        if targets is None:
+            return LMOutput(self.head(h), new_state, aux_loss, aux_losses)
+        if self.head_chunks > 1:  # bound the (B, T, V) logits to one chunk at a time
+            loss_sum = apply_chunked(self._loss_sum, self.head_chunks, 1, h, targets).sum()
+            loss = loss_sum / (targets != IGNORE_INDEX).sum().clamp(min=1)
+            return LMOutput(None, new_state, aux_loss, aux_losses, loss)
+        logits = self.head(h)
+        return LMOutput(logits, new_state, aux_loss, aux_losses, lm_loss(logits, targets))
+
+    def run_blocks(
+        self, h: Tensor, state: ModelState, doc_start: Tensor | None, pad_mask: Tensor | None
+    ) -> tuple[Tensor, list, dict[str, Tensor]]:
+        """Run every block, threading each layer's state and the attention carry (Luna's P)."""
+        layer_states, aux_losses, carry = [], {}, None
+        for i, (block, layer_state) in enumerate(zip(self.blocks, state.layers, strict=True)):
+            h, a = block(h, state=layer_state, doc_start=doc_start, pad_mask=pad_mask, carry=carry)
+            layer_states.append(a.state)
+            carry = a.carry
+            if a.aux_loss is not None:
+                aux_losses[f"layer{i}/{type(block.attention).__name__}"] = a.aux_loss
+        return h, layer_states, aux_losses
+
+    def _loss_sum(self, h: Tensor, targets: Tensor) -> Tensor:
+        logits = self.head(h)
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+        return loss.view(1, 1)  # concatenable along dim 1
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def lm_loss(logits: Tensor, targets: Tensor) -> Tensor:
+    """Mean cross-entropy (nats) over targets != IGNORE_INDEX; logits (B, T, V), targets (B, T)."""
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX)
+
+
+def _init_weights(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, std=0.02)
