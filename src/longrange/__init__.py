@@ -1,10 +1,10 @@
 """longrange: long-range sequence modelling in PyTorch.
 
-    import longrange as lr
-    cfg = lr.ModelConfig.from_name("transformer-xl-tiny")
-    model = lr.build_model(cfg)
-    state = model.init_state(batch_size=2)
-    out = model(tokens, state=state, doc_start=doc_start)
+import longrange as lr
+cfg = lr.ModelConfig.from_name("transformer-xl-tiny")
+model = lr.build_model(cfg)
+state = model.init_state(batch_size=2)
+out = model(tokens, state=state, doc_start=doc_start)
 """
 
 from longrange.config import ConfigError, ModelConfig, preset_names

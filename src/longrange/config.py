@@ -172,7 +172,7 @@ class ModelConfig:
                 raise ConfigError(
                     f"axial_shape={self.axial_shape} must multiply to at least max_len={self.max_len}"
                 )
-        for key, cls in _SECTIONS.items():
+        for key in _SECTIONS:
             _check_literals(getattr(self, key), prefix=f"{key}.")
 
     # derived ------------------------------------------------------------------

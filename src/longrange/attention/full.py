@@ -15,7 +15,9 @@ from longrange.model.positions import apply_rotary, rotary_tables
 
 
 class FullAttention(AttentionModule):
-    def __init__(self, d_model: int, n_heads: int, dropout: float, causal: bool, layer_index: int, rotary: bool):
+    def __init__(
+        self, d_model: int, n_heads: int, dropout: float, causal: bool, layer_index: int, rotary: bool
+    ):
         super().__init__()
         self.n_heads, self.causal, self.dropout, self.rotary = n_heads, causal, dropout, rotary
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
@@ -33,7 +35,11 @@ class FullAttention(AttentionModule):
             if self.causal:
                 mask = mask & torch.ones(x.shape[1], x.shape[1], dtype=torch.bool, device=x.device).tril()
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=self.causal and mask is None,
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            is_causal=self.causal and mask is None,
             dropout_p=self.dropout if self.training else 0.0,
         )
         return AttentionOutput(self.out(merge_heads(y)), None)

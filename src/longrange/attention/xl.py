@@ -71,11 +71,19 @@ class XLAttention(AttentionModule):
     stateful = True
     causal_only = True
 
-    def __init__(self, d_model: int, n_heads: int, dropout: float, causal: bool, layer_index: int, mem_len: int):
+    def __init__(
+        self, d_model: int, n_heads: int, dropout: float, causal: bool, layer_index: int, mem_len: int
+    ):
         super().__init__()
         if mem_len < 0:
             raise ValueError(f"xl.mem_len={mem_len} must be >= 0")
-        self.n_heads, self.causal, self.dropout, self.mem_len, self.d_model = n_heads, causal, dropout, mem_len, d_model
+        self.n_heads, self.causal, self.dropout, self.mem_len, self.d_model = (
+            n_heads,
+            causal,
+            dropout,
+            mem_len,
+            d_model,
+        )
         self.q = nn.Linear(d_model, d_model, bias=False)
         self.kv = nn.Linear(d_model, 2 * d_model, bias=False)
         self.out = nn.Linear(d_model, d_model, bias=False)
@@ -85,7 +93,9 @@ class XLAttention(AttentionModule):
     def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> LayerState:
         return LayerState(
             {
-                "mem": torch.zeros(batch_size, self.mem_len, self.d_model, device=device, dtype=dtype),  # (B, M, D)
+                "mem": torch.zeros(
+                    batch_size, self.mem_len, self.d_model, device=device, dtype=dtype
+                ),  # (B, M, D)
                 "valid": torch.zeros(batch_size, self.mem_len, dtype=torch.bool, device=device),  # (B, M)
             }
         )

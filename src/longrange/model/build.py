@@ -18,7 +18,12 @@ def build_attention(cfg: ModelConfig, kind: str, layer_index: int, causal: bool 
         raise ConfigError(f"attention kind {kind!r} is not available; registered kinds: {sorted(REGISTRY)}")
     section = dataclasses.asdict(getattr(cfg, kind))
     return REGISTRY[kind](
-        d_model=cfg.d_model, n_heads=cfg.n_heads, dropout=cfg.dropout, causal=causal, layer_index=layer_index, **section
+        d_model=cfg.d_model,
+        n_heads=cfg.n_heads,
+        dropout=cfg.dropout,
+        causal=causal,
+        layer_index=layer_index,
+        **section,
     )
 
 

@@ -121,7 +121,9 @@ class LongRangeLM(nn.Module):
 
     def _loss_sum(self, h: Tensor, targets: Tensor) -> Tensor:
         logits = self.head(h)
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+        loss = F.cross_entropy(
+            logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+        )
         return loss.view(1, 1)  # concatenable along dim 1
 
     def num_parameters(self) -> int:

@@ -15,7 +15,9 @@ from torch import Tensor, nn
 def sinusoid(positions: Tensor, dim: int) -> Tensor:
     """Sinusoidal encodings (Vaswani et al.) of float/int `positions` (...,) -> (..., dim)."""
     half = dim // 2
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=positions.device, dtype=torch.float32) / half)
+    freqs = torch.exp(
+        -math.log(10000.0) * torch.arange(half, device=positions.device, dtype=torch.float32) / half
+    )
     angles = positions.float()[..., None] * freqs
     return torch.cat([angles.sin(), angles.cos()], dim=-1)
 
