@@ -36,7 +36,7 @@ class AbsolutePositions(nn.Module):
         """positions (B, T) int64 -> (B, T, D)"""
         if int(positions.max()) >= self.max_len and self.kind != "sinusoidal":
             raise ValueError(
-                f"position {int(positions.max())} is beyond max_len={self.max_len}; raise max_len in the config"
+                f"position {int(positions.max())} is beyond max_len={self.max_len}; raise max_len"
             )
         if self.kind == "sinusoidal":
             return sinusoid(positions, self.d_model)
