@@ -1,0 +1,50 @@
+"""`longrange <command>`: a name -> command table.
+
+Each command is a module in `longrange.commands` with ``add_arguments(parser)`` and
+``run(args) -> int``; its docstring's first line is the one-line help. Printing happens here and in
+the commands, never in the library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from types import ModuleType
+
+from longrange.commands import presets
+
+COMMANDS: dict[str, ModuleType] = {
+    "presets": presets,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="longrange",
+        description="Train, evaluate, compare and sample from long-context Transformers.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, module in COMMANDS.items():
+        doc = (module.__doc__ or name).strip()
+        p = sub.add_parser(
+            name, help=doc.splitlines()[0], description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    try:
+        return int(args._run(args) or 0)
+    except (ValueError, FileNotFoundError) as err:  # ConfigError, CheckpointError, bad data: one clear line
+        print(f"longrange {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
