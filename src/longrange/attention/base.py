@@ -16,7 +16,7 @@ Contract (see DESIGN.md):
 
 Constructors take plain keyword arguments: ``d_model, n_heads, dropout, causal, layer_index`` and
 the fields of the mechanism's config section (`longrange.config`). Mechanisms declare
-``stateful``, ``causal_only``, ``length_multiple`` and raise `ValueError` naming the setting to
+``stateful``, ``decode_cache``, ``causal_only``, ``length_multiple`` and raise `ValueError` naming the setting to
 change when asked for something they cannot do.
 """
 
@@ -39,6 +39,7 @@ class AttentionOutput(NamedTuple):
 
 class Attention(Protocol):
     stateful: bool
+    decode_cache: bool
     causal_only: bool
     length_multiple: int
 
@@ -58,7 +59,8 @@ class Attention(Protocol):
 class AttentionModule(nn.Module):
     """Defaults for the protocol's declarations; mechanisms override what differs."""
 
-    stateful = False
+    stateful = False  # carries memory across training segments (XL, Compressive, kNN)
+    decode_cache = False  # its state is only a cache for streaming generation (LSH/local, Luna)
     causal_only = False
     length_multiple = 1
 
