@@ -1,0 +1,139 @@
+"""Corpora as documents, with a deterministic train/valid/test split by document.
+
+`load_corpus(spec)` accepts:
+- ``None`` or ``"stdlib"``: the built-in default, the Python standard library source of the
+  running interpreter. Each package directory (``asyncio/``, ``email/``, ...) becomes ONE long
+  document (its ``.py`` files sorted by path, each preceded by a ``# file: path`` line), a
+  code-repository corpus; top-level modules are one document each. Test suites are left out.
+  The manifest records the Python version and a sha256 of the document list so runs compare.
+- a directory: every text file under it (recursively, sorted) is one document;
+- a ``.jsonl`` file: one document per line, from the field ``text``;
+- any other file: one text file, documents separated by form feeds (``\\f``) if any, else one document.
+
+Text must be UTF-8; a file that does not decode is an error naming the file (we never guess).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sys
+import sysconfig
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "valid", "test")
+_STDLIB_SKIP = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__", "lib2to3"}
+
+
+@dataclass
+class Corpus:
+    name: str
+    documents: list[bytes]
+    manifest: dict = field(default_factory=dict)
+    valid_fraction: float = 0.05
+    test_fraction: float = 0.05
+    seed: int = 0
+
+    def split(self, name: str) -> list[bytes]:
+        """Documents of split `name` ("train", "valid" or "test"); deterministic, disjoint."""
+        if name not in SPLITS:
+            raise ValueError(f"split {name!r} is not one of {list(SPLITS)}")
+        return [self.documents[i] for i in self.split_indices()[name]]
+
+    def split_indices(self) -> dict[str, list[int]]:
+        """Rank documents by a hash of (seed, content) so the split ignores file order."""
+        n = len(self.documents)
+        order = sorted(range(n), key=lambda i: hashlib.sha256(b"%d:" % self.seed + self.documents[i]).digest())
+        n_valid = max(1, round(n * self.valid_fraction)) if n >= 3 else 0
+        n_test = max(1, round(n * self.test_fraction)) if n >= 3 else 0
+        return {
+            "valid": sorted(order[:n_valid]),
+            "test": sorted(order[n_valid : n_valid + n_test]),
+            "train": sorted(order[n_valid + n_test :]),
+        }
+
+    @property
+    def num_bytes(self) -> int:
+        return sum(len(d) for d in self.documents)
+
+
+def load_corpus(spec: str | Path | None = None, text_field: str = "text") -> Corpus:
+    """Load the corpus named by `spec` (see module docstring); raises ValueError when it is empty."""
+    if spec is None or str(spec) == "stdlib":
+        corpus = stdlib_corpus()
+    else:
+        path = Path(spec)
+        if not path.exists():
+            raise ValueError(f"corpus {str(spec)!r} does not exist (give a directory, a text/.jsonl file or 'stdlib')")
+        if path.is_dir():
+            corpus = Corpus(path.name, _directory_documents(path))
+        elif path.suffix == ".jsonl":
+            corpus = Corpus(path.stem, _jsonl_documents(path, text_field))
+        else:
+            text = _read_text(path)
+            corpus = Corpus(path.stem, [d.encode() for d in text.split("\f") if d.strip()])
+    corpus.documents = [d for d in corpus.documents if len(d) >= 2]
+    if not corpus.documents:
+        raise ValueError(f"corpus {str(spec)!r} holds no text documents (need at least one of 2+ bytes)")
+    corpus.manifest.setdefault("documents", len(corpus.documents))
+    corpus.manifest.setdefault("bytes", corpus.num_bytes)
+    corpus.manifest.setdefault("sha256", _digest(corpus.documents))
+    return corpus
+
+
+def stdlib_corpus() -> Corpus:
+    root = Path(sysconfig.get_paths()["stdlib"])
+    documents, names = [], []
+    for entry in sorted(root.iterdir()):
+        if entry.name in _STDLIB_SKIP or entry.name.startswith((".", "_pydev")):
+            continue
+        if entry.is_dir() and (entry / "__init__.py").exists():
+            files = sorted(p for p in entry.rglob("*.py") if not _STDLIB_SKIP & set(p.relative_to(root).parts))
+            parts = [f"# file: {p.relative_to(root)}\n".encode() + p.read_bytes() for p in files]
+            if parts:
+                documents.append(b"\n".join(parts))
+                names.append(entry.name + "/")
+        elif entry.suffix == ".py" and entry.is_file():
+            documents.append(f"# file: {entry.name}\n".encode() + entry.read_bytes())
+            names.append(entry.name)
+    version = ".".join(map(str, sys.version_info[:3]))
+    manifest = {"source": "python-stdlib", "python": version, "names_sha256": _digest([n.encode() for n in names])}
+    return Corpus("stdlib", documents, manifest)
+
+
+def _directory_documents(path: Path) -> list[bytes]:
+    files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+    return [_read_text(p).encode() for p in files]
+
+
+def _jsonl_documents(path: Path, text_field: str) -> list[bytes]:
+    documents = []
+    for line_no, line in enumerate(_read_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{line_no} is not valid JSON: {err}") from err
+        if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
+            raise ValueError(f"{path}:{line_no} has no string field {text_field!r}")
+        documents.append(record[text_field].encode())
+    return documents
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start}); convert or remove it") from err
+
+
+def _digest(items: list[bytes]) -> str:
+    h = hashlib.sha256()
+    for item in items:
+        h.update(hashlib.sha256(item).digest())
+    return h.hexdigest()
