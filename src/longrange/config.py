@@ -169,9 +169,7 @@ class ModelConfig:
         _check_literals(self)
         if self.positions == "axial":
             if not self.axial_shape or _prod(self.axial_shape) < self.max_len:
-                raise ConfigError(
-                    f"axial_shape={self.axial_shape} must multiply to at least max_len={self.max_len}"
-                )
+                raise ConfigError(f"axial_shape={self.axial_shape} must multiply to at least max_len={self.max_len}")
         for key in _SECTIONS:
             _check_literals(getattr(self, key), prefix=f"{key}.")
 

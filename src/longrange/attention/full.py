@@ -15,9 +15,7 @@ from longrange.model.positions import apply_rotary, rotary_tables
 
 
 class FullAttention(AttentionModule):
-    def __init__(
-        self, d_model: int, n_heads: int, dropout: float, causal: bool, layer_index: int, rotary: bool
-    ):
+    def __init__(self, d_model: int, n_heads: int, dropout: float, causal: bool, layer_index: int, rotary: bool):
         super().__init__()
         self.n_heads, self.causal, self.dropout, self.rotary = n_heads, causal, dropout, rotary
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)

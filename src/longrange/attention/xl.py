@@ -71,9 +71,7 @@ class XLAttention(AttentionModule):
     stateful = True
     causal_only = True
 
-    def __init__(
-        self, d_model: int, n_heads: int, dropout: float, causal: bool, layer_index: int, mem_len: int
-    ):
+    def __init__(self, d_model: int, n_heads: int, dropout: float, causal: bool, layer_index: int, mem_len: int):
         super().__init__()
         if mem_len < 0:
             raise ValueError(f"xl.mem_len={mem_len} must be >= 0")
@@ -93,9 +91,7 @@ class XLAttention(AttentionModule):
     def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> LayerState:
         return LayerState(
             {
-                "mem": torch.zeros(
-                    batch_size, self.mem_len, self.d_model, device=device, dtype=dtype
-                ),  # (B, M, D)
+                "mem": torch.zeros(batch_size, self.mem_len, self.d_model, device=device, dtype=dtype),  # (B, M, D)
                 "valid": torch.zeros(batch_size, self.mem_len, dtype=torch.bool, device=device),  # (B, M)
             }
         )
@@ -112,8 +108,6 @@ class XLAttention(AttentionModule):
         mask = memory_causal_mask(valid, n_mem, t, x.device)
         if pad_mask is not None:
             mask = mask & torch.cat([valid, pad_mask], dim=1)[:, None, None, :]
-        y = relative_attention(
-            q, k, v, self.rel(q, n_mem), mask, self.u_bias, self.dropout if self.training else 0.0
-        )
+        y = relative_attention(q, k, v, self.rel(q, n_mem), mask, self.u_bias, self.dropout if self.training else 0.0)
         new_mem, new_valid = fifo_append(mem, valid, x, self.mem_len)
         return AttentionOutput(self.out(merge_heads(y)), state.replace(mem=new_mem, valid=new_valid))

@@ -14,9 +14,7 @@ from longrange.model.feedforward import FeedForward
 
 
 class Block(nn.Module):
-    def __init__(
-        self, attention: AttentionModule, d_model: int, d_ff: int, dropout: float, ff_chunks: int = 1
-    ):
+    def __init__(self, attention: AttentionModule, d_model: int, d_ff: int, dropout: float, ff_chunks: int = 1):
         super().__init__()
         self.attn_norm = nn.LayerNorm(d_model)
         self.attention = attention
@@ -28,9 +26,7 @@ class Block(nn.Module):
         self, x: Tensor, *, state=None, doc_start=None, pad_mask=None, carry=None
     ) -> tuple[Tensor, AttentionOutput]:
         """x (B, T, D) -> (x (B, T, D), the attention's output with its next state, aux loss, carry)."""
-        a = self.attention(
-            self.attn_norm(x), state=state, doc_start=doc_start, pad_mask=pad_mask, carry=carry
-        )
+        a = self.attention(self.attn_norm(x), state=state, doc_start=doc_start, pad_mask=pad_mask, carry=carry)
         x = x + F.dropout(a.out, self.dropout, self.training)
         x = x + F.dropout(self.ff(self.ff_norm(x)), self.dropout, self.training)
         return x, a

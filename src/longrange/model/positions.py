@@ -15,9 +15,7 @@ from torch import Tensor, nn
 def sinusoid(positions: Tensor, dim: int) -> Tensor:
     """Sinusoidal encodings (Vaswani et al.) of float/int `positions` (...,) -> (..., dim)."""
     half = dim // 2
-    freqs = torch.exp(
-        -math.log(10000.0) * torch.arange(half, device=positions.device, dtype=torch.float32) / half
-    )
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=positions.device, dtype=torch.float32) / half)
     angles = positions.float()[..., None] * freqs
     return torch.cat([angles.sin(), angles.cos()], dim=-1)
 
@@ -35,9 +33,7 @@ class AbsolutePositions(nn.Module):
     def forward(self, positions: Tensor) -> Tensor:
         """positions (B, T) int64 -> (B, T, D)"""
         if int(positions.max()) >= self.max_len and self.kind != "sinusoidal":
-            raise ValueError(
-                f"position {int(positions.max())} is beyond max_len={self.max_len}; raise max_len"
-            )
+            raise ValueError(f"position {int(positions.max())} is beyond max_len={self.max_len}; raise max_len")
         if self.kind == "sinusoidal":
             return sinusoid(positions, self.d_model)
         return self.table(positions)
