@@ -12,9 +12,13 @@ import logging
 import sys
 from types import ModuleType
 
-from longrange.commands import presets
+from longrange.commands import eval as eval_command
+from longrange.commands import generate, presets, train
 
 COMMANDS: dict[str, ModuleType] = {
+    "train": train,
+    "eval": eval_command,
+    "generate": generate,
     "presets": presets,
 }
 

@@ -1,0 +1,79 @@
+"""Streaming generation that carries every memory.
+
+The prompt is read segment by segment into the model state (XL and compressed memories, the kNN
+store, Luna's prefix sums, Reformer's decode caches); sampling then feeds one token at a time and
+the memories keep updating. Models whose layers keep no state (plain full attention) recompute
+over a sliding window of the last `segment_len` tokens instead, the context they were trained on.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from longrange.model.lm import LongRangeLM
+
+
+def carries_state(model: LongRangeLM) -> bool:
+    """True when every layer keeps a memory or a decode cache, so token-by-token decoding is exact."""
+    return all(b.attention.stateful or b.attention.decode_cache for b in model.blocks)
+
+
+def sample_next(logits: Tensor, *, temperature: float, top_k: int | None, top_p: float | None, generator) -> int:
+    """Sample one token from logits (V,): temperature, then top-k, then nucleus (top-p) filtering."""
+    if temperature <= 0:
+        return int(logits.argmax())
+    logits = logits.float() / temperature
+    if top_k is not None and top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.numel())).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and 0 < top_p < 1:
+        sorted_logits, order = logits.sort(descending=True)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cumulative - sorted_logits.softmax(-1) > top_p  # keep the smallest prefix reaching top_p
+        logits = logits.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), float("-inf"))
+    return int(torch.multinomial(logits.softmax(-1), 1, generator=generator))
+
+
+@torch.no_grad()
+def generate(
+    model: LongRangeLM,
+    prompt_tokens: list[int],
+    max_new_tokens: int,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    segment_len: int | None = None,
+) -> list[int]:
+    """Returns the `max_new_tokens` sampled tokens that follow `prompt_tokens` (deterministic with a seed)."""
+    if not prompt_tokens:
+        raise ValueError("the prompt is empty; give at least one token")
+    model.eval()
+    device = model.embed.weight.device
+    generator = torch.Generator(device="cpu")
+    generator.manual_seed(seed if seed is not None else torch.seed())
+    segment_len = segment_len or model.config.segment_len
+    sample = dict(temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+    out_tokens: list[int] = []
+    if carries_state(model):
+        state = model.init_state(1, device)
+        prompt = torch.tensor([prompt_tokens], dtype=torch.long, device=device)
+        for start in range(0, prompt.shape[1], segment_len):  # stream the prompt into every memory
+            out = model(prompt[:, start : start + segment_len], state=state)
+            state = out.state
+        logits = out.logits[0, -1]
+        for _ in range(max_new_tokens):
+            token = sample_next(logits.cpu(), **sample)
+            out_tokens.append(token)
+            out = model(torch.tensor([[token]], device=device), state=state)
+            state, logits = out.state, out.logits[0, -1]
+        return out_tokens
+    context = list(prompt_tokens)
+    for _ in range(max_new_tokens):
+        window = torch.tensor([context[-segment_len:]], dtype=torch.long, device=device)
+        token = sample_next(model(window).logits[0, -1].cpu(), **sample)
+        out_tokens.append(token)
+        context.append(token)
+    return out_tokens
