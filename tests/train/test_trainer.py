@@ -79,8 +79,23 @@ def _trainer(model_cfg, train_cfg, data, out):
 
 def test_sigkill_during_training_resumes_to_the_same_result(tmp_path):
     data = _docs_dir(tmp_path)
-    args = ["--preset", "transformer-xl-tiny", "--data", data, "--steps", "150", "--batch-size", "2",
-            "--segment-len", "16", "--checkpoint-every", "5", "--warmup-steps", "2", "--no-progress"]
+    args = [
+        "--preset",
+        "transformer-xl-tiny",
+        "--data",
+        data,
+        "--steps",
+        "150",
+        "--batch-size",
+        "2",
+        "--segment-len",
+        "16",
+        "--checkpoint-every",
+        "5",
+        "--warmup-steps",
+        "2",
+        "--no-progress",
+    ]
     cli = [sys.executable, "-m", "longrange.cli", "train"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run([*cli, *args, "--out", str(tmp_path / "clean")], check=True, env=env, capture_output=True)
@@ -92,8 +107,9 @@ def test_sigkill_during_training_resumes_to_the_same_result(tmp_path):
     proc.wait()
     saved = torch.load(tmp_path / "killed" / "checkpoint" / "trainer.pt", weights_only=True)
     assert saved["step"] < 150, "the run finished before it was killed; the test proves nothing"
-    subprocess.run([*cli, *args, "--out", str(tmp_path / "killed"), "--resume"], check=True, env=env,
-                   capture_output=True)
+    subprocess.run(
+        [*cli, *args, "--out", str(tmp_path / "killed"), "--resume"], check=True, env=env, capture_output=True
+    )
     clean, killed = _weights(tmp_path / "clean"), _weights(tmp_path / "killed")
     assert all(torch.equal(clean[k], killed[k]) for k in clean)
 
@@ -131,8 +147,13 @@ def test_accumulation_equals_one_bigger_batch():
     def grads(batch_size, accumulate):
         torch.manual_seed(0)
         model = lr.build_model(model_cfg)
-        trainer = Trainer(model, _cfg(batch_size=batch_size, accumulate=accumulate, grad_clip=0, steps=1,
-                                      lr=1e-3, warmup_steps=0), docs, None, "unused")
+        trainer = Trainer(
+            model,
+            _cfg(batch_size=batch_size, accumulate=accumulate, grad_clip=0, steps=1, lr=1e-3, warmup_steps=0),
+            docs,
+            None,
+            "unused",
+        )
         trainer.stream.shuffle = False
         trainer.optimizer.step = lambda: None  # keep the gradients to compare
         trainer.optimizer.zero_grad = lambda set_to_none=True: None
@@ -147,14 +168,38 @@ def test_accumulation_equals_one_bigger_batch():
 @pytest.mark.slow
 def test_torchrun_two_processes_match_one(tmp_path):
     data = _docs_dir(tmp_path)
-    args = ["train", "--preset", "transformer-tiny", "--data", data, "--steps", "4", "--batch-size", "4",
-            "--segment-len", "16", "--no-progress", "--seed", "1", "--grad-clip", "0"]
+    args = [
+        "train",
+        "--preset",
+        "transformer-tiny",
+        "--data",
+        data,
+        "--steps",
+        "4",
+        "--batch-size",
+        "4",
+        "--segment-len",
+        "16",
+        "--no-progress",
+        "--seed",
+        "1",
+        "--grad-clip",
+        "0",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "longrange.cli", *args, "--out", str(tmp_path / "one")], check=True,
-                   env=env, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "longrange.cli", *args, "--out", str(tmp_path / "one")],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"]
-    result = subprocess.run([*torchrun, "-m", "longrange.cli", *args, "--out", str(tmp_path / "two")], env=env,
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [*torchrun, "-m", "longrange.cli", *args, "--out", str(tmp_path / "two")],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     one, two = _weights(tmp_path / "one"), _weights(tmp_path / "two")
     for key in one:
