@@ -12,14 +12,16 @@ import logging
 import sys
 from types import ModuleType
 
+from longrange.commands import bench, demo, generate, presets, train
 from longrange.commands import eval as eval_command
-from longrange.commands import generate, presets, train
 
 COMMANDS: dict[str, ModuleType] = {
+    "demo": demo,
     "train": train,
     "eval": eval_command,
     "generate": generate,
     "presets": presets,
+    "bench": bench,
 }
 
 

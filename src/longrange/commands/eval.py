@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--segment-len", type=int, default=None)
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides (e.g. memory)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--out", type=Path, default=None, help="JSON file (default: RUN/eval-SPLIT.json)")
 
 
@@ -38,7 +38,8 @@ def corpus_of_run(run: Path, data: str | None):
 
 
 def run(args: argparse.Namespace) -> int:
-    torch.set_num_threads(args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model = load(args.run, **parse_overrides(args.set)).to(args.device)
     documents = corpus_of_run(args.run, args.data).split(args.split)[: args.docs]
     result = evaluate(model, documents, batch_size=args.batch_size, segment_len=args.segment_len, device=args.device)

@@ -41,7 +41,7 @@ _HELP = {
     "checkpoint_every": "write a checkpoint every N steps",
     "log_every": "write metrics every N steps",
     "device": "cpu, cuda or cuda:N",
-    "threads": "torch CPU threads (default 1: fastest here for small models and when processes share cores)",
+    "threads": "torch CPU threads (default: torch's, i.e. OMP_NUM_THREADS or the physical cores)",
     "progress": "show a progress bar",
 }
 
@@ -103,7 +103,6 @@ def configs_from_args(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfi
         value = getattr(args, f.name, None)
         if value is not None:
             train_data[f.name] = list(value) if f.name == "betas" else value
-    train_data.setdefault("threads", 1)
     data = args.data or file_data.get("data")
     return model_cfg, TrainConfig.from_dict(train_data), data
 

@@ -1,0 +1,43 @@
+"""Training throughput (tokens/s) per preset on the built-in corpus, with the first preset as baseline."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from longrange.config import ModelConfig
+from longrange.data.corpus import load_corpus
+from longrange.model.build import build_model
+from longrange.train.trainer import TrainConfig, Trainer
+
+
+def train_tokens_per_s(
+    preset: str, steps: int, batch_size: int, threads: int, warmup: int = 2, overrides: dict | None = None
+) -> dict:
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    cfg = ModelConfig.from_name(preset, **(overrides or {}))
+    documents = load_corpus(None).split("train")
+    trainer = Trainer(
+        build_model(cfg),
+        TrainConfig(steps=steps + warmup, batch_size=batch_size, progress=False),
+        documents,
+        None,
+        "unused",
+    )
+    for _ in range(warmup):
+        trainer.train_step()
+    tokens, start = 0, time.perf_counter()
+    for _ in range(steps):
+        tokens += trainer.train_step()["tokens"]
+    elapsed = time.perf_counter() - start
+    return {
+        "preset": preset,
+        "threads": threads,
+        "batch_size": batch_size,
+        "segment_len": cfg.segment_len,
+        "params": build_model(cfg).num_parameters(),
+        "tokens_per_s": tokens / elapsed,
+        "step_s": elapsed / steps,
+    }
