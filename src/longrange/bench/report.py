@@ -38,7 +38,7 @@ def format_table(rows: list[dict]) -> str:
     ]
     for r in rows:
 
-        def f(k, spec):
+        def f(k, spec, r=r):
             return format(r[k], spec) if k in r else "-"
 
         lines.append(
