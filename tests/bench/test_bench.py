@@ -8,8 +8,24 @@ from longrange.cli import main
 
 def test_attention_bench_writes_results_with_ratios(tmp_path):
     out = tmp_path / "bench"
-    args = ["bench", "attention", "--variants", "xl", "--lengths", "64,128", "--d-model", "32", "--heads", "2",
-            "--repeats", "1", "--threads", "1", "--out", str(out)]
+    args = [
+        "bench",
+        "attention",
+        "--variants",
+        "xl",
+        "--lengths",
+        "64,128",
+        "--d-model",
+        "32",
+        "--heads",
+        "2",
+        "--repeats",
+        "1",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     data = json.loads((out / "results.json").read_text())
     assert {r["variant"] for r in data["rows"]} == {"full", "xl"}  # full is always the baseline

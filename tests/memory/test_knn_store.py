@@ -1,0 +1,119 @@
+"""KNNMemory: exact == brute force, faiss == exact, FIFO eviction, per-row reset, persistence."""
+
+import pytest
+import torch
+
+from longrange.memory.knn_store import KNNMemory
+
+B, H, E = 2, 2, 8
+
+
+def _filled(backend: str, capacity: int = 16, adds: int = 5, n: int = 6, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    memory = KNNMemory(B, capacity, H, E, backend=backend)
+    history = []
+    for i in range(adds):
+        keys = torch.randn(B, H, n, E, generator=g)
+        memory.add(keys, keys * 2, positions=torch.arange(i * n, (i + 1) * n).expand(B, n))
+        history.append(keys)
+    return memory, torch.cat(history, dim=2)
+
+
+def test_exact_equals_brute_force_over_the_newest_entries():
+    memory, history = _filled("exact", capacity=16)
+    live = history[:, :, -16:]  # FIFO: exactly the newest 16 survive
+    queries = torch.randn(B, H, 5, E)
+    keys, values, scores, mask = memory.search(queries, 4)
+    brute = (queries @ live.transpose(-1, -2)).topk(4, dim=-1)
+    torch.testing.assert_close(scores, brute.values)
+    torch.testing.assert_close(
+        keys, live.unsqueeze(2).expand(-1, -1, 5, -1, -1).gather(3, brute.indices[..., None].expand(-1, -1, -1, -1, E))
+    )
+    torch.testing.assert_close(values, keys * 2)  # results match the stored rows
+    assert mask.all()
+
+
+def test_fifo_after_overflow_keeps_exactly_the_newest_entries():
+    memory, history = _filled("exact", capacity=10, adds=7, n=3)
+    assert memory.count.tolist() == [10, 10]
+    stored = memory.keys[:, :, memory.valid()[0]]
+    expected = history[:, :, -10:]
+    # same set of vectors (slot order is a ring): compare sorted by first coordinate
+    order = lambda x: x.gather(2, x[..., :1].argsort(dim=2).expand_as(x))  # noqa: E731
+    torch.testing.assert_close(order(stored), order(expected))
+    assert sorted(memory.position[0].tolist()) == list(range(21 - 10, 21))
+
+
+def test_search_chunking_does_not_change_results():
+    memory, _ = _filled("exact", capacity=40, adds=8)
+    queries = torch.randn(B, H, 3, E)
+    whole = memory.search(queries, 5)[2]
+    memory.search_chunk = 7
+    torch.testing.assert_close(memory.search(queries, 5)[2], whole)
+
+
+@pytest.mark.parametrize("backend", ["faiss-flat"])
+def test_faiss_flat_equals_exact(backend):
+    exact, _ = _filled("exact", capacity=16, adds=5)
+    other, _ = _filled(backend, capacity=16, adds=5)
+    queries = torch.randn(B, H, 4, E)
+    a, b = exact.search(queries, 6), other.search(queries, 6)
+    torch.testing.assert_close(a[2], b[2], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(a[1], b[1], rtol=1e-5, atol=1e-5)
+    # keep adding past capacity (faiss ids go stale, indexes get rebuilt): still equal
+    for _ in range(6):
+        keys = torch.randn(B, H, 5, E)
+        exact.add(keys, keys * 2)
+        other.add(keys, keys * 2)
+    a, b = exact.search(queries, 6), other.search(queries, 6)
+    torch.testing.assert_close(a[2], b[2], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["faiss-hnsw", "faiss-ivf"])
+def test_approximate_recall_is_high_on_random_data(backend):
+    g = torch.Generator().manual_seed(1)
+    capacity = 2048
+    exact, approx = KNNMemory(1, capacity, 1, 32), KNNMemory(1, capacity, 1, 32, backend=backend)
+    keys = torch.nn.functional.normalize(torch.randn(1, 1, capacity, 32, generator=g), dim=-1)
+    for m in (exact, approx):
+        m.add(keys, keys)
+    queries = torch.nn.functional.normalize(torch.randn(1, 1, 64, 32, generator=g), dim=-1)
+    truth = exact.search_slots(queries, 10)[1]
+    found = approx.search_slots(queries, 10)[1]
+    recall = sum(len(set(t.tolist()) & set(f.tolist())) for t, f in zip(truth[0, 0], found[0, 0], strict=True))
+    assert recall / truth[0, 0].numel() >= 0.9
+
+
+@pytest.mark.parametrize("backend", ["exact", "faiss-flat"])
+def test_reset_clears_only_the_given_rows(backend):
+    memory, _ = _filled(backend)
+    queries = torch.randn(B, H, 3, E)
+    before = memory.search(queries, 4)
+    memory.reset(torch.tensor([True, False]))
+    after = memory.search(queries, 4)
+    assert not after[3][0].any()  # row 0 is empty
+    torch.testing.assert_close(after[2][1], before[2][1])  # row 1 unchanged
+    new = torch.randn(B, H, 2, E)
+    memory.add(new, new)
+    assert memory.count.tolist() == [2, 16]
+    keys = memory.search(queries, 4)[0]
+    assert memory.search(queries, 4)[3][0].sum() == H * 3 * 2  # only the two new entries are found
+    for q in range(3):  # and they are the new ones, never entries from before the reset
+        found = keys[0, 0, q][memory.search(queries, 4)[3][0, 0, q]]
+        assert all(any(torch.allclose(f, n) for n in new[0, 0]) for f in found)
+
+
+def test_memory_is_never_differentiable():
+    memory = KNNMemory(1, 8, 1, 4)
+    keys = torch.randn(1, 1, 4, 4, requires_grad=True)
+    memory.add(keys * 1, keys * 1)
+    assert not memory.keys.requires_grad and not memory.values.requires_grad
+
+
+def test_save_and_load_round_trip(tmp_path):
+    memory, _ = _filled("exact")
+    memory.save(tmp_path / "memory.safetensors")
+    other = KNNMemory(B, 16, H, E)
+    other.load(tmp_path / "memory.safetensors")
+    queries = torch.randn(B, H, 3, E)
+    torch.testing.assert_close(other.search(queries, 4)[2], memory.search(queries, 4)[2])
