@@ -88,9 +88,8 @@ class KNNMemory:
         """
         b, h, n, e = keys.shape
         if (b, h, e) != (self.batch_size, self.n_heads, self.dim):
-            raise ValueError(
-                f"keys of shape {tuple(keys.shape)} do not fit a memory of {(self.batch_size, self.n_heads, '*', self.dim)}"
-            )
+            expected = (self.batch_size, self.n_heads, "N", self.dim)
+            raise ValueError(f"keys of shape {tuple(keys.shape)} do not fit a memory of shape {expected}")
         if positions is None:
             positions = torch.full((b, n), -1, dtype=torch.long, device=keys.device)
         if n > self.capacity:  # only the newest M can survive
