@@ -5,11 +5,21 @@ Each mechanism registers itself here by an explicit import (no import magic).
 
 from longrange.attention.base import Attention, AttentionModule, AttentionOutput
 from longrange.attention.full import FullAttention
+from longrange.attention.knn import KNNAttention
 from longrange.attention.xl import XLAttention
 
 REGISTRY: dict[str, type[AttentionModule]] = {
     "full": FullAttention,
     "xl": XLAttention,
+    "knn": KNNAttention,
 }
 
-__all__ = ["REGISTRY", "Attention", "AttentionModule", "AttentionOutput", "FullAttention", "XLAttention"]
+__all__ = [
+    "REGISTRY",
+    "Attention",
+    "AttentionModule",
+    "AttentionOutput",
+    "FullAttention",
+    "KNNAttention",
+    "XLAttention",
+]

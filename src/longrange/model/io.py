@@ -6,6 +6,7 @@ runs code. A directory may be a run directory (we then use its ``checkpoint/``) 
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,8 @@ from safetensors.torch import load_file, save_model
 from longrange.config import ModelConfig
 from longrange.model.build import build_model
 from longrange.model.lm import LongRangeLM
+
+log = logging.getLogger(__name__)
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.yaml"
@@ -49,9 +52,9 @@ def load_config(path: str | Path) -> ModelConfig:
 def load_weights(model: LongRangeLM, path: str | Path, strict: bool = True) -> list[str]:
     """Load safetensors weights into `model`; returns the names of model tensors the file lacked.
 
-    With ``strict=False`` tensors missing from the file keep their fresh initialisation (used to
-    start a memorizing model from a transformer-xl checkpoint); unexpected or mis-shaped ones are
-    always an error.
+    With ``strict=False`` tensors missing from the file keep their fresh initialisation and tensors
+    the model has no place for are skipped (both logged); used to start a memorizing model from a
+    transformer-xl checkpoint. Mis-shaped tensors are always an error.
     """
     file = Path(path)
     if file.is_dir():
@@ -64,13 +67,22 @@ def load_weights(model: LongRangeLM, path: str | Path, strict: bool = True) -> l
     unexpected = sorted(set(tensors) - set(own))
     mismatched = [k for k in tensors if k in own and tensors[k].shape != own[k].shape]
     missing = sorted(k for k in set(own) - set(tensors) if not _is_tied_alias(model, k))
-    if unexpected or mismatched or (strict and missing):
+    if mismatched or (strict and (missing or unexpected)):
         raise CheckpointError(
             f"weights {str(file)!r} do not fit this model: unexpected={unexpected[:5]} "
             f"shape mismatch={[(k, tuple(tensors[k].shape), tuple(own[k].shape)) for k in mismatched[:5]]} "
             f"missing={missing[:5]}; was it saved from a different config?"
         )
-    model.load_state_dict(tensors, strict=False)
+    if missing or unexpected:
+        log.info(
+            "loaded %s: %d tensors kept fresh %s, %d skipped %s",
+            file,
+            len(missing),
+            missing[:3],
+            len(unexpected),
+            unexpected[:3],
+        )
+    model.load_state_dict({k: v for k, v in tensors.items() if k in own}, strict=False)
     return missing
 
 

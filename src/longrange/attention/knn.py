@@ -1,0 +1,145 @@
+"""Memorizing Transformer attention (Wu et al. 2022): local attention + kNN memory + learned gate.
+
+Shape legend: B batch, T segment tokens, C XL cache slots (= mem_len), L = C + T local keys,
+H heads, E head width, k retrieved neighbours, D model width.
+
+Per head, two attentions over the same queries:
+- local: causal attention over [XL cache ; segment] with a T5 relative position bias;
+- memory: attention over each query's top-k (key, value) pairs retrieved from the external
+  `KNNMemory` (no position information), searched with the query itself.
+They are mixed by a learned per-head gate g = sigmoid(b_h): out = g * memory + (1 - g) * local.
+
+As in the paper, keys and queries are L2-normalised (for both attentions) and scaled by a
+learned per-head temperature, so retrieval by inner product is retrieval by cosine similarity.
+The segment's keys and values enter the memory *after* the segment is processed, so no token
+retrieves itself or its future; they are stored detached, so gradients reach queries and gate
+but never the memory. Parameter names q / kv / out match `XLAttention`, so a transformer-xl
+checkpoint loads into a memorizing model (the new gate, bias and scale start fresh).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from longrange.attention.base import (
+    AttentionModule,
+    AttentionOutput,
+    fifo_append,
+    memory_causal_mask,
+    merge_heads,
+    split_heads,
+)
+from longrange.memory.knn_store import KNNMemory
+from longrange.memory.state import LayerState
+from longrange.model.positions import T5RelativeBias
+
+
+class KNNAttention(AttentionModule):
+    stateful = True
+    causal_only = True
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        dropout: float,
+        causal: bool,
+        layer_index: int,
+        memory_size: int,
+        topk: int,
+        backend: str,
+        mem_len: int,
+    ):
+        super().__init__()
+        if topk < 1 or memory_size < 0 or mem_len < 0:
+            raise ValueError(
+                f"knn.topk={topk} must be >= 1, knn.memory_size={memory_size} and knn.mem_len={mem_len} >= 0"
+            )
+        self.n_heads, self.d_model, self.dropout, self.causal = n_heads, d_model, dropout, causal
+        self.memory_size, self.topk, self.backend, self.mem_len = memory_size, topk, backend, mem_len
+        self.q = nn.Linear(d_model, d_model, bias=False)
+        self.kv = nn.Linear(d_model, 2 * d_model, bias=False)
+        self.out = nn.Linear(d_model, d_model, bias=False)
+        self.rel_bias = T5RelativeBias(n_heads)
+        self.gate_bias = nn.Parameter(torch.zeros(n_heads))  # b_h; g = sigmoid(b_h) starts at 1/2
+        # learned temperature for unit-norm q.k (a fixed 1/sqrt(E) would make attention too flat)
+        self.log_scale = nn.Parameter(torch.full((n_heads,), math.log(math.sqrt(d_model // n_heads))))
+        self.inspect = False  # when True, the last retrieval is kept in `self.last_retrieval`
+        self.last_retrieval: dict | None = None
+
+    def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> LayerState:
+        store = None
+        if self.memory_size > 0:
+            store = KNNMemory(
+                batch_size,
+                self.memory_size,
+                self.n_heads,
+                self.d_model // self.n_heads,
+                backend=self.backend,
+                device=device,
+            )
+        return LayerState(
+            {
+                "mem": torch.zeros(batch_size, self.mem_len, self.d_model, device=device, dtype=dtype),  # (B, C, D)
+                "valid": torch.zeros(batch_size, self.mem_len, dtype=torch.bool, device=device),  # (B, C)
+                "pos": torch.zeros(batch_size, dtype=torch.long, device=device),  # tokens seen in the document
+            },
+            store,
+        )
+
+    def forward(self, x: Tensor, *, state=None, doc_start=None, pad_mask=None, carry=None) -> AttentionOutput:
+        self.check_input(x, self.causal)
+        b, t, _ = x.shape
+        if state is None:
+            state = self.init_state(b, x.device, x.dtype)
+        mem, valid = state["mem"].to(x.dtype), state["valid"]
+        n_mem = mem.shape[1]
+        q = F.normalize(split_heads(self.q(x), self.n_heads), dim=-1)  # (B, H, T, E)
+        k, v = (split_heads(z, self.n_heads) for z in self.kv(torch.cat([mem, x], 1)).chunk(2, -1))  # (B, H, L, E)
+        k = F.normalize(k, dim=-1)
+        scale = self.log_scale.exp()[None, :, None, None]  # (1, H, 1, 1)
+
+        # local attention with T5 relative bias over [cache ; segment]
+        distance = (n_mem + torch.arange(t, device=x.device))[:, None] - torch.arange(n_mem + t, device=x.device)
+        mask = memory_causal_mask(valid, n_mem, t, x.device)
+        if pad_mask is not None:
+            mask = mask & torch.cat([valid, pad_mask], 1)[:, None, None, :]
+        local_bias = self.rel_bias(distance)[None].masked_fill(~mask, float("-inf"))  # (B, H, T, L)
+        local = F.scaled_dot_product_attention(
+            q * scale, k, v, attn_mask=local_bias, scale=1.0, dropout_p=self.dropout if self.training else 0.0
+        )
+
+        # memory attention over the top-k retrieved pairs (searched before this segment is added)
+        store: KNNMemory | None = state.store
+        if store is not None and bool((store.count > 0).any()):
+            mem_keys, mem_values, _, found = store.search(q.detach(), self.topk)  # (B, H, T, k, E), mask (B, H, T, k)
+            scores = (q.unsqueeze(-2) * mem_keys).sum(-1) * scale  # (B, H, T, k); gradient reaches q only
+            weights = scores.masked_fill(~found, float("-inf")).softmax(-1).nan_to_num(0.0)
+            memory_out = (weights.unsqueeze(-1) * mem_values).sum(-2)  # (B, H, T, E)
+            has_memory = found.any(-1, keepdim=True)  # rows with an empty memory use local attention only
+            gate = torch.sigmoid(self.gate_bias)[None, :, None, None] * has_memory
+            y = gate * memory_out + (1 - gate) * local
+            if self.inspect:
+                self.last_retrieval = {
+                    "weights": weights.detach(),
+                    "found": found,
+                    "slots": store.search_slots(q.detach(), self.topk)[1],
+                    "gate": torch.sigmoid(self.gate_bias).detach(),
+                }
+        else:
+            y = local
+
+        # the segment enters the memory only now: no token can retrieve itself or its future
+        new_keys, new_values = k[:, :, n_mem:], v[:, :, n_mem:]
+        if store is not None:
+            positions = state["pos"][:, None] + torch.arange(t, device=x.device)
+            if pad_mask is not None:
+                raise ValueError("knn attention does not support padded batches; pass whole segments")
+            store.add(new_keys.detach(), new_values.detach(), positions)
+        new_mem, new_valid = fifo_append(mem, valid, x, self.mem_len)
+        next_state = state.replace(mem=new_mem, valid=new_valid, pos=state["pos"] + t)
+        return AttentionOutput(self.out(merge_heads(y)), next_state)
