@@ -10,7 +10,7 @@ def test_documents_are_deterministic_and_answers_repeat_the_facts():
     assert docs == make_recall_documents(3, 4, 200, seed=1)
     for doc in docs:
         text = doc.decode()
-        facts = dict(line[2:].split(" v=") for line in text.split("\n")[1:5])
+        facts = dict(line[2:].rstrip(";").split(" v=") for line in text.split("\n")[1:5])
         queries = text.split("QUERIES\n")[1]
         for line in queries.strip().split("\n"):
             key, value = line[2:].rstrip(";").split(" v=")
