@@ -4,6 +4,7 @@ Each mechanism registers itself here by an explicit import (no import magic).
 """
 
 from longrange.attention.base import Attention, AttentionModule, AttentionOutput
+from longrange.attention.compressive import CompressiveAttention
 from longrange.attention.full import FullAttention
 from longrange.attention.knn import KNNAttention
 from longrange.attention.xl import XLAttention
@@ -12,6 +13,7 @@ REGISTRY: dict[str, type[AttentionModule]] = {
     "full": FullAttention,
     "xl": XLAttention,
     "knn": KNNAttention,
+    "compressive": CompressiveAttention,
 }
 
 __all__ = [

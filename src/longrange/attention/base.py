@@ -102,12 +102,16 @@ def memory_causal_mask(valid: Tensor | None, n_mem: int, t: int, device: torch.d
     return torch.cat([mem, causal.view(1, 1, t, t).expand(mem.shape[0], 1, t, t)], dim=-1)
 
 
-def fifo_append(memory: Tensor, valid: Tensor, new: Tensor, capacity: int) -> tuple[Tensor, Tensor]:
+def fifo_append(
+    memory: Tensor, valid: Tensor, new: Tensor, capacity: int, new_valid: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """Append `new` (B, T, ...) to a FIFO `memory` (B, M, ...) keeping the newest `capacity` slots.
 
     Returns (memory, valid) with ``valid`` (B, capacity) bool. Slots are ordered oldest first.
+    ``new_valid`` (B, T) bool marks which new entries are real (default: all).
     """
+    if new_valid is None:
+        new_valid = torch.ones(new.shape[:2], dtype=torch.bool, device=new.device)
     merged = torch.cat([memory, new], dim=1)[:, -capacity:] if capacity > 0 else memory[:, :0]
-    ones = torch.ones(new.shape[:2], dtype=torch.bool, device=new.device)
-    merged_valid = torch.cat([valid, ones], dim=1)[:, -capacity:] if capacity > 0 else valid[:, :0]
+    merged_valid = torch.cat([valid, new_valid], dim=1)[:, -capacity:] if capacity > 0 else valid[:, :0]
     return merged, merged_valid

@@ -53,7 +53,7 @@ class TrainConfig:
     bf16: bool = False  # bf16 autocast
     seed: int = 0
     eval_every: int = 0  # validate every N steps (0: only at the end)
-    eval_segments: int = 32  # segments per periodic validation
+    eval_segments: int = 32  # segments (of batch rows) per validation; whole-document eval is `longrange eval`
     checkpoint_every: int = 100
     log_every: int = 10
     device: str = "cpu"
@@ -338,7 +338,7 @@ def train(
         (out_dir / "corpus.json").write_text(json.dumps({"spec": data or "stdlib", **corpus.manifest}, indent=1))
     trainer.fit()
     if dist_info.is_main:
-        final = trainer.validate()
+        final = trainer.validate(train_cfg.eval_segments)  # a bounded check; `longrange eval` reads everything
         if final:
             trainer._log({"step": trainer.step, **final})
     return out_dir

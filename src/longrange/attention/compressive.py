@@ -1,0 +1,198 @@
+"""Compressive Transformer attention (Rae et al. 2020): XL memory plus a compressed memory.
+
+Shape legend: B batch, T segment tokens, M memory slots (n_m), S compressed slots (n_cm),
+P pending states (< c), L = S + M + T keys, D model width, H heads, E head width, c rate.
+
+Each layer attends over [compressed memory ; memory ; segment] with Transformer-XL relative
+positions (one position per slot). When the segment enters the memory, the T oldest states are
+evicted and compressed by rate c into T / c slots appended to the compressed memory, whose oldest
+slots are dropped in turn. Evicted states that do not fill a whole group of c (e.g. one token at a
+time during generation) wait in a small pending buffer, so no state is lost or invented.
+
+The compression network is trained only by its own loss and the LM only by its loss (the paper's
+stop-gradients in both directions): compression reads detached states, and the compressed memory
+the main attention uses is detached. Losses (`aux_loss`, weighted by `loss_weight`):
+- ``attention``: the attention of the current segment's queries over the evicted states vs over
+  their compression (content attention with the layer's own projections, all detached);
+- ``autoencoding``: a learned linear decoder reconstructs the evicted states from the compression.
+Compressions without parameters (max, mean, most-used) have no loss.
+
+Validity masks make per-row document resets exact; a compressed slot is valid when every state
+it was made from was valid (a group that straddles a reset is dropped).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from longrange.attention.base import AttentionModule, AttentionOutput, fifo_append, merge_heads, split_heads
+from longrange.attention.xl import RelativePositionScores, relative_attention
+from longrange.memory.compress import Compressor
+from longrange.memory.state import LayerState
+
+
+class CompressiveAttention(AttentionModule):
+    stateful = True
+    causal_only = True
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        dropout: float,
+        causal: bool,
+        layer_index: int,
+        mem_len: int,
+        cmem_len: int,
+        rate: int,
+        compression: str,
+        loss: str,
+        loss_weight: float,
+    ):
+        super().__init__()
+        if mem_len < 1 or cmem_len < 0:
+            raise ValueError(f"compressive.mem_len={mem_len} must be >= 1 and compressive.cmem_len={cmem_len} >= 0")
+        if loss not in ("attention", "autoencoding"):
+            raise ValueError(f"compressive.loss={loss!r} is not one of ['attention', 'autoencoding']")
+        self.n_heads, self.d_model, self.dropout, self.causal = n_heads, d_model, dropout, causal
+        self.mem_len, self.cmem_len, self.rate, self.loss_kind, self.loss_weight = (
+            mem_len,
+            cmem_len,
+            rate,
+            loss,
+            loss_weight,
+        )
+        # the same names as XLAttention, so weights move between the two
+        self.q = nn.Linear(d_model, d_model, bias=False)
+        self.kv = nn.Linear(d_model, 2 * d_model, bias=False)
+        self.out = nn.Linear(d_model, d_model, bias=False)
+        self.u_bias = nn.Parameter(torch.zeros(n_heads, d_model // n_heads))
+        self.rel = RelativePositionScores(d_model, n_heads)
+        self.compressor = Compressor(compression, d_model, rate)
+        if loss == "autoencoding" and self.compressor.learned:
+            self.decoder = nn.Linear(d_model, rate * d_model)  # one compressed slot -> its c states
+        self.record_attention = False  # analysis mode: keep the last attention weights by region
+        self.last_attention: dict | None = None
+
+    def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> LayerState:
+        def zeros(n, *shape, kind=dtype):
+            return torch.zeros(batch_size, n, *shape, device=device, dtype=kind)
+
+        return LayerState(
+            {
+                "cmem": zeros(self.cmem_len, self.d_model),  # (B, S, D)
+                "cmem_valid": zeros(self.cmem_len, kind=torch.bool),  # (B, S)
+                "mem": zeros(self.mem_len, self.d_model),  # (B, M, D)
+                "mem_valid": zeros(self.mem_len, kind=torch.bool),  # (B, M)
+                "mem_usage": zeros(self.mem_len, kind=torch.float32),  # (B, M) attention received (most-used)
+                "mem_age": zeros(self.mem_len, kind=torch.float32),  # (B, M) segments spent in memory
+                "pending": zeros(0, self.d_model),  # (B, P, D) evicted, waiting for a full group
+                "pending_valid": zeros(0, kind=torch.bool),
+                "pending_usage": zeros(0, kind=torch.float32),
+            }
+        )
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, x: Tensor, *, state=None, doc_start=None, pad_mask=None, carry=None) -> AttentionOutput:
+        self.check_input(x, self.causal)
+        if pad_mask is not None:
+            raise ValueError("compressive attention reads whole segments; padded batches are not supported")
+        b, t, _ = x.shape
+        if state is None:
+            state = self.init_state(b, x.device, x.dtype)
+        cmem, mem = state["cmem"].to(x.dtype), state["mem"].to(x.dtype)
+        n_prev = cmem.shape[1] + mem.shape[1]
+        keys_in = torch.cat([cmem, mem, x], dim=1)  # (B, L, D)
+        q = split_heads(self.q(x), self.n_heads)  # (B, H, T, E)
+        k, v = (split_heads(z, self.n_heads) for z in self.kv(keys_in).chunk(2, dim=-1))  # (B, H, L, E)
+        prev_valid = torch.cat([state["cmem_valid"], state["mem_valid"]], dim=1)  # (B, S + M)
+        causal = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
+        mask = torch.cat([prev_valid[:, None, None, :].expand(b, 1, t, n_prev), causal.expand(b, 1, t, t)], -1)
+        rel = self.rel(q, n_prev)
+        needs_weights = self.compressor.kind == "most_used" or self.record_attention
+        if needs_weights:  # explicit softmax: the attention each slot receives is needed
+            y, weights = _attention_with_weights(q, k, v, rel, mask, self.u_bias)
+        else:
+            y = relative_attention(q, k, v, rel, mask, self.u_bias, self.dropout if self.training else 0.0)
+            weights = None
+        if self.record_attention:
+            self.last_attention = {"weights": weights.detach(), "cmem": cmem.shape[1], "mem": mem.shape[1]}
+
+        next_state, aux = self._update_memories(state, x, q, weights)
+        return AttentionOutput(self.out(merge_heads(y)), next_state, aux)
+
+    # ------------------------------------------------------------------ memories
+    def _update_memories(self, state: LayerState, x: Tensor, q: Tensor, weights: Tensor | None):
+        b, t, _ = x.shape
+        s, m = state["cmem"].shape[1], state["mem"].shape[1]
+        # attention received by [memory ; segment] slots this segment, averaged over heads and queries
+        if weights is not None:
+            received = weights[..., s:].float().mean(dim=(1, 2))  # (B, M + T)
+        else:
+            received = torch.zeros(b, m + t, device=x.device)
+        usage = torch.cat([state["mem_usage"], torch.zeros(b, t, device=x.device)], 1) + received
+        age = torch.cat([state["mem_age"], torch.zeros(b, t, device=x.device)], 1) + 1
+        all_states = torch.cat([state["mem"], x], 1)  # (B, M + T, D)
+        all_valid = torch.cat([state["mem_valid"], torch.ones(b, t, dtype=torch.bool, device=x.device)], 1)
+        n_evict = t  # the T oldest leave the memory
+        evicted, evicted_valid = all_states[:, :n_evict], all_valid[:, :n_evict]
+        evicted_usage = (usage / age)[:, :n_evict]  # average attention weight while in memory
+
+        # join the pending states; compress whole groups of c, keep the rest pending
+        group = torch.cat([state["pending"].to(x.dtype), evicted], 1)
+        group_valid = torch.cat([state["pending_valid"], evicted_valid], 1)
+        group_usage = torch.cat([state["pending_usage"], evicted_usage], 1)
+        n_full = (group.shape[1] // self.rate) * self.rate
+        to_compress = group[:, :n_full].detach()  # stop-gradient: the LM loss never trains compression
+        compressed = self.compressor(to_compress, group_usage[:, :n_full])  # (B, n_full / c, D)
+        compressed_valid = group_valid[:, :n_full].view(b, -1, self.rate).all(-1) if n_full else group_valid[:, :0]
+        aux = self._compression_loss(to_compress, group_valid[:, :n_full], compressed, q) if n_full else None
+
+        cmem, cmem_valid = fifo_append(
+            state["cmem"], state["cmem_valid"], compressed.detach(), self.cmem_len, compressed_valid
+        )
+        next_state = state.replace(
+            cmem=cmem,
+            cmem_valid=cmem_valid,
+            mem=all_states[:, n_evict:],
+            mem_valid=all_valid[:, n_evict:],
+            mem_usage=usage[:, n_evict:],
+            mem_age=age[:, n_evict:],
+            pending=group[:, n_full:],
+            pending_valid=group_valid[:, n_full:],
+            pending_usage=group_usage[:, n_full:],
+        )
+        return next_state, aux
+
+    def _compression_loss(self, old: Tensor, old_valid: Tensor, compressed: Tensor, q: Tensor) -> Tensor | None:
+        if not self.compressor.learned:
+            return None
+        if self.loss_kind == "autoencoding":
+            b, n, d = old.shape
+            decoded = self.decoder(compressed).view(b, n, d)
+            error = (decoded - old).square().mean(-1)  # (B, N)
+        else:  # attention reconstruction with the layer's own (detached) projections, content only
+            q = q.detach()
+            w_k, w_v = (w.detach() for w in self.kv.weight.chunk(2, dim=0))
+
+            def attend(memory: Tensor, valid: Tensor | None) -> Tensor:  # noqa: E306 - local helper
+                k = split_heads(F.linear(memory, w_k), self.n_heads)
+                v = split_heads(F.linear(memory, w_v), self.n_heads)
+                mask = valid[:, None, None, :] if valid is not None else None
+                return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+            target = attend(old, old_valid)
+            error = (attend(compressed, None) - target).square().mean(dim=(1, 3))  # (B, T)
+            old_valid = old_valid.any(-1, keepdim=True).expand_as(error)  # rows with no old memory: no loss
+        weight = old_valid.float()
+        return self.loss_weight * (error * weight).sum() / weight.sum().clamp(min=1)
+
+
+def _attention_with_weights(q, k, v, rel, mask, u_bias) -> tuple[Tensor, Tensor]:
+    """The same attention as `relative_attention`, computed explicitly to return its weights (B, H, T, L)."""
+    scale = q.shape[-1] ** -0.5
+    scores = ((q + u_bias[:, None, :]) @ k.transpose(-1, -2) + rel) * scale
+    weights = scores.masked_fill(~mask, float("-inf")).softmax(-1)
+    return weights @ v, weights

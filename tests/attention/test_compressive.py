@@ -1,0 +1,136 @@
+"""Compressive Transformer: FIFO of both memories, gradient separation, c = 1 equals XL, generation."""
+
+import torch
+
+import longrange as lr
+from longrange.attention.compressive import CompressiveAttention
+from longrange.generate import generate
+
+D, H = 8, 2
+
+
+def _attn(mem_len=4, cmem_len=3, rate=2, compression="mean", loss="attention"):
+    return CompressiveAttention(
+        D,
+        H,
+        0.0,
+        True,
+        0,
+        mem_len=mem_len,
+        cmem_len=cmem_len,
+        rate=rate,
+        compression=compression,
+        loss=loss,
+        loss_weight=1.0,
+    )
+
+
+def test_both_memories_are_exact_fifos_over_many_segments():
+    attn = _attn(mem_len=4, cmem_len=3, rate=2, compression="mean")
+    state = attn.init_state(1, torch.device("cpu"), torch.float32)
+    segments = torch.arange(7 * 2, dtype=torch.float32).repeat_interleave(D).view(7, 1, 2, D)  # token i = i
+    for x in segments:
+        state = attn(x, state=state, doc_start=None).state
+    # 14 tokens seen: memory = tokens 10..13; evicted so far = tokens 0..9 (4 of them never valid: the
+    # initial empty slots), compressed in pairs: (8,9) -> 8.5, (6,7) -> 6.5, (4,5) -> 4.5 are the newest 3
+    assert state["mem"][0, :, 0].tolist() == [10.0, 11.0, 12.0, 13.0]
+    assert state["cmem"][0, :, 0].tolist() == [4.5, 6.5, 8.5]
+    assert state["cmem_valid"].all() and state["mem_valid"].all()
+
+
+def test_single_token_steps_keep_partial_groups_pending():
+    attn = _attn(mem_len=2, cmem_len=4, rate=3)
+    state = attn.init_state(1, torch.device("cpu"), torch.float32)
+    for i in range(7):
+        state = attn(torch.full((1, 1, D), float(i)), state=state, doc_start=None).state
+    # evicted: 2 empty slots then tokens 0..4; groups of 3: (empty, empty, 0) invalid, (1, 2, 3) -> 2.0
+    assert state["pending"][0, :, 0].tolist() == [4.0]
+    assert state["cmem"][0, -1, 0].item() == 2.0 and state["cmem_valid"][0].tolist() == [False, False, False, True]
+
+
+def test_reconstruction_loss_trains_only_the_compressor_and_lm_loss_never_does():
+    attn = _attn(compression="conv").train()
+    state = attn.init_state(2, torch.device("cpu"), torch.float32)
+    state = attn(torch.randn(2, 4, D), state=state, doc_start=None).state.detach()
+    out = attn(torch.randn(2, 4, D), state=state, doc_start=None)
+    torch.autograd.backward(out.aux_loss, inputs=list(attn.parameters()), retain_graph=True)
+    for name, p in attn.named_parameters():
+        has_grad = p.grad is not None and p.grad.abs().sum() > 0
+        assert has_grad == name.startswith("compressor"), name
+    attn.zero_grad()
+    # next segment's LM output reads the compressed memory: still no gradient into the compressor
+    following = attn(torch.randn(2, 4, D), state=out.state, doc_start=None)
+    (out.out.sum() + following.out.sum()).backward()
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in attn.compressor.parameters())
+
+
+def test_autoencoding_loss_trains_compressor_and_decoder():
+    attn = _attn(compression="conv", loss="autoencoding")
+    state = attn(torch.randn(1, 4, D), state=None, doc_start=None).state
+    out = attn(torch.randn(1, 4, D), state=state, doc_start=None)
+    out.aux_loss.backward()
+    assert attn.decoder.weight.grad.abs().sum() > 0 and attn.compressor.conv.weight.grad.abs().sum() > 0
+
+
+def test_rate_one_identity_compression_equals_transformer_xl():
+    """With c = 1 and mean pooling (the identity), [cmem ; mem] is an XL memory of n_m + n_cm."""
+    base = dict(segment_len=8, d_model=32, n_heads=2)
+    xl = lr.build_model(lr.ModelConfig.from_name("transformer-xl-tiny", **base, **{"xl.mem_len": 12})).eval()
+    comp_cfg = lr.ModelConfig.from_name(
+        "compressive-tiny", **base, compressive={"mem_len": 4, "cmem_len": 8, "rate": 1, "compression": "mean"}
+    )
+    comp = lr.build_model(comp_cfg).eval()
+    comp.load_state_dict(xl.state_dict())
+    tokens = torch.randint(0, 256, (2, 40))
+    states = [xl.init_state(2), comp.init_state(2)]
+    for start in range(0, 40, 8):
+        outs = []
+        for i, model in enumerate((xl, comp)):
+            out = model(tokens[:, start : start + 8], state=states[i])
+            states[i] = out.state
+            outs.append(out.logits)
+        torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-5)
+
+
+def test_generation_equals_recomputation():
+    model = lr.build_model(lr.ModelConfig.from_name("compressive-tiny", segment_len=16)).eval()
+    prompt = torch.randint(0, 256, (40,)).tolist()
+    tokens = generate(model, prompt, 6, temperature=0)
+    state = model.init_state(1)
+    with torch.no_grad():
+        for start in range(0, 40, 16):
+            out = model(torch.tensor([prompt[start : start + 16]]), state=state)
+            state = out.state
+        expected = []
+        for token in tokens:
+            expected.append(int(out.logits[0, -1].argmax()))
+            out = model(torch.tensor([[token]]), state=state)
+            state = out.state
+    assert tokens == expected
+
+
+def test_tiny_model_lm_and_compression_losses_fall():
+    torch.manual_seed(0)
+    model = lr.build_model(lr.ModelConfig.from_name("compressive-tiny", segment_len=16))
+    text = torch.tensor(list(b"the quick brown fox jumps over the lazy dog. " * 40))
+
+    def run(steps, optimizer):
+        state, losses = model.init_state(2), []
+        for step in range(steps):
+            starts = [(step * 16) % 600, (step * 16 + 300) % 600]
+            tokens = torch.stack([text[s : s + 16] for s in starts])
+            targets = torch.stack([text[s + 1 : s + 17] for s in starts])
+            out = model(tokens, state=state, targets=targets)
+            (out.loss + out.aux_loss).backward()
+            optimizer.step()
+            model.zero_grad()
+            state = out.state.detach()
+            losses.append((out.loss.item(), out.aux_loss.item()))
+        return losses
+
+    lm = [lm for lm, _ in run(60, torch.optim.Adam(model.parameters(), lr=3e-3))]
+    assert sum(lm[-10:]) < 0.6 * sum(lm[:10])
+    # the compression loss chases a moving target while the LM learns; with the LM fixed it must fall
+    compressors = [p for name, p in model.named_parameters() if ".compressor." in name]
+    aux = [aux for _, aux in run(40, torch.optim.Adam(compressors, lr=3e-3))]
+    assert sum(aux[-8:]) < 0.7 * sum(aux[2:10])
