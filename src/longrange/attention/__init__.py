@@ -7,6 +7,7 @@ from longrange.attention.base import Attention, AttentionModule, AttentionOutput
 from longrange.attention.compressive import CompressiveAttention
 from longrange.attention.full import FullAttention
 from longrange.attention.knn import KNNAttention
+from longrange.attention.luna import LunaAttention
 from longrange.attention.xl import XLAttention
 
 REGISTRY: dict[str, type[AttentionModule]] = {
@@ -14,6 +15,7 @@ REGISTRY: dict[str, type[AttentionModule]] = {
     "xl": XLAttention,
     "knn": KNNAttention,
     "compressive": CompressiveAttention,
+    "luna": LunaAttention,
 }
 
 __all__ = [
@@ -23,5 +25,6 @@ __all__ = [
     "AttentionOutput",
     "FullAttention",
     "KNNAttention",
+    "LunaAttention",
     "XLAttention",
 ]
