@@ -7,6 +7,8 @@ from longrange.attention.base import Attention, AttentionModule, AttentionOutput
 from longrange.attention.compressive import CompressiveAttention
 from longrange.attention.full import FullAttention
 from longrange.attention.knn import KNNAttention
+from longrange.attention.local import LocalAttention
+from longrange.attention.lsh import LSHAttention
 from longrange.attention.luna import LunaAttention
 from longrange.attention.xl import XLAttention
 
@@ -16,6 +18,8 @@ REGISTRY: dict[str, type[AttentionModule]] = {
     "knn": KNNAttention,
     "compressive": CompressiveAttention,
     "luna": LunaAttention,
+    "lsh": LSHAttention,
+    "local": LocalAttention,
 }
 
 __all__ = [
@@ -25,6 +29,8 @@ __all__ = [
     "AttentionOutput",
     "FullAttention",
     "KNNAttention",
+    "LSHAttention",
+    "LocalAttention",
     "LunaAttention",
     "XLAttention",
 ]

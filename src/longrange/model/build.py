@@ -56,5 +56,6 @@ def build_model(cfg: ModelConfig) -> LongRangeLM:
         positions=build_positions(cfg),
         head_chunks=cfg.head_chunks,
         tie_embeddings=cfg.tie_embeddings,
+        reversible=cfg.reversible,
         config=cfg,
     )

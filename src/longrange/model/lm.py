@@ -43,6 +43,7 @@ class LongRangeLM(nn.Module):
         positions: nn.Module | None = None,
         head_chunks: int = 1,
         tie_embeddings: bool = False,
+        reversible: bool = False,
         config=None,
     ):
         super().__init__()
@@ -55,6 +56,10 @@ class LongRangeLM(nn.Module):
         if tie_embeddings:
             self.head.weight = self.embed.weight
         self.dropout, self.head_chunks = dropout, head_chunks
+        self.reversible = reversible  # reversible residual stack (Reformer); see model/reversible.py
+        self.reversible_backward = True  # False: the plain twin (same function, ordinary autograd)
+        if reversible and self.stateful:
+            raise ValueError("reversible blocks cannot carry memories across segments; set reversible: false")
         self.apply(_init_weights)
 
     # ------------------------------------------------------------------ state
@@ -110,6 +115,14 @@ class LongRangeLM(nn.Module):
         self, h: Tensor, state: ModelState, doc_start: Tensor | None, pad_mask: Tensor | None
     ) -> tuple[Tensor, list, dict[str, Tensor]]:
         """Run every block, threading each layer's state and the attention carry (Luna's P)."""
+        if self.reversible:
+            from longrange.model.reversible import plain_reversible, reversible
+
+            if pad_mask is not None:
+                raise ValueError("reversible blocks do not take padding masks; pass whole sequences")
+            use_custom = self.reversible_backward and torch.is_grad_enabled()
+            h = reversible(self.blocks, h) if use_custom else plain_reversible(self.blocks, h)
+            return h, list(state.layers), {}
         layer_states, aux_losses, carry = [], {}, None
         for i, (block, layer_state) in enumerate(zip(self.blocks, state.layers, strict=True)):
             h, a = block(h, state=layer_state, doc_start=doc_start, pad_mask=pad_mask, carry=carry)

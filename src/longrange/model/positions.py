@@ -82,3 +82,24 @@ class T5RelativeBias(nn.Module):
     def forward(self, distance: Tensor) -> Tensor:
         """distance (T, L) int64 (query position - key position) -> bias (H, T, L)."""
         return self.bias(self.bucket(distance)).permute(2, 0, 1)
+
+
+class AxialPositions(nn.Module):
+    """Axial position embeddings (Reformer): position p of a max_len = n_1 * n_2 grid is the
+    concatenation of a row embedding (n_1 x D/2) and a column embedding (n_2 x D/2), so 64K
+    positions cost (256 + 256) * D/2 parameters instead of 65536 * D."""
+
+    def __init__(self, d_model: int, axial_shape: list[int]):
+        super().__init__()
+        if len(axial_shape) != 2:
+            raise ValueError(f"axial_shape={axial_shape} must have two factors")
+        self.shape = tuple(axial_shape)
+        half = d_model // 2
+        self.rows = nn.Parameter(torch.randn(self.shape[0], half) * 0.02)
+        self.cols = nn.Parameter(torch.randn(self.shape[1], d_model - half) * 0.02)
+
+    def forward(self, positions: Tensor) -> Tensor:
+        """positions (B, T) int64 -> (B, T, D)"""
+        if int(positions.max()) >= self.shape[0] * self.shape[1]:
+            raise ValueError(f"position {int(positions.max())} is beyond the axial grid {self.shape}")
+        return torch.cat([self.rows[positions // self.shape[1]], self.cols[positions % self.shape[1]]], dim=-1)

@@ -1,0 +1,168 @@
+"""Reformer LSH attention (Kitaev et al. 2020).
+
+Shape legend: B batch, H heads, T tokens (padded to Tp, a multiple of the chunk length C),
+R hash rounds, K buckets, S = R * Tp sorted items, N = S / C chunks, W = 2C keys per chunk
+(own chunk + `chunks_before` previous ones + `chunks_after` following), E head width, D model width.
+
+1. Shared query/key projection: keys are the queries normalised to unit length.
+2. Angular LSH: random rotations Rot (E, R, K/2); bucket = argmax([x Rot ; -x Rot]) per round.
+3. Sort items by (round, bucket, position), cut into chunks of C; each chunk attends to itself and
+   its neighbouring chunks (no T x T matrix: memory O(T * R * W)).
+4. Masks: a query attends to keys of its own bucket (the paper's P_i = {j : h(q_i) = h(k_j)}) that
+   lie at most C items away in sorted order; causal by original position; a token attends to
+   itself only when nothing else is visible (its score is set to -1e5, not -inf, as in the
+   paper); padding never attended.
+   Deliberate deviation: the paper lets a query see every item of its chunk and the previous one,
+   whatever their bucket. Chunk boundaries move when a *future* token lands in a lower bucket, so
+   that version leaks information from the future into past outputs. Restricting the window to the
+   query's own bucket and to a fixed distance in sorted order makes it exactly causal at the same
+   cost (a bucket larger than C is truncated, as chunking truncates it in the paper).
+5. Rounds are merged with weights softmax(logsumexp of each round); optionally (``dedup``) scores
+   of a pair that shares a bucket in several rounds are divided by that count (the paper's
+   correction, counting shared buckets as a proxy for shared chunks).
+
+Rotations are drawn fresh from torch's RNG in training (so the reversible block, which records
+and restores the RNG state, re-hashes identically when it recomputes) and from a generator seeded
+with ``hash_seed`` otherwise (``hash_seed`` None: seed 0), so evaluation is deterministic.
+``n_buckets`` None picks 2 * Tp / C rounded to an even number, as in the paper.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from longrange.attention.base import AttentionModule, AttentionOutput, merge_heads, split_heads
+from longrange.attention.local import look_around
+
+SELF_SCORE = -1e5  # a token sees itself only when nothing else is visible
+MASKED = -1e9
+
+
+class LSHAttention(AttentionModule):
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        dropout: float,
+        causal: bool,
+        layer_index: int,
+        n_hashes: int,
+        bucket_size: int,
+        n_buckets: int | None,
+        chunks_before: int,
+        chunks_after: int,
+        dedup: bool,
+        hash_seed: int | None,
+    ):
+        super().__init__()
+        if n_hashes < 1 or bucket_size < 1:
+            raise ValueError("lsh.n_hashes and lsh.bucket_size must be >= 1")
+        if n_buckets is not None and (n_buckets < 1 or (n_buckets > 1 and n_buckets % 2)):
+            raise ValueError(f"lsh.n_buckets={n_buckets} must be 1 or an even number (or null for automatic)")
+        self.n_heads, self.causal, self.dropout = n_heads, causal, dropout
+        self.n_hashes, self.chunk, self.n_buckets, self.dedup, self.hash_seed = (
+            n_hashes,
+            bucket_size,
+            n_buckets,
+            dedup,
+            hash_seed,
+        )
+        self.before, self.after = chunks_before, 0 if causal else chunks_after
+        self.qk = nn.Linear(d_model, d_model, bias=False)
+        self.v = nn.Linear(d_model, d_model, bias=False)
+        self.out = nn.Linear(d_model, d_model, bias=False)
+
+    def buckets_for(self, tp: int) -> int:
+        return self.n_buckets or max(2, 2 * (tp // self.chunk) + (2 * (tp // self.chunk)) % 2)
+
+    def rotations(self, dim: int, n_buckets: int, device, dtype) -> Tensor:
+        shape = (dim, self.n_hashes, n_buckets // 2)
+        if self.training:
+            return torch.randn(shape, device=device, dtype=dtype)
+        g = torch.Generator(device="cpu").manual_seed(self.hash_seed if self.hash_seed is not None else 0)
+        return torch.randn(shape, generator=g).to(device=device, dtype=dtype)
+
+    def hash(self, qk: Tensor, n_buckets: int) -> Tensor:
+        """qk (B, H, Tp, E) -> buckets (B, H, R, Tp) in [0, K)."""
+        if n_buckets == 1:  # one bucket: plain (chunked) shared-QK attention; the test oracle
+            return qk.new_zeros((qk.shape[0], qk.shape[1], self.n_hashes, qk.shape[2]), dtype=torch.long)
+        rot = self.rotations(qk.shape[-1], n_buckets, qk.device, qk.dtype)
+        rotated = torch.einsum("bhte,erk->bhrtk", qk, rot)
+        return torch.cat([rotated, -rotated], dim=-1).argmax(dim=-1)
+
+    def forward(self, x: Tensor, *, state=None, doc_start=None, pad_mask=None, carry=None) -> AttentionOutput:
+        self.check_input(x, self.causal)
+        b, t, _ = x.shape
+        c, r = self.chunk, self.n_hashes
+        tp = -(-t // c) * c
+        real = torch.zeros(b, tp, dtype=torch.bool, device=x.device)
+        real[:, :t] = True if pad_mask is None else pad_mask
+        x = F.pad(x, (0, 0, 0, tp - t))
+        qk = split_heads(self.qk(x), self.n_heads)  # (B, H, Tp, E)
+        v = split_heads(self.v(x), self.n_heads)
+        e = qk.shape[-1]
+        n_buckets = self.buckets_for(tp)
+        buckets = self.hash(qk, n_buckets)  # (B, H, R, Tp)
+
+        # sort by (round, bucket, position): key = (round * K + bucket) * Tp + position
+        pos = torch.arange(tp, device=x.device)
+        rounds = torch.arange(r, device=x.device)[:, None]
+        round_bucket = (rounds * n_buckets + buckets).flatten(2)  # (B, H, S) bucket id, unique per round
+        order = (round_bucket * tp + pos.repeat(r)).argsort(dim=-1)
+        item_pos = order % tp  # original position of each sorted item
+        undo = order.argsort(dim=-1)
+
+        def gather(z: Tensor) -> Tensor:  # (B, H, Tp, E) -> sorted chunks (B, H, N, C, E)
+            return z.gather(2, item_pos[..., None].expand(-1, -1, -1, z.shape[-1])).view(
+                b, self.n_heads, -1, c, z.shape[-1]
+            )
+
+        q_s = gather(qk)
+        k_s = F.normalize(q_s, dim=-1)
+        v_s = gather(v)
+        p_s = item_pos.view(b, self.n_heads, -1, c)  # (B, H, N, C)
+        n_chunks = p_s.shape[2]
+        before, after = (self.before, self.after) if n_chunks > 1 else (0, 0)  # one chunk: itself only
+        k_w = look_around(k_s, before, after, 0.0)  # (B, H, N, W, E)
+        v_w = look_around(v_s, before, after, 0.0)
+        kp_w = look_around(p_s[..., None], before, after, -1)[..., 0]  # (B, H, N, W)
+        bucket_s = round_bucket.gather(2, order).view_as(p_s)  # (B, H, N, C)
+        kb_w = look_around(bucket_s[..., None], before, after, -1)[..., 0]  # (B, H, N, W)
+        index_s = torch.arange(order.shape[-1], device=x.device).view(1, 1, -1, c)  # sorted index
+        ki_w = look_around(index_s[..., None], before, after, -1)[..., 0]  # (1, 1, N, W)
+
+        scores = (q_s @ k_w.transpose(-1, -2)) * e**-0.5  # (B, H, N, C, W)
+        qp, kp = p_s[..., None], kp_w[..., None, :]
+        key_real = real.gather(1, kp_w.clamp(min=0).flatten(1)).view_as(kp_w)[..., None, :] & (kp >= 0)
+        same_bucket = kb_w[..., None, :] == bucket_s[..., None]
+        near = (index_s[..., None] - ki_w[..., None, :]).abs() <= c  # fixed window in sorted order
+        visible = key_real & same_bucket & near
+        if self.causal:
+            visible = visible & (kp <= qp)
+        scores = scores.masked_fill(~visible, MASKED).masked_fill(kp == qp, SELF_SCORE)
+        if self.dedup and r > 1:
+            scores = scores - self._duplicate_log_counts(buckets, p_s, kp_w)
+        lse = scores.logsumexp(dim=-1, keepdim=True)  # (B, H, N, C, 1)
+        weights = F.dropout((scores - lse).exp(), self.dropout, self.training)
+        out_s = weights @ v_w  # (B, H, N, C, E)
+
+        # unsort, then merge the rounds by their logsumexp weights
+        out = out_s.view(b, self.n_heads, -1, e).gather(2, undo[..., None].expand(-1, -1, -1, e))
+        lse = lse.view(b, self.n_heads, -1).gather(2, undo)
+        out, lse = out.view(b, self.n_heads, r, tp, e), lse.view(b, self.n_heads, r, tp)
+        y = (out * lse.softmax(dim=2)[..., None]).sum(dim=2)[:, :, :t]  # (B, H, T, E)
+        return AttentionOutput(self.out(merge_heads(y)), None)
+
+    def _duplicate_log_counts(self, buckets: Tensor, p_s: Tensor, kp_w: Tensor) -> Tensor:
+        """log(number of rounds in which query and key share a bucket), (B, H, N, C, W)."""
+        by_pos = buckets.transpose(2, 3)  # (B, H, Tp, R)
+        b, h, tp, r = by_pos.shape
+
+        def rounds_of(p: Tensor) -> Tensor:  # positions (B, H, ...) -> their buckets in every round
+            flat = p.clamp(min=0).flatten(2)
+            return by_pos.gather(2, flat[..., None].expand(-1, -1, -1, r)).view(*p.shape, r)
+
+        shared = (rounds_of(p_s)[..., :, None, :] == rounds_of(kp_w)[..., None, :, :]).sum(-1)  # (B, H, N, C, W)
+        return shared.clamp(min=1).float().log()

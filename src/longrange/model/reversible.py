@@ -1,0 +1,111 @@
+"""Reversible residual layers (Gomez et al. 2017, as used by the Reformer).
+
+Each block maps (X1, X2) -> (Y1, Y2):
+
+    Y1 = X1 + F(X2)      F = Dropout(Attention(LayerNorm(.)))
+    Y2 = X2 + G(Y1)      G = Dropout(FeedForward(LayerNorm(.)))
+
+so the inputs can be reconstructed from the outputs (X2 = Y2 - G(Y1), X1 = Y1 - F(X2)) and no
+activation inside the stack is stored for the backward pass: memory no longer grows with depth.
+The backward pass recomputes F and G under the RNG state recorded in the forward pass (dropout,
+fresh LSH rotations), restoring it with `torch.random.fork_rng` instead of reseeding the global
+RNG. Parameter gradients flow through ordinary autograd calls on the recomputed graphs, so
+DistributedDataParallel's gradient hooks and gradient accumulation see them as usual.
+
+The model feeds X1 = X2 = h and reads out (Y1 + Y2) / 2; `plain_reversible` computes exactly the
+same function with ordinary autograd (the twin the tests compare against).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from longrange.model.blocks import Block
+
+
+class _RecordedRNG:
+    """Record the RNG state before a call; replay the call later under the same state."""
+
+    def __init__(self):
+        self.cpu = torch.get_rng_state()
+        self.cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+
+    def replay(self):
+        devices = list(range(torch.cuda.device_count())) if self.cuda is not None else []
+        ctx = torch.random.fork_rng(devices=devices)
+        ctx.__enter__()
+        torch.set_rng_state(self.cpu)
+        if self.cuda is not None:
+            torch.cuda.set_rng_state_all(self.cuda)
+        return ctx
+
+
+def _f(block: Block, x: Tensor) -> Tensor:
+    out = block.attention(block.attn_norm(x), state=None, doc_start=None).out
+    return F.dropout(out, block.dropout, block.training)
+
+
+def _g(block: Block, x: Tensor) -> Tensor:
+    return F.dropout(block.ff(block.ff_norm(x)), block.dropout, block.training)
+
+
+def plain_reversible(blocks: nn.ModuleList, h: Tensor) -> Tensor:
+    """The reversible stack's function with ordinary autograd (stores every activation)."""
+    x1 = x2 = h
+    for block in blocks:
+        x1 = x1 + _f(block, x2)
+        x2 = x2 + _g(block, x1)
+    return (x1 + x2) / 2
+
+
+class _ReversibleStack(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h: Tensor, blocks: nn.ModuleList, *params: Tensor) -> Tensor:
+        ctx.blocks, ctx.rng = blocks, []
+        x1 = x2 = h.detach()
+        with torch.no_grad():
+            for block in blocks:
+                rng_f = _RecordedRNG()
+                x1 = x1 + _f(block, x2)
+                rng_g = _RecordedRNG()
+                x2 = x2 + _g(block, x1)
+                ctx.rng.append((rng_f, rng_g))
+        ctx.save_for_backward(x1, x2)  # only the stack's outputs are kept
+        return (x1 + x2) / 2
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        y1, y2 = ctx.saved_tensors
+        dy1 = dy2 = grad_out / 2
+        for block, (rng_f, rng_g) in zip(reversed(ctx.blocks), reversed(ctx.rng), strict=True):
+            # X2 = Y2 - G(Y1); dX1 = dY1 + (dG/dY1)^T dY2
+            with torch.enable_grad():
+                y1 = y1.detach().requires_grad_(True)
+                rng = rng_g.replay()
+                g_y1 = _g(block, y1)
+                rng.__exit__(None, None, None)
+                torch.autograd.backward(g_y1, dy2)
+            with torch.no_grad():
+                x2 = y2 - g_y1
+                dx1 = dy1 + y1.grad
+            # X1 = Y1 - F(X2); dX2 = dY2 + (dF/dX2)^T dX1
+            with torch.enable_grad():
+                x2 = x2.detach().requires_grad_(True)
+                rng = rng_f.replay()
+                f_x2 = _f(block, x2)
+                rng.__exit__(None, None, None)
+                torch.autograd.backward(f_x2, dx1)
+            with torch.no_grad():
+                x1 = y1 - f_x2
+                dx2 = dy2 + x2.grad
+            y1, y2, dy1, dy2 = x1, x2, dx1, dx2
+        # parameter gradients were accumulated by the autograd calls above
+        return (dy1 + dy2, None) + (None,) * len([p for b in ctx.blocks for p in b.parameters()])
+
+
+def reversible(blocks: nn.ModuleList, h: Tensor) -> Tensor:
+    """Run `blocks` as a reversible stack; activations are recomputed in the backward pass."""
+    params = [p for b in blocks for p in b.parameters()]
+    return _ReversibleStack.apply(h, blocks, *params)
