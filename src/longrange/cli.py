@@ -12,7 +12,7 @@ import logging
 import sys
 from types import ModuleType
 
-from longrange.commands import bench, demo, generate, presets, train
+from longrange.commands import bench, demo, generate, presets, repro, train
 from longrange.commands import eval as eval_command
 
 COMMANDS: dict[str, ModuleType] = {
@@ -22,6 +22,7 @@ COMMANDS: dict[str, ModuleType] = {
     "generate": generate,
     "presets": presets,
     "bench": bench,
+    "repro": repro,
 }
 
 

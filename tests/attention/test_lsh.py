@@ -63,7 +63,7 @@ def test_more_hash_rounds_approach_full_attention():
 def test_future_tokens_change_no_past_output_even_through_the_hashing():
     attn = _lsh(n_hashes=2, bucket_size=8, n_buckets=4)
     x = torch.randn(2, 64, D)
-    for trial in range(5):
+    for _ in range(5):
         y = x.clone()
         y[:, 40:] = torch.randn(2, 24, D)
         a, b = attn(x, state=None, doc_start=None).out, attn(y, state=None, doc_start=None).out

@@ -1,0 +1,45 @@
+"""Helpers shared by the reproductions: train a config on documents, score it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from longrange.config import ModelConfig
+from longrange.eval.evaluate import evaluate
+from longrange.model.build import build_model
+from longrange.model.lm import LongRangeLM
+from longrange.train.trainer import TrainConfig, Trainer
+
+
+def train_model(
+    cfg: ModelConfig, documents: list[bytes], out: Path, *, steps: int, batch_size: int, lr: float = 2e-3, seed: int = 0
+) -> tuple[LongRangeLM, list[dict]]:
+    """Train with the project's trainer (no progress bar); returns the model and its metric records."""
+    import torch
+
+    torch.manual_seed(seed)
+    model = build_model(cfg)
+    train_cfg = TrainConfig(
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        min_lr=lr / 10,
+        warmup_steps=min(50, steps // 10),
+        checkpoint_every=steps,
+        log_every=max(1, steps // 20),
+        progress=False,
+        seed=seed,
+    )
+    trainer = Trainer(model, train_cfg, documents, None, out)
+    history = trainer.fit()
+    return model, history
+
+
+def held_out_bpb(model: LongRangeLM, documents: list[bytes]) -> dict:
+    result = evaluate(model, documents, batch_size=min(4, len(documents)))
+    return {"bpb": result["bpb"], "by_position": result["by_position"]}
+
+
+def write_json(path: Path, data) -> None:
+    path.write_text(json.dumps(data, indent=1))
