@@ -102,10 +102,86 @@ def _meta(args: argparse.Namespace) -> dict:
     }
 
 
+def add_knn_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sizes", type=_csv(int), default=[16384, 65536, 262144, 1048576])
+    p.add_argument("--backends", type=_csv(str), default=["exact", "faiss-flat", "faiss-hnsw", "faiss-ivf"])
+    p.add_argument("--step-sizes", type=_csv(int), default=[8192, 65536], help="memory sizes for the step overhead")
+    p.add_argument("--steps", type=int, default=5)
+
+
+def run_knn(args: argparse.Namespace) -> int:
+    """kNN search time/recall vs memory size per backend, and the training-step overhead of a kNN layer."""
+    from longrange.bench.knn import search_point, step_overhead
+
+    torch.set_num_threads(args.threads)
+    rows = []
+    for size in args.sizes:
+        for backend in args.backends:
+            rows.append(search_point(backend, size))
+            exact = next(r for r in rows if r["size"] == size and r["backend"] == "exact")
+            rows[-1]["time_vs_exact"] = rows[-1]["search_s"] / exact["search_s"]
+            r = rows[-1]
+            print(
+                f"{backend:>11} M={size:>8}: search {r['search_s'] * 1e3:8.1f} ms (x{r['time_vs_exact']:.2f} of "
+                f"exact), recall {r['recall']:.3f}, first search {r['first_search_s']:.2f} s",
+                flush=True,
+            )
+    overhead = step_overhead(args.step_sizes, steps=args.steps)
+    for r in overhead:
+        print(f"train step, memory {r['memory_size']:>6}: {r['step_s']:.3f} s  x{r['ratio']:.2f} vs no memory")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "knn.json").write_text(json.dumps({"meta": _meta(args), "search": rows, "step": overhead}, indent=1))
+    return 0
+
+
+def add_reversible_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--length", type=int, default=4096)
+    p.add_argument("--d-model", type=int, default=512)
+    p.add_argument("--heads", type=int, default=8)
+    p.add_argument("--timeout", type=float, default=600)
+
+
+def run_reversible(args: argparse.Namespace) -> int:
+    """Peak memory of reversible vs plain Reformer stacks at depth 2, 4, 8 (fresh process per point)."""
+    rows = []
+    for kind in ("reversible", "plain"):
+        for depth in (2, 4, 8):
+            point = {
+                "variant": f"{kind}-depth{depth}",
+                "length": args.length,
+                "d_model": args.d_model,
+                "heads": args.heads,
+                "batch": 1,
+                "causal": True,
+                "repeats": 1,
+                "device": "cpu",
+            }
+            rows.append(attention_bench.measure_in_subprocess(point, args.threads, args.timeout))
+            print(rows[-1], flush=True)
+    growth = {}
+    for kind in ("reversible", "plain"):
+        peaks = {r["variant"]: r.get("peak_mib") for r in rows if r["variant"].startswith(kind)}
+        if peaks.get(f"{kind}-depth2") is not None and peaks.get(f"{kind}-depth8") is not None:
+            growth[kind] = peaks[f"{kind}-depth8"] - peaks[f"{kind}-depth2"]
+    if len(growth) == 2:
+        growth["ratio"] = growth["reversible"] / max(growth["plain"], 1e-9)
+        print(
+            f"peak-memory growth depth 2 -> 8: reversible {growth['reversible']:.0f} MiB, plain "
+            f"{growth['plain']:.0f} MiB, ratio {growth['ratio']:.2f}"
+        )
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "reversible.json").write_text(
+        json.dumps({"meta": _meta(args), "rows": rows, "growth": growth}, indent=1)
+    )
+    return 0
+
+
 # name -> (add_arguments, run); mechanisms add their benchmarks here
 BENCHES = {
     "attention": (add_attention_args, run_attention),
     "train": (add_train_args, run_train),
+    "knn": (add_knn_args, run_knn),
+    "reversible": (add_reversible_args, run_reversible),
 }
 
 
