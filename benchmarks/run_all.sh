@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Every benchmark of the README, one after another (never two at once: the numbers would be noise).
+# Usage: benchmarks/run_all.sh [longrange-binary]   Results land in benchmarks/results/.
+set -euo pipefail
+LR=${1:-.venv/bin/longrange}
+R=benchmarks/results
+$LR bench attention --variants full,xl,lsh-1,lsh-4,lsh-8,local,luna-16,luna-128 \
+    --lengths 1024,4096,16384 --repeats 2 --timeout 400 --out $R/attention-causal
+$LR bench attention --variants lsh-4,luna-16,luna-128,local --lengths 65536 --repeats 1 --timeout 600 \
+    --out $R/attention-64k
+$LR bench attention --variants luna-16,luna-128 --lengths 1024,4096 --bidirectional --repeats 2 \
+    --out $R/attention-bidirectional
+$LR bench reversible --length 4096 --out $R/reversible
+$LR bench knn --sizes 16384,65536,262144 --out $R/knn
+$LR bench train --presets transformer-tiny,transformer-xl-tiny --steps 20 --threads 2 --out $R/train-tiny-2t
+$LR bench train --presets transformer-tiny,transformer-xl-tiny --steps 20 --threads 1 --out $R/train-tiny-1t
+$LR bench train --presets transformer-xl-small,transformer-small,compressive-small,memorizing-small,luna-small \
+    --steps 5 --threads 2 --out $R/train-small
