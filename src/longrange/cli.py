@@ -12,7 +12,7 @@ import logging
 import sys
 from types import ModuleType
 
-from longrange.commands import bench, demo, generate, presets, repro, train
+from longrange.commands import analyze, bench, demo, generate, inspect_memory, presets, repro, train
 from longrange.commands import eval as eval_command
 
 COMMANDS: dict[str, ModuleType] = {
@@ -23,6 +23,8 @@ COMMANDS: dict[str, ModuleType] = {
     "presets": presets,
     "bench": bench,
     "repro": repro,
+    "analyze": analyze,
+    "inspect-memory": inspect_memory,
 }
 
 

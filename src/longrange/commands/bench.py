@@ -35,8 +35,12 @@ def add_attention_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--timeout", type=float, default=300, help="seconds per point before it is recorded as a timeout")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--full-max-length", type=int, default=16384,
-                   help="skip the full-attention baseline above this length (quadratic time)")
+    p.add_argument(
+        "--full-max-length",
+        type=int,
+        default=16384,
+        help="skip the full-attention baseline above this length (quadratic time)",
+    )
 
 
 def run_attention(args: argparse.Namespace) -> int:

@@ -170,6 +170,7 @@ class Trainer:
         self.step = 0
         self.state: ModelState | None = None
         self.history: list[dict] = []
+        self._tensorboard: Any = False  # created on the first log line (False: not tried yet)
 
     # -- checkpointing ---------------------------------------------------------------
     def save(self) -> None:
@@ -296,7 +297,22 @@ class Trainer:
             return
         with open(self.out_dir / "metrics.jsonl", "a") as fh:
             fh.write(json.dumps(record) + "\n")
+        if self._tensorboard is False:
+            self._tensorboard = _tensorboard_writer(self.out_dir)
+        if self._tensorboard is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, int | float):
+                    self._tensorboard.add_scalar(key, value, record["step"])
         log.debug("%s", record)
+
+
+def _tensorboard_writer(out_dir: Path):
+    """A TensorBoard writer when the optional `tensorboard` package is installed, else None."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(out_dir / "tensorboard"))
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
