@@ -16,9 +16,10 @@ position is a ratio of prefix sums,
 
     Y_p^t[j] = sum_{s<=t} phi(p_j . k_s) v_s  /  sum_{s<=t} phi(p_j . k_s),
 
-and unpack is a softmax over the l packed slots of Y_p^t. The prefix sums run chunk by chunk
-(C positions at a time, totals carried between chunks, each chunk recomputed in the backward
-pass), so no T x T matrix is formed and memory stays O(T * D + C * l * D).
+and unpack is a softmax over the l packed slots of Y_p^t. Positions are processed in chunks of C:
+sums inside a chunk become (C x C) and (C x l) matrix products and sums across chunks a prefix
+sum over chunk totals, all chunks at once (see `causal_luna`), so neither a T x T matrix nor the
+(T, l, E) packed contexts are formed: memory O(T * (C + l) * H).
 
 Deliberate deviations, for causality and linear cost:
 - In the causal form the unpack key/value projections are per head (block-diagonal, E x E), so
@@ -40,7 +41,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from longrange.attention.base import AttentionModule, AttentionOutput, merge_heads, split_heads
 from longrange.memory.state import LayerState
@@ -135,33 +135,38 @@ class LunaAttention(AttentionModule):
         a = self._phi((k @ pq.transpose(-1, -2)) * scale).float()  # (B, H, T, l) pack weights, >= 0
         if pad_mask is not None:
             a = a * pad_mask[:, None, :, None]
-        uq = torch.einsum("bhte,hfe->bhtf", q, self.unpack_k) * scale  # q W_k^T per head: (B, H, T, E)
-        num, den = state["num"], state["den"]
-        outs = []
-        for start in range(0, q.shape[2], self.chunk_len):  # chunks, not tokens: prefix sums inside
-            end = start + self.chunk_len
-            chunk = (uq[:, :, start:end], a[:, :, start:end], v[:, :, start:end].float(), num, den)
-            if torch.is_grad_enabled() and (self.training or uq.requires_grad):
-                y, num, den = checkpoint(_luna_chunk, *chunk, use_reentrant=False)
-            else:
-                y, num, den = _luna_chunk(*chunk)
-            outs.append(y)
-        y = torch.cat(outs, dim=2)  # (B, H, T, E), mixes of packed contexts
+        uq = torch.einsum("bhte,hfe->bhtf", q, self.unpack_k).float() * scale  # q W_k^T per head: (B, H, T, E)
+        y, num, den = causal_luna(uq, a, v.float(), state["num"], state["den"], self.chunk_len)
         y = torch.einsum("bhte,hef->bhtf", y.to(q.dtype), self.unpack_v)  # per-head unpack value projection
         return F.dropout(y, self.dropout, self.training), state.replace(num=num, den=den)
 
 
-def _luna_chunk(uq: Tensor, a: Tensor, v: Tensor, num: Tensor, den: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """One chunk of causal Luna.
+def causal_luna(uq: Tensor, a: Tensor, v: Tensor, num: Tensor, den: Tensor, chunk: int):
+    """Causal pack + unpack by chunked prefix sums, every chunk at once (no loop over tokens or chunks).
 
-    uq (B, H, C, E) unpack queries already multiplied by W_k^T; a (B, H, C, l) pack weights;
-    v (B, H, C, E) pack values; num (B, H, l, E) / den (B, H, l) prefix sums before the chunk.
-    Returns (y (B, H, C, E), num, den) with the sums after the chunk.
+    uq (B, H, T, E) unpack queries times W_k^T; a (B, H, T, l) pack weights; v (B, H, T, E) pack values;
+    num (B, H, l, E) / den (B, H, l) sums over earlier segments. Returns y (B, H, T, E) and the new sums.
+
+    With packed_t[j] = num_t[j] / den_t[j] and num_t[j] = num_before_chunk[j] + sum_{s<=t in chunk} a_s[j] v_s:
+        score_t[j] = uq_t . packed_t[j] = ((G a)[t, j] + uq_t . num_before[j]) / den_t[j],  G = tril(uq v^T)
+        y_t = sum_j w_t[j] packed_t[j] = (tril(w' a^T) v)_t + (w' num_before)_t,  w' = softmax(score) / den
+    so only (C x C) and (C x l) blocks are formed, never the (T, l, E) packed contexts.
     """
-    cum_num = num[:, :, None] + torch.cumsum(a[..., None] * v[:, :, :, None, :], dim=2)  # (B, H, C, l, E)
-    cum_den = den[:, :, None] + torch.cumsum(a, dim=2)  # (B, H, C, l)
-    packed = cum_num / cum_den.clamp(min=1e-6)[..., None]  # Y_p^t per position: (B, H, C, l, E)
-    scores = torch.einsum("bhce,bhcle->bhcl", uq.float(), packed)  # unpack: softmax over the l slots
-    weights = scores.softmax(dim=-1)
-    y = torch.einsum("bhcl,bhcle->bhce", weights, packed)
-    return y, cum_num[:, :, -1], cum_den[:, :, -1]
+    b, h, t, e = uq.shape
+    n = -(-t // chunk)
+    pad = n * chunk - t  # zero pack weights and values: padding packs nothing
+    uq, a, v = (F.pad(z, (0, 0, 0, pad)) for z in (uq, a, v))
+    uq, v = uq.view(b, h, n, chunk, e), v.view(b, h, n, chunk, e)  # (B, H, N, C, E)
+    a = a.view(b, h, n, chunk, -1)  # (B, H, N, C, l)
+    chunk_num = a.transpose(-1, -2) @ v  # (B, H, N, l, E) sums inside each chunk
+    chunk_den = a.sum(3)  # (B, H, N, l)
+    num_before = num[:, :, None] + chunk_num.cumsum(2) - chunk_num  # exclusive prefix over chunks
+    den_before = den[:, :, None] + chunk_den.cumsum(2) - chunk_den
+    den_t = (den_before[:, :, :, None] + a.cumsum(3)).clamp(min=1e-6)  # (B, H, N, C, l)
+    causal = torch.ones(chunk, chunk, dtype=torch.bool, device=a.device).tril()
+    g = (uq @ v.transpose(-1, -2)).masked_fill(~causal, 0.0)  # (B, H, N, C, C)
+    scores = (g @ a + uq @ num_before.transpose(-1, -2)) / den_t  # (B, H, N, C, l)
+    w = scores.softmax(dim=-1) / den_t
+    m = (w @ a.transpose(-1, -2)).masked_fill(~causal, 0.0)  # (B, H, N, C, C)
+    y = (m @ v + w @ num_before).view(b, h, n * chunk, e)[:, :, :t]
+    return y, num_before[:, :, -1] + chunk_num[:, :, -1], den_before[:, :, -1] + chunk_den[:, :, -1]
