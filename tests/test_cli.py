@@ -44,3 +44,31 @@ def test_empty_corpus_is_one_clear_error(tmp_path, capsys):
 
 def test_parser_builds():
     assert build_parser().prog == "longrange"
+
+
+def test_eval_and_generate_commands_on_a_saved_model(tmp_path, corpus_dir, capsys):
+    import json
+
+    import longrange as lr
+
+    run = tmp_path / "run"
+    lr.save(lr.build_model(lr.ModelConfig.from_name("transformer-xl-tiny", segment_len=16)), run)
+    out = tmp_path / "eval.json"
+    args = ["eval", str(run), "--data", str(corpus_dir), "--split", "train", "--override", "xl.mem_len=32"]
+    assert main([*args, "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert 6 < result["bpb"] < 10 and result["by_position"]  # untrained: about log2(256) = 8 bits
+    assert f"{result['bpb']:.4f} bits per byte" in capsys.readouterr().out
+    gen = ["generate", str(run), "--prompt", "def f(", "--max-new-tokens", "8", "--seed", "1", "--top-k", "5"]
+    assert main(gen) == 0
+    first = capsys.readouterr().out
+    assert main(gen) == 0
+    assert capsys.readouterr().out == first  # same seed, same text
+
+
+def test_demo_trains_evaluates_and_samples(tmp_path):
+    from longrange.commands.demo import run_demo
+
+    result = run_demo(tmp_path / "demo", preset="transformer-tiny", steps=2, batch_size=2, eval_docs=1)
+    assert 0 < result["bpb"] < 10 and result["tokens"] > 0
+    assert len(result["sample"]) > 0 and (tmp_path / "demo" / "eval-demo.json").is_file()

@@ -46,10 +46,17 @@ def generate(
     top_p: float | None = None,
     seed: int | None = None,
     segment_len: int | None = None,
+    device: str | torch.device | None = None,
 ) -> list[int]:
-    """Returns the `max_new_tokens` sampled tokens that follow `prompt_tokens` (deterministic with a seed)."""
+    """Returns the `max_new_tokens` sampled tokens that follow `prompt_tokens` (deterministic with a seed).
+
+    Sampling draws from a private CPU `torch.Generator`, so the same seed gives the same tokens on any
+    device and global RNG state is left alone. ``device`` moves the model there (default: where it is).
+    """
     if not prompt_tokens:
         raise ValueError("the prompt is empty; give at least one token")
+    if device is not None:
+        model.to(device)
     model.eval()
     device = model.embed.weight.device
     generator = torch.Generator(device="cpu")

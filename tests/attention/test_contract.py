@@ -11,7 +11,7 @@ D, H, B, T = 32, 2, 2, 16
 KINDS = sorted(REGISTRY)
 
 
-def _attention(kind: str, causal: bool = True):
+def _attention_config(kind: str) -> ModelConfig:
     cfg = ModelConfig(d_model=D, n_heads=H, layers=[kind], segment_len=T)
     for section, key, value in [
         ("xl", "mem_len", T),
@@ -27,7 +27,11 @@ def _attention(kind: str, causal: bool = True):
     ]:
         if hasattr(getattr(cfg, section), key):
             setattr(getattr(cfg, section), key, value)
-    return build_attention(cfg, kind, layer_index=0, causal=causal).eval()
+    return cfg
+
+
+def _attention(kind: str, causal: bool = True):
+    return build_attention(_attention_config(kind), kind, layer_index=0, causal=causal).eval()
 
 
 def _run(attn, x, state):
@@ -102,3 +106,53 @@ def test_bidirectional_form_sees_the_future(kind):
 def test_causal_only_mechanisms_refuse_bidirectional_use(kind):
     with pytest.raises(ValueError, match="causal only"):
         _attention(kind, causal=False)(torch.randn(B, T, D), state=None, doc_start=None)
+
+
+@pytest.mark.parametrize("kind", [k for k in KINDS if REGISTRY[k].stateful])
+def test_stateful_causality_holds_in_a_segment_that_reads_memory(kind):
+    attn = _attention(kind)
+    first, x = torch.randn(2, B, T, D)
+    y = x.clone()
+    y[:, T // 2 :] = torch.randn(B, T - T // 2, D)
+
+    def after_first():
+        return _run(attn, first, attn.init_state(B, first.device, first.dtype)).state
+
+    a, b = (_run(attn, z, after_first()).out for z in (x, y))
+    torch.testing.assert_close(a[:, : T // 2], b[:, : T // 2], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", [k for k in KINDS if REGISTRY[k].stateful])
+def test_model_doc_start_rows_begin_with_an_empty_memory(kind):
+    """`LongRangeLM` resets the `doc_start` rows of every memory (external stores included)."""
+    from longrange.model.build import build_model
+
+    cfg = _attention_config(kind)
+    model = build_model(cfg).eval()
+    first, second = torch.randint(0, 256, (2, B, T))
+    with torch.no_grad():
+        state = model(first, state=model.init_state(B)).state
+        out = model(second, state=state, doc_start=torch.tensor([True, False])).logits
+        fresh = model(second).logits
+        state = model(first, state=model.init_state(B)).state
+        carried = model(second, state=state).logits
+    torch.testing.assert_close(out[0], fresh[0], rtol=0, atol=1e-5)
+    torch.testing.assert_close(out[1], carried[1], rtol=0, atol=1e-5)
+    assert not torch.allclose(carried[0], fresh[0])
+
+
+@pytest.mark.parametrize("kind", [k for k in KINDS if getattr(REGISTRY[k], "decode_cache", False)])
+def test_decode_cache_streaming_equals_one_pass(kind):
+    """Prefix in one call, then one token at a time through the cache == the whole input at once."""
+    attn = _attention(kind)
+    x = torch.randn(B, T, D)
+    whole = _run(attn, x, None).out
+    cut = T // 2
+    state = attn.init_state(B, x.device, x.dtype)
+    result = _run(attn, x[:, :cut], state)
+    outs, state = [result.out], result.state
+    for t in range(cut, T):
+        result = _run(attn, x[:, t : t + 1], state)
+        outs.append(result.out)
+        state = result.state
+    torch.testing.assert_close(torch.cat(outs, 1), whole, rtol=1e-4, atol=1e-5)

@@ -38,3 +38,19 @@ def test_attention_bench_writes_results_with_ratios(tmp_path):
 def test_loglog_slope_of_quadratic_is_two():
     rows = [{"variant": "q", "length": n, "time_s": n * n * 1e-6, "status": "ok"} for n in (256, 512, 1024)]
     assert abs(loglog_slope(rows, "q") - 2.0) < 1e-9
+
+
+def test_a_point_past_its_timeout_is_recorded_not_raised():
+    from longrange.bench.attention import measure_in_subprocess
+
+    point = {"variant": "full", "length": 64, "d_model": 32, "heads": 2, "batch": 1, "causal": True}
+    row = measure_in_subprocess({**point, "repeats": 1, "device": "cpu"}, threads=1, timeout=0.01)
+    assert row["status"].startswith("timeout") and "time_s" not in row
+
+
+def test_a_point_that_fails_is_recorded_with_its_reason():
+    from longrange.bench.attention import measure_in_subprocess
+
+    point = {"variant": "full", "length": 64, "d_model": 30, "heads": 4, "batch": 1, "causal": True}
+    row = measure_in_subprocess({**point, "repeats": 1, "device": "cpu"}, threads=1, timeout=60)
+    assert row["status"].startswith("failed")

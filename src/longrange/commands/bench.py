@@ -26,12 +26,13 @@ def _csv(kind):
 
 
 def add_attention_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--variants", type=_csv(str), default=["full", "xl"], help=f"any of {sorted(VARIANTS)}")
+    p.add_argument("--variants", "--kinds", type=_csv(str), default=["full", "xl"], help=f"any of {sorted(VARIANTS)}")
     p.add_argument("--lengths", type=_csv(int), default=[1024, 2048, 4096])
     p.add_argument("--d-model", type=int, default=512)
     p.add_argument("--heads", type=int, default=8)
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--bidirectional", action="store_true", help="non-causal attention (encoders)")
+    p.add_argument("--causal", dest="bidirectional", action="store_false", help="causal attention (the default)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--timeout", type=float, default=300, help="seconds per point before it is recorded as a timeout")
     p.add_argument("--device", default="cpu")

@@ -35,29 +35,54 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue an interrupted demo run")
 
 
+def run_demo(
+    out_dir: Path,
+    *,
+    preset: str = "transformer-xl-small",
+    steps: int = 250,
+    batch_size: int = 8,
+    eval_docs: int = 8,
+    resume: bool = False,
+) -> dict:
+    """Train `preset` on the built-in corpus into `out_dir`, evaluate held-out bpb, sample 200 bytes.
+
+    Returns the evaluation dict plus ``sample``, ``prompt`` and ``documents``. The budget is a step
+    count rather than minutes, so a demo run is reproducible and resumable on any machine.
+    """
+    model_cfg = ModelConfig.from_name(preset)
+    train_cfg = TrainConfig(
+        steps=steps, batch_size=batch_size, lr=2e-3, warmup_steps=20, checkpoint_every=50, log_every=10
+    )
+    train(model_cfg, train_cfg, None, out_dir, resume=resume)
+    from longrange.model.io import load
+
+    model = load(out_dir)
+    corpus = load_corpus(None)
+    held_out = [d[:EVAL_BYTES] for d in corpus.split("test")[:eval_docs]]
+    result = evaluate(model, held_out, batch_size=min(4, len(held_out)))
+    (out_dir / "eval-demo.json").write_text(json.dumps(result, indent=1))
+    prompt = b"import os\n\n\ndef "
+    sample = ByteTokenizer().decode(generate(model, list(prompt), 200, temperature=0.8, top_k=40, seed=0))
+    return {**result, "prompt": prompt.decode(), "sample": sample, "documents": len(held_out)}
+
+
 def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    model_cfg = ModelConfig.from_name(args.preset)
-    train_cfg = TrainConfig(
-        steps=args.steps, batch_size=args.batch_size, lr=2e-3, warmup_steps=20, checkpoint_every=50, log_every=10
-    )
     print(f"training {args.preset} on the Python standard library ({torch.get_num_threads()} threads)")
-    train(model_cfg, train_cfg, None, args.out, resume=args.resume)
-    from longrange.model.io import load
-
-    model = load(args.out)
-    corpus = load_corpus(None)
-    held_out = [d[:EVAL_BYTES] for d in corpus.split("test")[: args.eval_docs]]
-    result = evaluate(model, held_out, batch_size=min(4, len(held_out)))
-    (args.out / "eval-demo.json").write_text(json.dumps(result, indent=1))
-    prompt = b"import os\n\n\ndef "
-    sample = ByteTokenizer().decode(generate(model, list(prompt), 200, temperature=0.8, top_k=40, seed=0))
+    result = run_demo(
+        args.out,
+        preset=args.preset,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        eval_docs=args.eval_docs,
+        resume=args.resume,
+    )
     wall = time.perf_counter() - start
     print(
         f"\nheld-out bits per byte: {result['bpb']:.3f} over {result['tokens']:,} bytes "
-        f"({len(held_out)} documents, first {EVAL_BYTES // 1024} KiB each)"
+        f"({result['documents']} documents, first {EVAL_BYTES // 1024} KiB each)"
     )
-    print(f"wall time: {wall / 60:.1f} min\n--- sample ---\n{prompt.decode()}{sample}\n--------------")
+    print(f"wall time: {wall / 60:.1f} min\n--- sample ---\n{result['prompt']}{result['sample']}\n--------------")
     return 0

@@ -25,7 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--docs", type=int, default=None, help="evaluate only the first N documents")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--segment-len", type=int, default=None)
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides (e.g. memory)")
+    parser.add_argument(
+        "--set", "--override", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides (e.g. memory)"
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--out", type=Path, default=None, help="JSON file (default: RUN/eval-SPLIT.json)")

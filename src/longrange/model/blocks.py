@@ -30,3 +30,15 @@ class Block(nn.Module):
         x = x + F.dropout(a.out, self.dropout, self.training)
         x = x + F.dropout(self.ff(self.ff_norm(x)), self.dropout, self.training)
         return x, a
+
+
+def run_blocks(blocks, h: Tensor, states: list, doc_start, pad_mask) -> tuple[Tensor, list, dict[str, Tensor]]:
+    """Run `blocks` in order, threading each layer's state and the attention carry (Luna's P)."""
+    layer_states, aux_losses, carry = [], {}, None
+    for i, (block, layer_state) in enumerate(zip(blocks, states, strict=True)):
+        h, a = block(h, state=layer_state, doc_start=doc_start, pad_mask=pad_mask, carry=carry)
+        layer_states.append(a.state)
+        carry = a.carry
+        if a.aux_loss is not None:
+            aux_losses[f"layer{i}/{type(block.attention).__name__}"] = a.aux_loss
+    return h, layer_states, aux_losses

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from longrange.memory.state import ModelState
-from longrange.model.blocks import Block
+from longrange.model.blocks import Block, run_blocks
 from longrange.model.feedforward import apply_chunked
 
 IGNORE_INDEX = -100  # targets with this value (padding) count in no loss
@@ -123,14 +123,7 @@ class LongRangeLM(nn.Module):
             use_custom = self.reversible_backward and torch.is_grad_enabled()
             h = reversible(self.blocks, h) if use_custom else plain_reversible(self.blocks, h)
             return h, list(state.layers), {}
-        layer_states, aux_losses, carry = [], {}, None
-        for i, (block, layer_state) in enumerate(zip(self.blocks, state.layers, strict=True)):
-            h, a = block(h, state=layer_state, doc_start=doc_start, pad_mask=pad_mask, carry=carry)
-            layer_states.append(a.state)
-            carry = a.carry
-            if a.aux_loss is not None:
-                aux_losses[f"layer{i}/{type(block.attention).__name__}"] = a.aux_loss
-        return h, layer_states, aux_losses
+        return run_blocks(self.blocks, h, state.layers, doc_start, pad_mask)
 
     def _loss_sum(self, h: Tensor, targets: Tensor) -> Tensor:
         logits = self.head(h)
