@@ -29,15 +29,19 @@ with ``hash_seed`` otherwise (``hash_seed`` None: seed 0), so evaluation is dete
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from longrange.attention.base import AttentionModule, AttentionOutput, merge_heads, split_heads
 from longrange.attention.local import look_around
 
 SELF_SCORE = -1e5  # a token sees itself only when nothing else is visible
 MASKED = -1e9
+GROUP_ELEMENTS = 2**24  # score-block elements (batch x head rows x S x W) computed at once
 
 
 class LSHAttention(AttentionModule):
@@ -106,10 +110,13 @@ class LSHAttention(AttentionModule):
         n_buckets = self.buckets_for(tp)
         buckets = self.hash(qk, n_buckets)  # (B, H, R, Tp)
 
-        # sort by (round, bucket, position): key = (round * K + bucket) * Tp + position
+        # padding gets its own bucket K, so no real query ever shares a bucket with it
+        buckets = buckets.masked_fill(~real[:, None, None, :], n_buckets)
+        stride = n_buckets + 1
+        # sort by (round, bucket, position): key = (round * (K + 1) + bucket) * Tp + position
         pos = torch.arange(tp, device=x.device)
         rounds = torch.arange(r, device=x.device)[:, None]
-        round_bucket = (rounds * n_buckets + buckets).flatten(2)  # (B, H, S) bucket id, unique per round
+        round_bucket = (rounds * stride + buckets).flatten(2)  # (B, H, S) bucket id, unique per round
         order = (round_bucket * tp + pos.repeat(r)).argsort(dim=-1)
         item_pos = order % tp  # original position of each sorted item
         undo = order.argsort(dim=-1)
@@ -120,33 +127,35 @@ class LSHAttention(AttentionModule):
             )
 
         q_s = gather(qk)
-        k_s = F.normalize(q_s, dim=-1)
         v_s = gather(v)
-        p_s = item_pos.view(b, self.n_heads, -1, c)  # (B, H, N, C)
-        n_chunks = p_s.shape[2]
-        before, after = (self.before, self.after) if n_chunks > 1 else (0, 0)  # one chunk: itself only
-        k_w = look_around(k_s, before, after, 0.0)  # (B, H, N, W, E)
-        v_w = look_around(v_s, before, after, 0.0)
-        kp_w = look_around(p_s[..., None], before, after, -1)[..., 0]  # (B, H, N, W)
-        bucket_s = round_bucket.gather(2, order).view_as(p_s)  # (B, H, N, C)
-        kb_w = look_around(bucket_s[..., None], before, after, -1)[..., 0]  # (B, H, N, W)
-        index_s = torch.arange(order.shape[-1], device=x.device).view(1, 1, -1, c)  # sorted index
-        ki_w = look_around(index_s[..., None], before, after, -1)[..., 0]  # (1, 1, N, W)
+        n_chunks = q_s.shape[2]
+        window = (self.before, self.after) if n_chunks > 1 else (0, 0)  # one chunk: itself only
+        bucket_s = round_bucket.gather(2, order).view(b, self.n_heads, n_chunks, c)  # (B, H, N, C)
+        dedup = (buckets.transpose(2, 3), item_pos.view_as(bucket_s)) if self.dedup and r > 1 else None
 
-        scores = (q_s @ k_w.transpose(-1, -2)) * e**-0.5  # (B, H, N, C, W)
-        qp, kp = p_s[..., None], kp_w[..., None, :]
-        key_real = real.gather(1, kp_w.clamp(min=0).flatten(1)).view_as(kp_w)[..., None, :] & (kp >= 0)
-        same_bucket = kb_w[..., None, :] == bucket_s[..., None]
-        near = (index_s[..., None] - ki_w[..., None, :]).abs() <= c  # fixed window in sorted order
-        visible = key_real & same_bucket & near
-        if self.causal:
-            visible = visible & (kp <= qp)
-        scores = scores.masked_fill(~visible, MASKED).masked_fill(kp == qp, SELF_SCORE)
-        if self.dedup and r > 1:
-            scores = scores - self._duplicate_log_counts(buckets, p_s, kp_w)
-        lse = scores.logsumexp(dim=-1, keepdim=True)  # (B, H, N, C, 1)
-        weights = F.dropout((scores - lse).exp(), self.dropout, self.training)
-        out_s = weights @ v_w  # (B, H, N, C, E)
+        # the (N, C, W) score blocks are the memory: compute them a few heads at a time and
+        # recompute them in the backward pass, so only one group's blocks exist at once
+        groups = max(1, min(b * self.n_heads, (b * self.n_heads * n_chunks * c * c * 2) // GROUP_ELEMENTS))
+        outs, lses = [], []
+        flat = [z.flatten(0, 1) for z in (q_s, v_s, bucket_s)]
+        dedup_flat = [z.flatten(0, 1) for z in dedup] if dedup is not None else None
+        for idx in torch.arange(b * self.n_heads, device=x.device).tensor_split(groups):
+            args = [z[idx] for z in flat] + ([z[idx] for z in dedup_flat] if dedup_flat else [None, None])
+            fn = partial(
+                _sorted_chunk_attention,
+                c=c,
+                window=window,
+                causal=self.causal,
+                dropout=self.dropout if self.training else 0.0,
+            )
+            if torch.is_grad_enabled():
+                out_g, lse_g = checkpoint(fn, *args, use_reentrant=False)
+            else:
+                out_g, lse_g = fn(*args)
+            outs.append(out_g)
+            lses.append(lse_g)
+        out_s = torch.cat(outs).view(b, self.n_heads, n_chunks, c, e)
+        lse = torch.cat(lses).view(b, self.n_heads, n_chunks, c, 1)
 
         # unsort, then merge the rounds by their logsumexp weights
         out = out_s.view(b, self.n_heads, -1, e).gather(2, undo[..., None].expand(-1, -1, -1, e))
@@ -155,14 +164,57 @@ class LSHAttention(AttentionModule):
         y = (out * lse.softmax(dim=2)[..., None]).sum(dim=2)[:, :, :t]  # (B, H, T, E)
         return AttentionOutput(self.out(merge_heads(y)), None)
 
-    def _duplicate_log_counts(self, buckets: Tensor, p_s: Tensor, kp_w: Tensor) -> Tensor:
-        """log(number of rounds in which query and key share a bucket), (B, H, N, C, W)."""
-        by_pos = buckets.transpose(2, 3)  # (B, H, Tp, R)
-        b, h, tp, r = by_pos.shape
 
-        def rounds_of(p: Tensor) -> Tensor:  # positions (B, H, ...) -> their buckets in every round
-            flat = p.clamp(min=0).flatten(2)
-            return by_pos.gather(2, flat[..., None].expand(-1, -1, -1, r)).view(*p.shape, r)
+def _sorted_chunk_attention(
+    q_s: Tensor,
+    v_s: Tensor,
+    bucket_s: Tensor,
+    by_pos: Tensor | None,
+    pos_s: Tensor | None,
+    *,
+    c: int,
+    window: tuple[int, int],
+    causal: bool,
+    dropout: float,
+) -> tuple[Tensor, Tensor]:
+    """Attention inside sorted chunks for G (batch x head) rows.
 
-        shared = (rounds_of(p_s)[..., :, None, :] == rounds_of(kp_w)[..., None, :, :]).sum(-1)  # (B, H, N, C, W)
-        return shared.clamp(min=1).float().log()
+    q_s, v_s (G, N, C, E) sorted items; bucket_s (G, N, C) their (round, bucket) ids. Keys are the
+    unit-norm queries of the item's own chunk and its `window` neighbours (W keys). A key is visible
+    when it is in the query's bucket and at most C items away in sorted order (and not after it when
+    causal). Returns out (G, N, C, E) and the logsumexp of the scores (G, N, C, 1).
+    by_pos (G, Tp, R) / pos_s (G, N, C): every round's bucket of each position, for the dedup correction.
+    """
+    before, after = window
+    k_w = look_around(F.normalize(q_s, dim=-1)[:, None], before, after, 0.0)[:, 0]  # (G, N, W, E)
+    v_w = look_around(v_s[:, None], before, after, 0.0)[:, 0]
+    kb_w = look_around(bucket_s[:, None, ..., None], before, after, -1)[:, 0, ..., 0]  # (G, N, W)
+    n = q_s.shape[1]
+    index = torch.arange(n * c, device=q_s.device, dtype=torch.int32).view(1, n, c)  # sorted index of queries
+    ki_w = look_around(index[:, None, ..., None], before, after, -1)[:, 0, ..., 0]  # (1, N, W), -1 outside
+    qi, ki = index[..., None], ki_w[..., None, :]  # (1, N, C, 1), (1, N, 1, W)
+    visible = (kb_w[..., None, :] == bucket_s[..., None]) & (ki >= qi - c) & (ki >= 0)
+    visible = visible & (ki <= qi) if causal else visible & (ki <= qi + c)
+    scores = (q_s @ k_w.transpose(-1, -2)) * q_s.shape[-1] ** -0.5  # (G, N, C, W)
+    scores = scores.masked_fill(~visible, MASKED).masked_fill(ki == qi, SELF_SCORE)
+    if by_pos is not None:
+        scores = scores - _duplicate_log_counts(
+            by_pos, pos_s, look_around(pos_s[:, None, ..., None], before, after, 0)[:, 0, ..., 0]
+        )
+    lse = scores.logsumexp(dim=-1, keepdim=True)
+    weights = F.dropout((scores - lse).exp(), dropout, dropout > 0)
+    return weights @ v_w, lse
+
+
+def _duplicate_log_counts(by_pos: Tensor, pos_q: Tensor, pos_k: Tensor) -> Tensor:
+    """log(number of rounds in which query and key share a bucket), (G, N, C, W).
+
+    by_pos (G, Tp, R) buckets of each position in every round; pos_q (G, N, C), pos_k (G, N, W).
+    """
+    r = by_pos.shape[-1]
+
+    def rounds_of(p: Tensor) -> Tensor:  # positions (G, ...) -> their buckets in every round (G, ..., R)
+        return by_pos.gather(1, p.flatten(1)[..., None].expand(-1, -1, r)).view(*p.shape, r)
+
+    shared = (rounds_of(pos_q)[..., :, None, :] == rounds_of(pos_k)[..., None, :, :]).sum(-1)
+    return shared.clamp(min=1).float().log()
