@@ -2,6 +2,7 @@
 
 Examples:
   longrange repro duplication            # Reformer Table 2: LSH train x eval hashes
+  longrange repro listops                # Luna / LRA: full vs Luna-16 / Luna-128 vs LSH classifiers
   longrange repro compression            # Compressive: XL vs compressed memories, recall task
   longrange repro memory-size            # Memorizing: bits per byte as the kNN memory grows
   longrange repro all                    # every one in sequence
@@ -14,11 +15,12 @@ import json
 import time
 from pathlib import Path
 
-from longrange.repro import compression, duplication, memory_size
+from longrange.repro import compression, duplication, listops, memory_size
 
 # name -> (add_arguments, run(args) -> Markdown table)
 REPROS = {
     "duplication": duplication,
+    "listops": listops,
     "compression": compression,
     "memory-size": memory_size,
 }

@@ -176,14 +176,13 @@ class KNNMemory:
             base = faiss.IndexFlatIP(self.dim)
         elif self.backend == "faiss-hnsw":
             base = faiss.IndexHNSWFlat(self.dim, 32, faiss.METRIC_INNER_PRODUCT)
-            base.hnsw.efSearch = 128
-            base.hnsw.efConstruction = 64
+            base.hnsw.efSearch = 512  # recall >= 0.9 on random unit vectors up to ~256K entries
+            base.hnsw.efConstruction = 80
         else:  # faiss-ivf: trained lazily on the first vectors it sees
             quantizer = faiss.IndexFlatIP(self.dim)
-            base = faiss.IndexIVFFlat(
-                quantizer, self.dim, max(1, min(256, self.capacity // 256)), faiss.METRIC_INNER_PRODUCT
-            )
-            base.nprobe = 16
+            n_lists = max(1, int(4 * self.capacity**0.5))
+            base = faiss.IndexIVFFlat(quantizer, self.dim, n_lists, faiss.METRIC_INNER_PRODUCT)
+            base.nprobe = max(1, n_lists // 8)  # an eighth of the lists: high recall at ~8x less work
             self._keepalive.append(quantizer)  # faiss does not own the quantizer
         return faiss.IndexIDMap2(base) if self.backend != "faiss-flat" else faiss.IndexIDMap(base)
 
