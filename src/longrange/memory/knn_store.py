@@ -180,9 +180,9 @@ class KNNMemory:
             base.hnsw.efConstruction = 80
         else:  # faiss-ivf: trained lazily on the first vectors it sees
             quantizer = faiss.IndexFlatIP(self.dim)
-            n_lists = max(1, int(4 * self.capacity**0.5))
+            n_lists = max(1, int(self.capacity**0.5))
             base = faiss.IndexIVFFlat(quantizer, self.dim, n_lists, faiss.METRIC_INNER_PRODUCT)
-            base.nprobe = max(1, n_lists // 8)  # an eighth of the lists: high recall at ~8x less work
+            base.nprobe = max(1, n_lists // 4)  # a quarter of the lists: high recall at ~4x less work
             self._keepalive.append(quantizer)  # faiss does not own the quantizer
         return faiss.IndexIDMap2(base) if self.backend != "faiss-flat" else faiss.IndexIDMap(base)
 

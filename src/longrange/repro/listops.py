@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> str:
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
         gen = torch.Generator().manual_seed(0)
         start = time.perf_counter()
-        for step in range(args.steps):
+        for _ in range(args.steps):
             idx = torch.randint(0, args.train, (args.batch_size,), generator=gen)
             loss = F.cross_entropy(model(train[0][idx], train[1][idx]), train[2][idx])
             loss.backward()
