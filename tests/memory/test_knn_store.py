@@ -69,8 +69,9 @@ def test_faiss_flat_equals_exact(backend):
     torch.testing.assert_close(a[2], b[2], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("backend", ["faiss-hnsw", "faiss-ivf"])
-def test_approximate_recall_is_high_on_random_data(backend):
+@pytest.mark.parametrize("backend,minimum", [("faiss-hnsw", 0.9), ("faiss-ivf", 0.6)])
+def test_approximate_recall_is_high_on_random_data(backend, minimum):
+    """HNSW is the recommended approximate index; IVF trades recall for speed (a quarter of its lists)."""
     g = torch.Generator().manual_seed(1)
     capacity = 2048
     exact, approx = KNNMemory(1, capacity, 1, 32), KNNMemory(1, capacity, 1, 32, backend=backend)
@@ -81,7 +82,7 @@ def test_approximate_recall_is_high_on_random_data(backend):
     truth = exact.search_slots(queries, 10)[1]
     found = approx.search_slots(queries, 10)[1]
     recall = sum(len(set(t.tolist()) & set(f.tolist())) for t, f in zip(truth[0, 0], found[0, 0], strict=True))
-    assert recall / truth[0, 0].numel() >= 0.9
+    assert recall / truth[0, 0].numel() >= minimum
 
 
 @pytest.mark.parametrize("backend", ["exact", "faiss-flat"])
