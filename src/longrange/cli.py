@@ -12,7 +12,7 @@ import logging
 import sys
 from types import ModuleType
 
-from longrange.commands import analyze, bench, demo, generate, inspect_memory, presets, repro, train
+from longrange.commands import analyze, bench, compare, data, demo, generate, inspect_memory, presets, repro, train
 from longrange.commands import eval as eval_command
 
 COMMANDS: dict[str, ModuleType] = {
@@ -25,6 +25,8 @@ COMMANDS: dict[str, ModuleType] = {
     "repro": repro,
     "analyze": analyze,
     "inspect-memory": inspect_memory,
+    "data": data,
+    "compare": compare,
 }
 
 

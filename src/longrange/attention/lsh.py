@@ -81,20 +81,33 @@ class LSHAttention(AttentionModule):
     def buckets_for(self, tp: int) -> int:
         return self.n_buckets or max(2, 2 * (tp // self.chunk) + (2 * (tp // self.chunk)) % 2)
 
-    def rotations(self, dim: int, n_buckets: int, device, dtype) -> Tensor:
-        shape = (dim, self.n_hashes, n_buckets // 2)
+    def rotations(self, dim: int, n_rotations: int, device, dtype) -> Tensor:
+        shape = (dim, self.n_hashes, n_rotations)
         if self.training:
             return torch.randn(shape, device=device, dtype=dtype)
         g = torch.Generator(device="cpu").manual_seed(self.hash_seed if self.hash_seed is not None else 0)
         return torch.randn(shape, generator=g).to(device=device, dtype=dtype)
 
+    @torch.no_grad()
     def hash(self, qk: Tensor, n_buckets: int) -> Tensor:
-        """qk (B, H, Tp, E) -> buckets (B, H, R, Tp) in [0, K)."""
+        """qk (B, H, Tp, E) -> buckets (B, H, R, Tp) in [0, K).
+
+        Buckets are integers, so hashing needs no gradient. Many buckets are factorised as
+        K = K1 * K2 (bucket = b1 + K1 * b2, each from its own random rotation), as the Reformer does
+        for long sequences, so the rotated vectors cost (K1 + K2) / 2 instead of K / 2 per item.
+        """
         if n_buckets == 1:  # one bucket: plain (chunked) shared-QK attention; the test oracle
             return qk.new_zeros((qk.shape[0], qk.shape[1], self.n_hashes, qk.shape[2]), dtype=torch.long)
-        rot = self.rotations(qk.shape[-1], n_buckets, qk.device, qk.dtype)
-        rotated = torch.einsum("bhte,erk->bhrtk", qk, rot)
-        return torch.cat([rotated, -rotated], dim=-1).argmax(dim=-1)
+        factors = _factorise(n_buckets)
+        rot = self.rotations(qk.shape[-1], sum(f // 2 for f in factors), qk.device, qk.dtype)
+        rotated = torch.einsum("bhte,erk->bhrtk", qk, rot)  # (B, H, R, Tp, sum K_i / 2)
+        buckets, scale, start = 0, 1, 0
+        for f in factors:
+            part = rotated[..., start : start + f // 2]
+            top, low = part.max(-1), part.min(-1)  # argmax over [x ; -x] without building it
+            index = torch.where(top.values >= -low.values, top.indices, low.indices + f // 2)
+            buckets, scale, start = buckets + scale * index, scale * f, start + f // 2
+        return buckets
 
     def forward(self, x: Tensor, *, state=None, doc_start=None, pad_mask=None, carry=None) -> AttentionOutput:
         self.check_input(x, self.causal)
@@ -163,6 +176,16 @@ class LSHAttention(AttentionModule):
         out, lse = out.view(b, self.n_heads, r, tp, e), lse.view(b, self.n_heads, r, tp)
         y = (out * lse.softmax(dim=2)[..., None]).sum(dim=2)[:, :, :t]  # (B, H, T, E)
         return AttentionOutput(self.out(merge_heads(y)), None)
+
+
+def _factorise(n_buckets: int, largest: int = 64) -> list[int]:
+    """Even factors of n_buckets (each <= `largest` when possible): [K] or [K1, K2]."""
+    if n_buckets <= largest:
+        return [n_buckets]
+    for k1 in range(largest, 1, -2):
+        if n_buckets % k1 == 0 and (n_buckets // k1) % 2 == 0:
+            return [k1, n_buckets // k1]
+    return [n_buckets]
 
 
 def _sorted_chunk_attention(

@@ -39,8 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> str:
-    train = encode(make_listops(args.train, max_len=args.max_len, max_depth=6, max_args=6, seed=0), args.max_len)
-    test = encode(make_listops(args.test, max_len=args.max_len, max_depth=6, max_args=6, seed=1), args.max_len)
+    shape = dict(min_len=args.max_len // 4, max_len=args.max_len, max_depth=10, max_args=6)
+    train = encode(make_listops(args.train, **shape, seed=0), args.max_len)
+    test = encode(make_listops(args.test, **shape, seed=1), args.max_len)
     majority = float((test[2] == test[2].mode().values).float().mean())
     rows, results = [], {}
     for name in args.models.split(","):

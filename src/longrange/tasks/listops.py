@@ -30,16 +30,28 @@ def _apply(op: str, values: list[int]) -> int:
     return sum(values) % 10
 
 
-def _expression(rng: random.Random, depth: int, max_depth: int, max_args: int) -> tuple[list[str], int]:
-    if depth >= max_depth or rng.random() < 0.25 * depth / max_depth:
+class _TooLong(Exception):
+    pass
+
+
+def _expression(rng: random.Random, depth: int, max_depth: int, max_args: int, budget: list[int]):
+    """A random expression; raises _TooLong as soon as it would exceed the length budget."""
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise _TooLong
+    # a leaf with probability 1 - 1 / (mean number of arguments): a critical branching process,
+    # so expression lengths spread over every scale instead of exploding (the rejection stays cheap)
+    leaf_p = 1.0 - 2.0 / (2 + max_args)
+    if depth >= max_depth or (depth > 0 and rng.random() < leaf_p):
         d = rng.randrange(10)
         return [str(d)], d
     op = rng.choice(OPERATORS)
     symbols, values = [op], []
     for _ in range(rng.randint(2, max_args)):
-        s, v = _expression(rng, depth + 1, max_depth, max_args)
+        s, v = _expression(rng, depth + 1, max_depth, max_args, budget)
         symbols += s
         values.append(v)
+    budget[0] -= 1  # the closing bracket
     return symbols + ["]"], _apply(op, values)
 
 
@@ -50,7 +62,10 @@ def make_listops(
     rng = random.Random(seed)
     out = []
     while len(out) < n:
-        symbols, label = _expression(rng, 0, max_depth, max_args)
+        try:
+            symbols, label = _expression(rng, 0, max_depth, max_args, [max_len])
+        except _TooLong:  # abandon a tree as soon as it outgrows max_len (no wasted deep recursion)
+            continue
         if min_len <= len(symbols) <= max_len:
             out.append((symbols, label))
     return out

