@@ -1,11 +1,11 @@
 """Compare every registered system at a small budget on the built-in code corpus; print the table.
 
 Example: longrange demo --out runs/demo
-Runs `longrange compare` with size tiny, 1,000 updates of 1,024 bytes per system, evaluated on the
+Runs `longrange compare` with size tiny, 600 updates of 1,024 bytes per system, evaluated on the
 first 16 KiB of 8 held-out documents (whole standard-library documents reach 1.4 MB; `longrange eval`
 reads them whole), and writes the report to OUT/report.md and OUT/report.html. Measured on a 2-core
-CPU it takes about 6 minutes (estimated from 30-step runs: 15-31k train tokens/s per system on one
-thread, plus about 9 s per system for start-up, evaluation and memory ablations). Rerun with the same
+CPU it takes about 6 minutes: a 20-update run of all six took 2.1 min, about 20 s per system for
+start-up, evaluation and memory ablations, and the tiny systems train at 8-20k tokens/s. Rerun with the same
 --out to continue an interrupted demo.
 `--preset NAME` trains a single preset instead (the earlier demo: train, evaluate, sample).
 """
@@ -27,7 +27,7 @@ from longrange.generate import generate
 from longrange.train.trainer import TrainConfig, train
 
 EVAL_BYTES = 16 * 1024
-DEMO_STEPS = 1000  # per system in the comparison; see the docstring for the measured time
+DEMO_STEPS = 600  # per system in the comparison; see the docstring for the measured time
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
