@@ -102,6 +102,14 @@ def memory_causal_mask(valid: Tensor | None, n_mem: int, t: int, device: torch.d
     return torch.cat([mem, causal.view(1, 1, t, t).expand(mem.shape[0], 1, t, t)], dim=-1)
 
 
+def empty_memory(batch_size: int, slots: int, width: int, device, dtype) -> dict[str, Tensor]:
+    """An empty FIFO memory: ``mem`` (B, M, D) zeros and ``valid`` (B, M) all False."""
+    return {
+        "mem": torch.zeros(batch_size, slots, width, device=device, dtype=dtype),
+        "valid": torch.zeros(batch_size, slots, dtype=torch.bool, device=device),
+    }
+
+
 def fifo_append(
     memory: Tensor, valid: Tensor, new: Tensor, capacity: int, new_valid: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:

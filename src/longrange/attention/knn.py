@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from longrange.attention.base import (
     AttentionModule,
     AttentionOutput,
+    empty_memory,
     fifo_append,
     memory_causal_mask,
     merge_heads,
@@ -84,8 +85,7 @@ class KNNAttention(AttentionModule):
             )
         return LayerState(
             {
-                "mem": torch.zeros(batch_size, self.mem_len, self.d_model, device=device, dtype=dtype),  # (B, C, D)
-                "valid": torch.zeros(batch_size, self.mem_len, dtype=torch.bool, device=device),  # (B, C)
+                **empty_memory(batch_size, self.mem_len, self.d_model, device, dtype),  # XL cache (B, C, D)
                 "pos": torch.zeros(batch_size, dtype=torch.long, device=device),  # tokens seen in the document
             },
             store,

@@ -79,7 +79,7 @@ class LSHAttention(AttentionModule):
         self.out = nn.Linear(d_model, d_model, bias=False)
 
     def buckets_for(self, tp: int) -> int:
-        return self.n_buckets or max(2, 2 * (tp // self.chunk) + (2 * (tp // self.chunk)) % 2)
+        return self.n_buckets or max(2, 2 * (tp // self.chunk))  # even by construction
 
     def rotations(self, dim: int, n_rotations: int, device, dtype) -> Tensor:
         shape = (dim, self.n_hashes, n_rotations)

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from longrange.attention.base import (
     AttentionModule,
     AttentionOutput,
+    empty_memory,
     fifo_append,
     memory_causal_mask,
     merge_heads,
@@ -89,12 +90,7 @@ class XLAttention(AttentionModule):
         self.rel = RelativePositionScores(d_model, n_heads)
 
     def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> LayerState:
-        return LayerState(
-            {
-                "mem": torch.zeros(batch_size, self.mem_len, self.d_model, device=device, dtype=dtype),  # (B, M, D)
-                "valid": torch.zeros(batch_size, self.mem_len, dtype=torch.bool, device=device),  # (B, M)
-            }
-        )
+        return LayerState(empty_memory(batch_size, self.mem_len, self.d_model, device, dtype))
 
     def forward(self, x: Tensor, *, state=None, doc_start=None, pad_mask=None, carry=None) -> AttentionOutput:
         self.check_input(x, self.causal)

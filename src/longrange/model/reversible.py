@@ -18,6 +18,8 @@ same function with ordinary autograd (the twin the tests compare against).
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -60,6 +62,22 @@ def plain_reversible(blocks: nn.ModuleList, h: Tensor) -> Tensor:
     return (x1 + x2) / 2
 
 
+def _undo_half(fn, rng: _RecordedRNG, inp: Tensor, out: Tensor, d_out: Tensor, d_inp_residual: Tensor):
+    """Invert one residual half ``out = other + fn(inp)`` and backpropagate through it.
+
+    Recomputes fn(inp) under the RNG state of the forward pass, returns ``other = out - fn(inp)``
+    and ``d_inp = d_inp_residual + (d fn / d inp)^T d_out``; parameter gradients accumulate as usual.
+    """
+    with torch.enable_grad():
+        inp = inp.detach().requires_grad_(True)
+        ctx = rng.replay()
+        value = fn(inp)
+        ctx.__exit__(None, None, None)
+        torch.autograd.backward(value, d_out)
+    with torch.no_grad():
+        return out - value, d_inp_residual + inp.grad
+
+
 class _ReversibleStack(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h: Tensor, blocks: nn.ModuleList, *params: Tensor) -> Tensor:
@@ -80,26 +98,8 @@ class _ReversibleStack(torch.autograd.Function):
         y1, y2 = ctx.saved_tensors
         dy1 = dy2 = grad_out / 2
         for block, (rng_f, rng_g) in zip(reversed(ctx.blocks), reversed(ctx.rng), strict=True):
-            # X2 = Y2 - G(Y1); dX1 = dY1 + (dG/dY1)^T dY2
-            with torch.enable_grad():
-                y1 = y1.detach().requires_grad_(True)
-                rng = rng_g.replay()
-                g_y1 = _g(block, y1)
-                rng.__exit__(None, None, None)
-                torch.autograd.backward(g_y1, dy2)
-            with torch.no_grad():
-                x2 = y2 - g_y1
-                dx1 = dy1 + y1.grad
-            # X1 = Y1 - F(X2); dX2 = dY2 + (dF/dX2)^T dX1
-            with torch.enable_grad():
-                x2 = x2.detach().requires_grad_(True)
-                rng = rng_f.replay()
-                f_x2 = _f(block, x2)
-                rng.__exit__(None, None, None)
-                torch.autograd.backward(f_x2, dx1)
-            with torch.no_grad():
-                x1 = y1 - f_x2
-                dx2 = dy2 + x2.grad
+            x2, dx1 = _undo_half(partial(_g, block), rng_g, y1, y2, dy2, dy1)  # X2 = Y2 - G(Y1)
+            x1, dx2 = _undo_half(partial(_f, block), rng_f, x2, y1, dx1, dy2)  # X1 = Y1 - F(X2)
             y1, y2, dy1, dy2 = x1, x2, dx1, dx2
         # parameter gradients were accumulated by the autograd calls above
         return (dy1 + dy2, None) + (None,) * len([p for b in ctx.blocks for p in b.parameters()])
