@@ -332,7 +332,13 @@ for _size in _SIZES:
         max_len=65536,
         axial_shape=[256, 256],
         reversible=True,
-        lsh={"n_hashes": 4 if _size != "tiny" else 2, "bucket_size": 64 if _size != "tiny" else 16},
+        # n_buckets fixed at the paper's 2 * T / bucket_size for the training length T (not null), so
+        # the bucket count does not depend on the call's length and generation can use decode caches
+        lsh={
+            "n_hashes": 4 if _size != "tiny" else 2,
+            "bucket_size": 64 if _size != "tiny" else 16,
+            "n_buckets": 2 * (_seg * 16) // (64 if _size != "tiny" else 16),
+        },
         local={"chunk_len": 64 if _size != "tiny" else 16},
     )
 
