@@ -12,7 +12,19 @@ import logging
 import sys
 from types import ModuleType
 
-from longrange.commands import analyze, bench, compare, data, demo, generate, inspect_memory, presets, repro, train
+from longrange.commands import (
+    analyze,
+    bench,
+    compare,
+    convert,
+    data,
+    demo,
+    generate,
+    inspect_memory,
+    presets,
+    repro,
+    train,
+)
 from longrange.commands import eval as eval_command
 
 COMMANDS: dict[str, ModuleType] = {
@@ -27,6 +39,7 @@ COMMANDS: dict[str, ModuleType] = {
     "inspect-memory": inspect_memory,
     "data": data,
     "compare": compare,
+    "convert": convert,
 }
 
 

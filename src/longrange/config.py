@@ -61,11 +61,13 @@ class LSHConfig:
 
     n_hashes: int = 4  # hash rounds; more rounds approach full attention
     bucket_size: int = 64  # chunk length after sorting by bucket
-    n_buckets: int | None = None  # None: 2 * padded_length / bucket_size, as in the paper
+    n_buckets: int | list[int] | None = None  # None: 2 * padded_length / bucket_size (paper); [K1, K2]: factorised
     chunks_before: int = 1  # each chunk also attends to this many previous chunks
     chunks_after: int = 0  # ... and to this many following chunks (bidirectional only)
     dedup: bool = True  # paper's correction for a pair attended in several rounds
     hash_seed: int | None = None  # fixed rotations (evaluation, tests, HF interop); None: fresh per call
+    # "hf": reproduce Hugging Face transformers' Reformer LSH exactly (converted checkpoints; see attention/lsh_hf.py)
+    convention: Literal["longrange", "hf"] = "longrange"
 
 
 @dataclass
@@ -138,6 +140,13 @@ class ModelConfig:
     max_len: int = 65536  # longest sequence an absolute position table covers
     axial_shape: list[int] | None = None  # factorisation of max_len for axial positions
     reversible: bool = False  # reversible residual blocks (Reformer)
+    # read-out of the two reversible halves: "mean" (Y1 + Y2) / 2 -> LayerNorm(d), or "concat" [Y1 ; Y2] ->
+    # LayerNorm(2d) -> head (2d -> vocab), as Hugging Face / trax Reformer checkpoints do
+    reversible_readout: Literal["mean", "concat"] = "mean"
+    head_bias: bool = False  # a bias on the LM head (Hugging Face Reformer checkpoints have one)
+    ff_activation: Literal["gelu", "gelu_tanh", "relu", "silu"] = "gelu"  # feed-forward non-linearity
+    norm_eps: float = 1e-5  # LayerNorm epsilon (Hugging Face Reformer: 1e-12)
+    axial_dims: list[int] | None = None  # widths of the two axial embeddings (sum d_model); None: d/2 each
     ff_chunks: int = 1  # feed-forward applied in this many chunks along time
     head_chunks: int = 1  # LM head + loss applied in this many chunks along time
     tie_embeddings: bool = False
@@ -167,6 +176,12 @@ class ModelConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout={self.dropout} must be in [0, 1)")
         _check_literals(self)
+        if self.reversible_readout == "concat" and not self.reversible:
+            raise ConfigError("reversible_readout='concat' needs reversible: true (it reads out the two halves)")
+        if self.reversible_readout == "concat" and self.tie_embeddings:
+            raise ConfigError("reversible_readout='concat' has a (2 * d_model)-wide head; set tie_embeddings: false")
+        if self.axial_dims is not None and (len(self.axial_dims) != 2 or sum(self.axial_dims) != self.d_model):
+            raise ConfigError(f"axial_dims={self.axial_dims} must be two widths that sum to d_model={self.d_model}")
         if self.positions == "axial":
             if not self.axial_shape or _prod(self.axial_shape) < self.max_len:
                 raise ConfigError(f"axial_shape={self.axial_shape} must multiply to at least max_len={self.max_len}")

@@ -24,7 +24,12 @@ R hash rounds, K buckets, S = R * Tp sorted items, N = S / C chunks, W = 2C keys
 Rotations are drawn fresh from torch's RNG in training (so the reversible block, which records
 and restores the RNG state, re-hashes identically when it recomputes) and from a generator seeded
 with ``hash_seed`` otherwise (``hash_seed`` None: seed 0), so evaluation is deterministic.
-``n_buckets`` None picks 2 * Tp / C rounded to an even number, as in the paper.
+``n_buckets`` None picks 2 * Tp / C rounded to an even number, as in the paper; a list of even
+factors [K1, K2] hashes with K = K1 * K2 buckets factorised that way.
+
+``convention``: ``"longrange"`` (the default, everything above) or ``"hf"``: reproduce Hugging Face
+transformers' Reformer exactly (paper's chunk window without the same-bucket restriction, per-head
+rotations, its key scaling and masks), for converted checkpoints; see `longrange.attention.lsh_hf`.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from torch.utils.checkpoint import checkpoint
 
 from longrange.attention.base import AttentionModule, AttentionOutput, merge_heads, split_heads
 from longrange.attention.local import look_around
+from longrange.attention.lsh_hf import hf_lsh_attention
 
 SELF_SCORE = -1e5  # a token sees itself only when nothing else is visible
 MASKED = -1e9
@@ -59,12 +65,25 @@ class LSHAttention(AttentionModule):
         chunks_after: int,
         dedup: bool,
         hash_seed: int | None,
+        convention: str = "longrange",
     ):
         super().__init__()
         if n_hashes < 1 or bucket_size < 1:
             raise ValueError("lsh.n_hashes and lsh.bucket_size must be >= 1")
-        if n_buckets is not None and (n_buckets < 1 or (n_buckets > 1 and n_buckets % 2)):
+        self.factors = list(n_buckets) if isinstance(n_buckets, (list, tuple)) else None
+        if self.factors is not None:
+            if not self.factors or any(f < 2 or f % 2 for f in self.factors):
+                raise ValueError(f"lsh.n_buckets={n_buckets}: every factor of a bucket list must be an even number")
+            n_buckets = _product(self.factors)
+        elif n_buckets is not None and (n_buckets < 1 or (n_buckets > 1 and n_buckets % 2)):
             raise ValueError(f"lsh.n_buckets={n_buckets} must be 1 or an even number (or null for automatic)")
+        if convention not in ("longrange", "hf"):
+            raise ValueError(f"lsh.convention={convention!r} is not allowed; choose 'longrange' or 'hf'")
+        if convention == "hf" and n_buckets == 1:
+            raise ValueError("lsh.convention='hf' hashes into an even number of buckets; set lsh.n_buckets >= 2")
+        if convention == "hf" and dedup:
+            raise ValueError("lsh.convention='hf' has no duplicate-pair correction; set lsh.dedup: false")
+        self.convention = convention
         self.n_heads, self.causal, self.dropout = n_heads, causal, dropout
         self.n_hashes, self.chunk, self.n_buckets, self.dedup, self.hash_seed = (
             n_hashes,
@@ -80,6 +99,9 @@ class LSHAttention(AttentionModule):
 
     def buckets_for(self, tp: int) -> int:
         return self.n_buckets or max(2, 2 * (tp // self.chunk))  # even by construction
+
+    def bucket_factors(self, n_buckets: int) -> list[int]:
+        return self.factors or _factorise(n_buckets)
 
     def rotations(self, dim: int, n_rotations: int, device, dtype) -> Tensor:
         shape = (dim, self.n_hashes, n_rotations)
@@ -98,7 +120,7 @@ class LSHAttention(AttentionModule):
         """
         if n_buckets == 1:  # one bucket: plain (chunked) shared-QK attention; the test oracle
             return qk.new_zeros((qk.shape[0], qk.shape[1], self.n_hashes, qk.shape[2]), dtype=torch.long)
-        factors = _factorise(n_buckets)
+        factors = self.bucket_factors(n_buckets)
         rot = self.rotations(qk.shape[-1], sum(f // 2 for f in factors), qk.device, qk.dtype)
         rotated = torch.einsum("bhte,erk->bhrtk", qk, rot)  # (B, H, R, Tp, sum K_i / 2)
         buckets, scale, start = 0, 1, 0
@@ -111,6 +133,8 @@ class LSHAttention(AttentionModule):
 
     def forward(self, x: Tensor, *, state=None, doc_start=None, pad_mask=None, carry=None) -> AttentionOutput:
         self.check_input(x, self.causal)
+        if self.convention == "hf":
+            return self._forward_hf(x, pad_mask)
         b, t, _ = x.shape
         c, r = self.chunk, self.n_hashes
         tp = -(-t // c) * c
@@ -176,6 +200,37 @@ class LSHAttention(AttentionModule):
         out, lse = out.view(b, self.n_heads, r, tp, e), lse.view(b, self.n_heads, r, tp)
         y = (out * lse.softmax(dim=2)[..., None]).sum(dim=2)[:, :, :t]  # (B, H, T, E)
         return AttentionOutput(self.out(merge_heads(y)), None)
+
+    def _forward_hf(self, x: Tensor, pad_mask: Tensor | None) -> AttentionOutput:
+        """x (B, T, D) -> out (B, T, D) in transformers' convention (module docstring of lsh_hf)."""
+        b, t, _ = x.shape
+        tp = t if t <= self.chunk else -(-t // self.chunk) * self.chunk
+        real = torch.zeros(b, tp, dtype=torch.bool, device=x.device)
+        real[:, :t] = True if pad_mask is None else pad_mask
+        x = F.pad(x, (0, 0, 0, tp - t))
+        qk = split_heads(self.qk(x), self.n_heads)  # (B, H, Tp, E)
+        v = split_heads(self.v(x), self.n_heads)
+        y = hf_lsh_attention(
+            qk,
+            v,
+            real,
+            factors=self.bucket_factors(self.buckets_for(tp)),
+            n_hashes=self.n_hashes,
+            chunk=self.chunk,
+            before=self.before,
+            after=self.after,
+            causal=self.causal,
+            seed=self.hash_seed,
+            dropout=self.dropout if self.training else 0.0,
+        )
+        return AttentionOutput(self.out(merge_heads(y[:, :, :t])), None)
+
+
+def _product(xs: list[int]) -> int:
+    out = 1
+    for x in xs:
+        out *= x
+    return out
 
 
 def _factorise(n_buckets: int, largest: int = 64) -> list[int]:

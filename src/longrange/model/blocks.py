@@ -14,12 +14,21 @@ from longrange.model.feedforward import FeedForward
 
 
 class Block(nn.Module):
-    def __init__(self, attention: AttentionModule, d_model: int, d_ff: int, dropout: float, ff_chunks: int = 1):
+    def __init__(
+        self,
+        attention: AttentionModule,
+        d_model: int,
+        d_ff: int,
+        dropout: float,
+        ff_chunks: int = 1,
+        activation: str = "gelu",
+        norm_eps: float = 1e-5,
+    ):
         super().__init__()
-        self.attn_norm = nn.LayerNorm(d_model)
+        self.attn_norm = nn.LayerNorm(d_model, eps=norm_eps)
         self.attention = attention
-        self.ff_norm = nn.LayerNorm(d_model)
-        self.ff = FeedForward(d_model, d_ff, dropout, ff_chunks)
+        self.ff_norm = nn.LayerNorm(d_model, eps=norm_eps)
+        self.ff = FeedForward(d_model, d_ff, dropout, ff_chunks, activation)
         self.dropout = dropout
 
     def forward(

@@ -33,13 +33,21 @@ def build_positions(cfg: ModelConfig):
     if cfg.positions == "axial":
         from longrange.model.positions import AxialPositions  # added with the Reformer
 
-        return AxialPositions(cfg.d_model, list(cfg.axial_shape))
+        return AxialPositions(cfg.d_model, list(cfg.axial_shape), cfg.axial_dims)
     return AbsolutePositions(cfg.positions, cfg.d_model, cfg.max_len)
 
 
 def build_blocks(cfg: ModelConfig, causal: bool = True) -> list[Block]:
     return [
-        Block(build_attention(cfg, kind, i, causal), cfg.d_model, cfg.d_ff, cfg.dropout, cfg.ff_chunks)
+        Block(
+            build_attention(cfg, kind, i, causal),
+            cfg.d_model,
+            cfg.d_ff,
+            cfg.dropout,
+            cfg.ff_chunks,
+            activation=cfg.ff_activation,
+            norm_eps=cfg.norm_eps,
+        )
         for i, kind in enumerate(cfg.layers)
     ]
 
@@ -57,5 +65,8 @@ def build_model(cfg: ModelConfig) -> LongRangeLM:
         head_chunks=cfg.head_chunks,
         tie_embeddings=cfg.tie_embeddings,
         reversible=cfg.reversible,
+        readout=cfg.reversible_readout,
+        head_bias=cfg.head_bias,
+        norm_eps=cfg.norm_eps,
         config=cfg,
     )

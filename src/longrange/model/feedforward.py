@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -21,17 +22,27 @@ def apply_chunked(fn: Callable[..., Tensor], chunks: int, dim: int, *inputs: Ten
     return torch.cat([fn(*piece) for piece in pieces], dim=dim)
 
 
-class FeedForward(nn.Module):
-    """Linear -> GELU -> dropout -> Linear, optionally applied in `chunks` along time."""
+ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "gelu": F.gelu,  # exact (erf)
+    "gelu_tanh": partial(F.gelu, approximate="tanh"),  # Hugging Face's "gelu_new"
+    "relu": F.relu,
+    "silu": F.silu,
+}
 
-    def __init__(self, d_model: int, d_ff: int, dropout: float, chunks: int = 1):
+
+class FeedForward(nn.Module):
+    """Linear -> activation (GELU by default) -> dropout -> Linear, optionally applied in `chunks` along time."""
+
+    def __init__(self, d_model: int, d_ff: int, dropout: float, chunks: int = 1, activation: str = "gelu"):
         super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"ff_activation={activation!r} is not allowed; choose one of {sorted(ACTIVATIONS)}")
         self.up = nn.Linear(d_model, d_ff)
         self.down = nn.Linear(d_ff, d_model)
-        self.dropout, self.chunks = dropout, chunks
+        self.dropout, self.chunks, self.activation = dropout, chunks, ACTIVATIONS[activation]
 
     def position_wise(self, x: Tensor) -> Tensor:
-        return self.down(F.dropout(F.gelu(self.up(x)), self.dropout, self.training))
+        return self.down(F.dropout(self.activation(self.up(x)), self.dropout, self.training))
 
     def forward(self, x: Tensor) -> Tensor:
         return apply_chunked(self.position_wise, self.chunks, 1, x)

@@ -45,14 +45,24 @@ class LongRangeLM(nn.Module):
         tie_embeddings: bool = False,
         reversible: bool = False,
         config=None,
+        readout: str = "mean",
+        head_bias: bool = False,
+        norm_eps: float = 1e-5,
     ):
         super().__init__()
         self.config = config  # the ModelConfig it was built from (saved beside checkpoints)
+        if readout not in ("mean", "concat") or (readout == "concat" and (not reversible or tie_embeddings)):
+            raise ValueError(
+                f"reversible_readout={readout!r}: choose 'mean' or 'concat' ('concat' needs reversible: true "
+                "and tie_embeddings: false)"
+            )
+        self.readout = readout  # reversible stack: "mean" (Y1 + Y2) / 2 or "concat" [Y1 ; Y2] (2D wide)
+        width = 2 * d_model if readout == "concat" else d_model
         self.embed = nn.Embedding(vocab_size, d_model)
         self.positions = positions
         self.blocks = nn.ModuleList(blocks)
-        self.norm = nn.LayerNorm(d_model)
-        self.head = nn.Linear(d_model, vocab_size, bias=False)
+        self.norm = nn.LayerNorm(width, eps=norm_eps)
+        self.head = nn.Linear(width, vocab_size, bias=head_bias)
         if tie_embeddings:
             self.head.weight = self.embed.weight
         self.dropout, self.head_chunks = dropout, head_chunks
@@ -121,7 +131,8 @@ class LongRangeLM(nn.Module):
             if pad_mask is not None:
                 raise ValueError("reversible blocks do not take padding masks; pass whole sequences")
             use_custom = self.reversible_backward and torch.is_grad_enabled()
-            h = reversible(self.blocks, h) if use_custom else plain_reversible(self.blocks, h)
+            run = reversible if use_custom else plain_reversible
+            h = run(self.blocks, h, self.readout)
             return h, list(state.layers), {}
         return run_blocks(self.blocks, h, state.layers, doc_start, pad_mask)
 

@@ -87,16 +87,22 @@ class T5RelativeBias(nn.Module):
 class AxialPositions(nn.Module):
     """Axial position embeddings (Reformer): position p of a max_len = n_1 * n_2 grid is the
     concatenation of a row embedding (n_1 x D/2) and a column embedding (n_2 x D/2), so 64K
-    positions cost (256 + 256) * D/2 parameters instead of 65536 * D."""
+    positions cost (256 + 256) * D/2 parameters instead of 65536 * D.
 
-    def __init__(self, d_model: int, axial_shape: list[int]):
+    Position p = i * n_2 + j (row-major over the grid) gets [rows[i] ; cols[j]]: the convention of
+    Hugging Face's `AxialPositionEmbeddings` (its weights (n_1, 1, d_1) and (1, n_2, d_2) broadcast to
+    (n_1, n_2, d_1 + d_2) and flattened). `dims` = (d_1, d_2) sets the two widths (default D/2 each)."""
+
+    def __init__(self, d_model: int, axial_shape: list[int], dims: list[int] | None = None):
         super().__init__()
         if len(axial_shape) != 2:
             raise ValueError(f"axial_shape={axial_shape} must have two factors")
+        dims = list(dims) if dims is not None else [d_model // 2, d_model - d_model // 2]
+        if len(dims) != 2 or sum(dims) != d_model:
+            raise ValueError(f"axial_dims={dims} must be two widths that sum to d_model={d_model}")
         self.shape = tuple(axial_shape)
-        half = d_model // 2
-        self.rows = nn.Parameter(torch.randn(self.shape[0], half) * 0.02)
-        self.cols = nn.Parameter(torch.randn(self.shape[1], d_model - half) * 0.02)
+        self.rows = nn.Parameter(torch.randn(self.shape[0], dims[0]) * 0.02)
+        self.cols = nn.Parameter(torch.randn(self.shape[1], dims[1]) * 0.02)
 
     def forward(self, positions: Tensor) -> Tensor:
         """positions (B, T) int64 -> (B, T, D)"""

@@ -12,8 +12,13 @@ fresh LSH rotations), restoring it with `torch.random.fork_rng` instead of resee
 RNG. Parameter gradients flow through ordinary autograd calls on the recomputed graphs, so
 DistributedDataParallel's gradient hooks and gradient accumulation see them as usual.
 
-The model feeds X1 = X2 = h and reads out (Y1 + Y2) / 2; `plain_reversible` computes exactly the
-same function with ordinary autograd (the twin the tests compare against).
+The model feeds X1 = X2 = h and reads out (Y1 + Y2) / 2 (``readout="mean"``) or the concatenation
+[Y1 ; Y2] (``readout="concat"``, 2D wide: Hugging Face / trax Reformer checkpoints, whose layers
+compute ``attn_output = prev_attn_output + Attention(hidden_states)`` then
+``hidden_states = hidden_states + FeedForward(attn_output)``, i.e. X1 is their attention stream, X2
+their hidden-state stream, and their encoder returns [attn_output ; hidden_states]).
+`plain_reversible` computes exactly the same function with ordinary autograd (the twin the tests
+compare against).
 """
 
 from __future__ import annotations
@@ -53,13 +58,23 @@ def _g(block: Block, x: Tensor) -> Tensor:
     return F.dropout(block.ff(block.ff_norm(x)), block.dropout, block.training)
 
 
-def plain_reversible(blocks: nn.ModuleList, h: Tensor) -> Tensor:
+READOUTS = ("mean", "concat")
+
+
+def _read_out(y1: Tensor, y2: Tensor, readout: str) -> Tensor:
+    """(B, T, D) halves -> (B, T, D) mean or (B, T, 2D) concatenation."""
+    if readout not in READOUTS:
+        raise ValueError(f"reversible_readout={readout!r} is not allowed; choose one of {list(READOUTS)}")
+    return torch.cat([y1, y2], dim=-1) if readout == "concat" else (y1 + y2) / 2
+
+
+def plain_reversible(blocks: nn.ModuleList, h: Tensor, readout: str = "mean") -> Tensor:
     """The reversible stack's function with ordinary autograd (stores every activation)."""
     x1 = x2 = h
     for block in blocks:
         x1 = x1 + _f(block, x2)
         x2 = x2 + _g(block, x1)
-    return (x1 + x2) / 2
+    return _read_out(x1, x2, readout)
 
 
 def _undo_half(fn, rng: _RecordedRNG, inp: Tensor, out: Tensor, d_out: Tensor, d_inp_residual: Tensor):
@@ -80,8 +95,8 @@ def _undo_half(fn, rng: _RecordedRNG, inp: Tensor, out: Tensor, d_out: Tensor, d
 
 class _ReversibleStack(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h: Tensor, blocks: nn.ModuleList, *params: Tensor) -> Tensor:
-        ctx.blocks, ctx.rng = blocks, []
+    def forward(ctx, h: Tensor, blocks: nn.ModuleList, readout: str, *params: Tensor) -> Tensor:
+        ctx.blocks, ctx.rng, ctx.readout = blocks, [], readout
         x1 = x2 = h.detach()
         with torch.no_grad():
             for block in blocks:
@@ -91,21 +106,23 @@ class _ReversibleStack(torch.autograd.Function):
                 x2 = x2 + _g(block, x1)
                 ctx.rng.append((rng_f, rng_g))
         ctx.save_for_backward(x1, x2)  # only the stack's outputs are kept
-        return (x1 + x2) / 2
+        return _read_out(x1, x2, readout)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
         y1, y2 = ctx.saved_tensors
-        dy1 = dy2 = grad_out / 2
+        dy1, dy2 = grad_out.chunk(2, dim=-1) if ctx.readout == "concat" else (grad_out / 2, grad_out / 2)
         for block, (rng_f, rng_g) in zip(reversed(ctx.blocks), reversed(ctx.rng), strict=True):
             x2, dx1 = _undo_half(partial(_g, block), rng_g, y1, y2, dy2, dy1)  # X2 = Y2 - G(Y1)
             x1, dx2 = _undo_half(partial(_f, block), rng_f, x2, y1, dx1, dy2)  # X1 = Y1 - F(X2)
             y1, y2, dy1, dy2 = x1, x2, dx1, dx2
         # parameter gradients were accumulated by the autograd calls above
-        return (dy1 + dy2, None) + (None,) * len([p for b in ctx.blocks for p in b.parameters()])
+        return (dy1 + dy2, None, None) + (None,) * len([p for b in ctx.blocks for p in b.parameters()])
 
 
-def reversible(blocks: nn.ModuleList, h: Tensor) -> Tensor:
+def reversible(blocks: nn.ModuleList, h: Tensor, readout: str = "mean") -> Tensor:
     """Run `blocks` as a reversible stack; activations are recomputed in the backward pass."""
+    if readout not in READOUTS:
+        raise ValueError(f"reversible_readout={readout!r} is not allowed; choose one of {list(READOUTS)}")
     params = [p for b in blocks for p in b.parameters()]
-    return _ReversibleStack.apply(h, blocks, *params)
+    return _ReversibleStack.apply(h, blocks, readout, *params)
