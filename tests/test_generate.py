@@ -3,7 +3,7 @@
 import torch
 
 import longrange as lr
-from longrange.generate import generate, sample_next
+from longrange.generate import carries_state, generate, sample_next
 
 
 def _model(name: str, **overrides):
@@ -51,3 +51,42 @@ def test_top_k_and_top_p_restrict_the_support():
     assert nucleus == {0}  # p(0) ~ 0.72 already covers 0.6
     wide = {sample_next(logits, temperature=1.0, top_k=None, top_p=0.99, generator=g) for _ in range(200)}
     assert wide == {0, 1, 2}
+
+
+def _reformer():
+    """Reversible, mixed local/LSH layers; few buckets and short chunks so buckets overflow a chunk."""
+    overrides = {"lsh.bucket_size": 4, "lsh.n_buckets": 4, "lsh.n_hashes": 2, "local.chunk_len": 8}
+    return _model("reformer-tiny", layers=["local", "lsh", "local", "lsh"], **overrides)
+
+
+def test_reformer_cached_generation_equals_recomputation():
+    model = _reformer()
+    assert model.reversible and carries_state(model)
+    prompt = torch.randint(0, 256, (37,)).tolist()  # streamed in segments of 16: fresh pass, then the caches
+    calls = []
+    hook = model.embed.register_forward_pre_hook(lambda m, args: calls.append(args[0].shape[1]))
+    greedy = generate(model, prompt, 12, temperature=0, segment_len=16)
+    hook.remove()
+    assert calls == [16, 16, 5] + [1] * 12  # one token per step: nothing is recomputed
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt + greedy])).logits[0]
+    assert greedy == logits[len(prompt) - 1 : -1].argmax(-1).tolist()
+
+    sampled = generate(model, prompt, 12, top_k=20, seed=5, segment_len=16)
+    g = torch.Generator().manual_seed(5)
+    context = list(prompt)
+    for token in sampled:  # the same draws from the full sequence recomputed at every step
+        with torch.no_grad():
+            logits = model(torch.tensor([context])).logits[0, -1]
+        assert token == sample_next(logits, temperature=1.0, top_k=20, top_p=None, generator=g)
+        context.append(token)
+
+
+def test_reformer_with_automatic_bucket_count_recomputes_its_window():
+    model = _model("reformer-tiny", segment_len=32, **{"lsh.n_buckets": None})
+    assert not carries_state(model)
+    prompt = torch.randint(0, 256, (40,)).tolist()
+    tokens = generate(model, prompt, 3, temperature=0)
+    with torch.no_grad():
+        expected = model(torch.tensor([prompt[-32:]])).logits[0, -1].argmax()
+    assert tokens[0] == int(expected)

@@ -129,3 +129,80 @@ def test_lsh_gradient_check_on_a_tiny_double_shape():
     )
     x = torch.randn(1, 12, 8, dtype=torch.double, requires_grad=True)
     assert torch.autograd.gradcheck(lambda z: attn(z, state=None, doc_start=None).out, (x,))
+
+
+# ----------------------------------------------------------------------------- decode cache
+
+
+def _stream(attn, x, cuts, pad_mask=None):
+    """Feed x (B, T, D) in pieces ending at `cuts` through the decode cache; concatenated outputs, state."""
+    state, outs, start = attn.init_state(x.shape[0], x.device, x.dtype), [], 0
+    for end in [*cuts, x.shape[1]]:
+        mask = None if pad_mask is None else pad_mask[:, start:end]
+        result = attn(x[:, start:end], state=state, doc_start=None, pad_mask=mask)
+        outs.append(result.out)
+        state, start = result.state, end
+    return torch.cat(outs, 1), state
+
+
+@pytest.mark.parametrize("n_hashes", [1, 3])
+@pytest.mark.parametrize("dedup", [True, False])
+@pytest.mark.parametrize("cuts", [[17], [5, 6, 20, 33], list(range(9, 48))], ids=["two", "segments", "tokens"])
+def test_decode_cache_streaming_equals_one_pass(n_hashes, dedup, cuts):
+    # 2 buckets of ~24 items for C = 4: buckets longer than C, so the "last C of the bucket" rule is exercised
+    attn = _lsh(n_hashes=n_hashes, bucket_size=4, n_buckets=2, dedup=dedup, seed=1)
+    x = torch.randn(2, 48, D)
+    whole = attn(x, state=None, doc_start=None).out
+    streamed, state = _stream(attn, x, cuts)
+    torch.testing.assert_close(streamed, whole, rtol=1e-5, atol=1e-5)
+    assert state["key"].shape[2] == 48 and state["buckets"].shape[-1] == n_hashes
+
+
+def test_decode_cache_with_many_buckets_and_factorised_hashing():
+    attn = _lsh(n_hashes=2, bucket_size=8, n_buckets=256, seed=2)  # factorised as 64 x 4
+    x = torch.randn(1, 300, D)
+    streamed, _ = _stream(attn, x, [100, 101, 250])
+    torch.testing.assert_close(streamed, attn(x, state=None, doc_start=None).out, rtol=1e-5, atol=1e-5)
+
+
+def test_padding_inside_a_segment_changes_nothing_one_pass_or_cached():
+    attn = _lsh(n_hashes=2, bucket_size=4, n_buckets=4, seed=3)
+    x = torch.randn(1, 30, D)
+    whole = attn(x, state=None, doc_start=None).out
+    keep = torch.ones(36, dtype=torch.bool)
+    keep[[3, 4, 11, 20, 33, 34]] = False  # six padding tokens scattered through the row
+    padded = torch.zeros(1, 36, D)
+    padded[:, keep] = x
+    padded[:, ~keep] = torch.randn(1, 6, D)
+    mask = keep[None]
+    one_pass = attn(padded, state=None, doc_start=None, pad_mask=mask).out[:, keep]
+    torch.testing.assert_close(one_pass, whole, rtol=1e-5, atol=1e-5)
+    streamed, state = _stream(attn, padded, [10, 21, 22], pad_mask=mask)
+    torch.testing.assert_close(streamed[:, keep], whole, rtol=1e-5, atol=1e-5)
+    assert int(state["valid"].sum()) == 30
+
+
+def test_decode_cache_reset_rows_start_a_new_document():
+    attn = _lsh(n_hashes=2, bucket_size=4, n_buckets=4, seed=4)
+    x, y = torch.randn(2, 12, D), torch.randn(2, 6, D)
+    state = attn(x, state=attn.init_state(2, x.device, x.dtype), doc_start=None).state
+    out = attn(y, state=state.reset(torch.tensor([True, False])), doc_start=None).out
+    torch.testing.assert_close(out[0], attn(y[:1], state=None, doc_start=None).out[0], rtol=1e-5, atol=1e-5)
+    joined = attn(torch.cat([x, y], 1)[1:], state=None, doc_start=None).out[0, 12:]
+    torch.testing.assert_close(out[1], joined, rtol=1e-5, atol=1e-5)
+
+
+def test_decode_cache_refused_without_fixed_buckets_and_in_training():
+    from longrange.memory.state import LayerState
+
+    automatic = _lsh(n_hashes=2, bucket_size=4, n_buckets=None)
+    assert not automatic.decode_cache and automatic.init_state(1, torch.device("cpu"), torch.float32) is None
+    with pytest.raises(ValueError, match="lsh.n_buckets"):
+        automatic(torch.randn(1, 4, D), state=LayerState(), doc_start=None)
+    attn = _lsh(n_hashes=2, bucket_size=4, n_buckets=4)
+    empty = attn.init_state(1, torch.device("cpu"), torch.float32)
+    filled = attn(torch.randn(1, 8, D), state=empty, doc_start=None).state
+    attn.train()
+    assert attn(torch.randn(1, 8, D), state=empty, doc_start=None).state is empty  # passed through, not filled
+    with pytest.raises(ValueError, match="evaluation mode"):
+        attn(torch.randn(1, 1, D), state=filled, doc_start=None)

@@ -27,6 +27,15 @@ with ``hash_seed`` otherwise (``hash_seed`` None: seed 0), so evaluation is dete
 ``n_buckets`` None picks 2 * Tp / C rounded to an even number, as in the paper; a list of even
 factors [K1, K2] hashes with K = K1 * K2 buckets factorised that way.
 
+Decode cache (``decode_cache``, streaming generation): causal layers with an explicit ``n_buckets``
+keep every past (unit-norm key, value, buckets per round) in a `LayerState`; a new token (or a
+segment) then attends exactly as in one full pass over the whole sequence, without re-running it
+(`longrange.attention.lsh_decode`). The first segment of a fresh cache runs the sorted one pass.
+It needs fixed buckets, so it works in evaluation mode only (training draws fresh rotations; a
+given empty state is passed through unchanged) and is refused for ``n_buckets`` null (the count
+would follow each call's padded length), ``chunks_before`` 0 (the window would follow chunk
+boundaries) and the ``hf`` convention (not causal-exact).
+
 ``convention``: ``"longrange"`` (the default, everything above) or ``"hf"``: reproduce Hugging Face
 transformers' Reformer exactly (paper's chunk window without the same-bucket restriction, per-head
 rotations, its key scaling and masks), for converted checkpoints; see `longrange.attention.lsh_hf`.
@@ -43,7 +52,9 @@ from torch.utils.checkpoint import checkpoint
 
 from longrange.attention.base import AttentionModule, AttentionOutput, merge_heads, split_heads
 from longrange.attention.local import look_around
+from longrange.attention.lsh_decode import cached_lsh_attention
 from longrange.attention.lsh_hf import hf_lsh_attention
+from longrange.memory.state import LayerState
 
 SELF_SCORE = -1e5  # a token sees itself only when nothing else is visible
 MASKED = -1e9
@@ -51,6 +62,8 @@ GROUP_ELEMENTS = 2**24  # score-block elements (batch x head rows x S x W) compu
 
 
 class LSHAttention(AttentionModule):
+    decode_cache = True  # when the settings allow it (see `no_cache_reason`; set per instance)
+
     def __init__(
         self,
         d_model: int,
@@ -96,6 +109,7 @@ class LSHAttention(AttentionModule):
         self.qk = nn.Linear(d_model, d_model, bias=False)
         self.v = nn.Linear(d_model, d_model, bias=False)
         self.out = nn.Linear(d_model, d_model, bias=False)
+        self.decode_cache = self.no_cache_reason() is None
 
     def buckets_for(self, tp: int) -> int:
         return self.n_buckets or max(2, 2 * (tp // self.chunk))  # even by construction
@@ -109,6 +123,61 @@ class LSHAttention(AttentionModule):
             return torch.randn(shape, device=device, dtype=dtype)
         g = torch.Generator(device="cpu").manual_seed(self.hash_seed if self.hash_seed is not None else 0)
         return torch.randn(shape, generator=g).to(device=device, dtype=dtype)
+
+    def no_cache_reason(self) -> str | None:
+        """Why this layer cannot keep an exact decode cache (None: it can)."""
+        if not self.causal:
+            return "an LSH decode cache needs causal attention (a decoder)"
+        if self.convention != "longrange":
+            return "lsh.convention='hf' is not causal-exact, so it has no decode cache; use 'longrange'"
+        if self.n_buckets is None:
+            return (
+                "lsh.n_buckets is null: the bucket count follows each call's padded length, so cached decoding "
+                "cannot match a recomputation; set lsh.n_buckets to an even number (e.g. 2 * segment_len / bucket_size)"
+            )
+        if self.before < 1:
+            return "lsh.chunks_before=0 makes the window follow chunk boundaries; set lsh.chunks_before >= 1"
+        return None
+
+    def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> LayerState | None:
+        """Empty decode cache: unit-norm ``key`` and ``value`` (B, H, L, E), ``buckets`` (B, H, L, R)
+        and ``valid`` (B, L) for L = 0 past items (None when this layer cannot keep one)."""
+        if not self.decode_cache:
+            return None
+        b, h, e, r = batch_size, self.n_heads, self.qk.in_features // self.n_heads, self.n_hashes
+        return LayerState(
+            {
+                "key": torch.zeros(b, h, 0, e, device=device, dtype=dtype),
+                "value": torch.zeros(b, h, 0, e, device=device, dtype=dtype),
+                "buckets": torch.zeros(b, h, 0, r, dtype=torch.long, device=device),
+                "valid": torch.zeros(b, 0, dtype=torch.bool, device=device),
+            }
+        )
+
+    def _forward_cached(self, x: Tensor, state: LayerState, pad_mask: Tensor | None) -> AttentionOutput:
+        """x (B, T, D) after the L items in the cache -> output and the cache with T more items."""
+        reason = self.no_cache_reason()
+        if reason is not None:
+            raise ValueError(reason)
+        cached = state["key"].shape[2]
+        if self.training:  # fresh rotations per call: a cache would not match the next call's buckets
+            if cached:
+                raise ValueError("the LSH decode cache is filled in evaluation mode (fixed rotations); call .eval()")
+            return AttentionOutput(self.forward(x, state=None, pad_mask=pad_mask).out, state)
+        b, t, _ = x.shape
+        real = torch.ones(b, t, dtype=torch.bool, device=x.device) if pad_mask is None else pad_mask.bool()
+        qk = split_heads(self.qk(x), self.n_heads)  # (B, H, T, E)
+        v = split_heads(self.v(x), self.n_heads)
+        buckets = self.hash(qk, self.n_buckets).transpose(2, 3)  # (B, H, T, R)
+        keys = torch.cat([state["key"], F.normalize(qk, dim=-1)], 2)  # (B, H, L + T, E)
+        values = torch.cat([state["value"], v], 2)
+        key_buckets = torch.cat([state["buckets"], buckets], 2)  # (B, H, L + T, R)
+        valid = torch.cat([state["valid"], real], 1)  # (B, L + T)
+        new_state = state.replace(key=keys, value=values, buckets=key_buckets, valid=valid)
+        if cached == 0:  # nothing before this segment: the sorted one pass
+            return AttentionOutput(self.forward(x, state=None, pad_mask=pad_mask).out, new_state)
+        y = cached_lsh_attention(qk, buckets, keys, values, key_buckets, valid, chunk=self.chunk, dedup=self.dedup)
+        return AttentionOutput(self.out(merge_heads(y)), new_state)
 
     @torch.no_grad()
     def hash(self, qk: Tensor, n_buckets: int) -> Tensor:
@@ -133,6 +202,8 @@ class LSHAttention(AttentionModule):
 
     def forward(self, x: Tensor, *, state=None, doc_start=None, pad_mask=None, carry=None) -> AttentionOutput:
         self.check_input(x, self.causal)
+        if state is not None:
+            return self._forward_cached(x, state, pad_mask)
         if self.convention == "hf":
             return self._forward_hf(x, pad_mask)
         b, t, _ = x.shape

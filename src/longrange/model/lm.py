@@ -8,6 +8,10 @@ Shape legend: B batch, T tokens, D model width, V vocabulary.
 The state is explicit: pass the returned state into the next segment's call. At the start of a
 call the rows in `doc_start` are cleared (every layer's memory, the kNN store rows, the position
 counter), so a new document never sees its predecessor.
+
+Layers that keep only a decode cache for streaming generation (Reformer LSH/local) build it when
+the caller passes a state (``model.init_state(B)``, as `longrange.generate` does); a call without
+one builds none, so training and evaluation of whole sequences pay nothing for it.
 """
 
 from __future__ import annotations
@@ -73,11 +77,14 @@ class LongRangeLM(nn.Module):
         self.apply(_init_weights)
 
     # ------------------------------------------------------------------ state
-    def init_state(self, batch_size: int, device: torch.device | str | None = None) -> ModelState:
-        """Empty memories for `batch_size` rows."""
+    def init_state(self, batch_size: int, device: torch.device | str | None = None, caches: bool = True) -> ModelState:
+        """Empty memories for `batch_size` rows; ``caches=False``: None for decode-cache-only layers."""
         device = torch.device(device) if device is not None else self.embed.weight.device
         dtype = self.embed.weight.dtype
-        layers = [b.attention.init_state(batch_size, device, dtype) for b in self.blocks]
+        layers = [
+            b.attention.init_state(batch_size, device, dtype) if caches or b.attention.stateful else None
+            for b in self.blocks
+        ]
         return ModelState(layers, torch.zeros(batch_size, dtype=torch.long, device=device))
 
     @property
@@ -96,8 +103,8 @@ class LongRangeLM(nn.Module):
         if tokens.dim() != 2:
             raise ValueError(f"tokens must be (batch, time) int64, got shape {tuple(tokens.shape)}")
         b, t = tokens.shape
-        if state is None:
-            state = self.init_state(b, tokens.device)
+        if state is None:  # memories start empty; decode caches are built only for a given state
+            state = self.init_state(b, tokens.device, caches=False)
         elif state.batch_size != b:
             raise ValueError(f"state is for batch size {state.batch_size}, tokens have batch size {b}")
         state = state.reset(doc_start)
@@ -126,10 +133,14 @@ class LongRangeLM(nn.Module):
     ) -> tuple[Tensor, list, dict[str, Tensor]]:
         """Run every block, threading each layer's state and the attention carry (Luna's P)."""
         if self.reversible:
-            from longrange.model.reversible import plain_reversible, reversible
+            from longrange.model.reversible import plain_reversible, reversible, reversible_with_state
 
             if pad_mask is not None:
                 raise ValueError("reversible blocks do not take padding masks; pass whole sequences")
+            if not torch.is_grad_enabled() and any(s is not None for s in state.layers):
+                # streaming generation: thread each layer's decode cache (no backward pass to save memory for)
+                h, layers = reversible_with_state(self.blocks, h, state.layers, self.readout)
+                return h, layers, {}
             use_custom = self.reversible_backward and torch.is_grad_enabled()
             run = reversible if use_custom else plain_reversible
             h = run(self.blocks, h, self.readout)

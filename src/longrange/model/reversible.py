@@ -9,8 +9,12 @@ so the inputs can be reconstructed from the outputs (X2 = Y2 - G(Y1), X1 = Y1 - 
 activation inside the stack is stored for the backward pass: memory no longer grows with depth.
 The backward pass recomputes F and G under the RNG state recorded in the forward pass (dropout,
 fresh LSH rotations), restoring it with `torch.random.fork_rng` instead of reseeding the global
-RNG. Parameter gradients flow through ordinary autograd calls on the recomputed graphs, so
-DistributedDataParallel's gradient hooks and gradient accumulation see them as usual.
+RNG. Parameter gradients of the recomputed graphs are taken with `torch.autograd.grad` and
+*returned* from the stack's backward (the parameters are inputs of the autograd Function), so the
+outer backward pass accumulates each parameter's gradient exactly once: gradient accumulation works
+as usual and DistributedDataParallel's hooks fire once per parameter. (Accumulating them with an
+inner `backward` call instead, as public ports do, fires DDP's hook a second time when the Function
+hands back None for the parameter: "Expected to mark a variable ready only once".)
 
 The model feeds X1 = X2 = h and reads out (Y1 + Y2) / 2 (``readout="mean"``) or the concatenation
 [Y1 ; Y2] (``readout="concat"``, 2D wide: Hugging Face / trax Reformer checkpoints, whose layers
@@ -77,20 +81,45 @@ def plain_reversible(blocks: nn.ModuleList, h: Tensor, readout: str = "mean") ->
     return _read_out(x1, x2, readout)
 
 
-def _undo_half(fn, rng: _RecordedRNG, inp: Tensor, out: Tensor, d_out: Tensor, d_inp_residual: Tensor):
+def reversible_with_state(blocks: nn.ModuleList, h: Tensor, states: list, readout: str = "mean") -> tuple[Tensor, list]:
+    """`plain_reversible` threading each layer's attention state (Reformer decode caches).
+
+    For streaming generation, under no_grad: there is no backward pass, so nothing needs to be
+    recomputed and the layers' caches can be read and extended as in a plain stack. Returns the
+    read-out and the next per-layer states. (Training keeps state=None: the custom backward
+    recomputes F from the block inputs alone, so it cannot carry memories.)
+    """
+    x1 = x2 = h
+    new_states = []
+    for block, state in zip(blocks, states, strict=True):
+        a = block.attention(block.attn_norm(x2), state=state, doc_start=None)
+        x1 = x1 + F.dropout(a.out, block.dropout, block.training)
+        x2 = x2 + _g(block, x1)
+        new_states.append(a.state)
+    return _read_out(x1, x2, readout), new_states
+
+
+def _undo_half(
+    fn, params: list[Tensor], rng: _RecordedRNG, inp: Tensor, out: Tensor, d_out: Tensor, d_inp_residual: Tensor
+):
     """Invert one residual half ``out = other + fn(inp)`` and backpropagate through it.
 
-    Recomputes fn(inp) under the RNG state of the forward pass, returns ``other = out - fn(inp)``
-    and ``d_inp = d_inp_residual + (d fn / d inp)^T d_out``; parameter gradients accumulate as usual.
+    Recomputes fn(inp) under the RNG state of the forward pass and returns ``other = out - fn(inp)``,
+    ``d_inp = d_inp_residual + (d fn / d inp)^T d_out`` and the gradients of `params` (None where
+    fn does not use one); nothing is accumulated into ``.grad`` here.
     """
     with torch.enable_grad():
         inp = inp.detach().requires_grad_(True)
         ctx = rng.replay()
         value = fn(inp)
         ctx.__exit__(None, None, None)
-        torch.autograd.backward(value, d_out)
+        d_inp, *d_params = torch.autograd.grad(value, [inp, *params], d_out, allow_unused=True)
     with torch.no_grad():
-        return out - value, d_inp_residual + inp.grad
+        return out - value, d_inp_residual + d_inp, d_params
+
+
+def _add(a: Tensor | None, b: Tensor | None) -> Tensor | None:
+    return b if a is None else a if b is None else a + b
 
 
 class _ReversibleStack(torch.autograd.Function):
@@ -112,12 +141,17 @@ class _ReversibleStack(torch.autograd.Function):
     def backward(ctx, grad_out: Tensor):
         y1, y2 = ctx.saved_tensors
         dy1, dy2 = grad_out.chunk(2, dim=-1) if ctx.readout == "concat" else (grad_out / 2, grad_out / 2)
+        d_params = []  # per block, last block first: gradients of block.parameters() in order
         for block, (rng_f, rng_g) in zip(reversed(ctx.blocks), reversed(ctx.rng), strict=True):
-            x2, dx1 = _undo_half(partial(_g, block), rng_g, y1, y2, dy2, dy1)  # X2 = Y2 - G(Y1)
-            x1, dx2 = _undo_half(partial(_f, block), rng_f, x2, y1, dx1, dy2)  # X1 = Y1 - F(X2)
+            params = list(block.parameters())
+            trainable = [p for p in params if p.requires_grad]
+            x2, dx1, dg = _undo_half(partial(_g, block), trainable, rng_g, y1, y2, dy2, dy1)  # X2 = Y2 - G(Y1)
+            x1, dx2, df = _undo_half(partial(_f, block), trainable, rng_f, x2, y1, dx1, dy2)  # X1 = Y1 - F(X2)
             y1, y2, dy1, dy2 = x1, x2, dx1, dx2
-        # parameter gradients were accumulated by the autograd calls above
-        return (dy1 + dy2, None, None) + (None,) * len([p for b in ctx.blocks for p in b.parameters()])
+            d_trainable = iter([_add(a, b) for a, b in zip(df, dg, strict=True)])
+            d_params.append([next(d_trainable) if p.requires_grad else None for p in params])
+        # the outer autograd pass accumulates these into .grad, once per parameter
+        return (dy1 + dy2, None, None) + tuple(g for block_grads in reversed(d_params) for g in block_grads)
 
 
 def reversible(blocks: nn.ModuleList, h: Tensor, readout: str = "mean") -> Tensor:
