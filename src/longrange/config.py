@@ -85,8 +85,8 @@ class LunaConfig:
 
     proj_len: int = 16  # l, length of the extra sequence P
     activation: Literal["elu", "softplus"] = "elu"  # non-negative pack weights of the causal form
-    share_projections: bool = False  # share pack/unpack projections (paper's parameter budget)
-    chunk_len: int = 128  # block length of the chunked prefix sums (memory/speed trade-off)
+    share_projections: bool = True  # keys = values in pack and unpack (the paper's sharing, its parameter budget)
+    chunk_len: int = 32  # block of the causal prefix sums; fastest near sqrt(proj_len * head width): 32 for l=16
 
 
 @dataclass
@@ -337,7 +337,10 @@ for _size in _SIZES:
         compressive={"mem_len": _seg // 2, "cmem_len": _seg // 2, "rate": 4},
     )
     PRESETS[f"luna-{_size}"] = _preset(
-        lambda i, n: "luna", _size, positions="sinusoidal", luna={"proj_len": 16 if _size != "base" else 128}
+        lambda i, n: "luna",
+        _size,
+        positions="sinusoidal",
+        luna={"proj_len": 16, "chunk_len": 32} if _size != "base" else {"proj_len": 128, "chunk_len": 64},
     )
     PRESETS[f"reformer-{_size}"] = _preset(
         lambda i, n: "lsh" if i % 2 else "local",

@@ -10,7 +10,7 @@ from longrange.generate import generate
 D, H, L, T = 16, 2, 4, 24
 
 
-def _luna(causal=True, chunk_len=5, activation="elu", share=False):
+def _luna(causal=True, chunk_len=5, activation="elu", share=True):
     torch.manual_seed(0)
     return LunaAttention(
         D, H, 0.0, causal, 0, proj_len=L, activation=activation, share_projections=share, chunk_len=chunk_len
@@ -18,28 +18,32 @@ def _luna(causal=True, chunk_len=5, activation="elu", share=False):
 
 
 def _naive_causal(attn: LunaAttention, x: torch.Tensor) -> torch.Tensor:
-    """The causal formula evaluated position by position with explicit sums (O(T^2))."""
+    """The causal formula evaluated position by position with explicit sums (O(T^2)).
+
+    Projections are read off the weight blocks: in_proj = [unpack query | pack key | pack values], where the
+    pack values are c (keys = values, shared) or the unpack keys and the unpack values (untied).
+    """
     b, t, _ = x.shape
     e = D // H
     p = attn.p_init + attn.p_pos
     pq = attn.pack_q(p).view(L, H, e).transpose(0, 1)  # (H, l, E)
-    k, v = attn.pack_kv(x).chunk(2, -1)
-    k, v = k.view(b, t, H, e), v.view(b, t, H, e)
-    q = attn.unpack_q(x).view(b, t, H, e)
+    blocks = [(x @ w.T).view(b, t, H, e) for w in attn.in_proj.weight.split(D)]
+    q, k = blocks[0], blocks[1]
+    keys, values = (blocks[2], blocks[2]) if attn.share else (blocks[2], blocks[3])
     out = torch.zeros(b, t, H, e)
     for i in range(t):
         for h in range(H):
             a = attn._phi(k[:, : i + 1, h] @ pq[h].T / e**0.5)  # (B, i+1, l)
-            packed = (a.transpose(1, 2) @ v[:, : i + 1, h]) / a.sum(1)[..., None]  # (B, l, E)
-            keys, values = packed @ attn.unpack_k[h], packed @ attn.unpack_v[h]
-            w = ((q[:, i, h, None, :] * keys).sum(-1) / e**0.5).softmax(-1)  # (B, l)
-            out[:, i, h] = (w[..., None] * values).sum(1)
+            packed_k = (a.transpose(1, 2) @ keys[:, : i + 1, h]) / a.sum(1)[..., None]  # (B, l, E)
+            packed_v = (a.transpose(1, 2) @ values[:, : i + 1, h]) / a.sum(1)[..., None]  # (B, l, E)
+            w = ((q[:, i, h, None, :] * packed_k).sum(-1) / e**0.5).softmax(-1)  # (B, l)
+            out[:, i, h] = (w[..., None] * packed_v).sum(1)
     return attn.out(out.reshape(b, t, D))
 
 
-@pytest.mark.parametrize("activation", ["elu", "softplus"])
-def test_chunked_parallel_equals_naive_equals_recurrent(activation):
-    attn = _luna(activation=activation)
+@pytest.mark.parametrize(("activation", "share"), [("elu", True), ("softplus", True), ("elu", False)])
+def test_chunked_parallel_equals_naive_equals_recurrent(activation, share):
+    attn = _luna(activation=activation, share=share)
     x = torch.randn(2, T, D)
     with torch.no_grad():
         parallel = attn(x, state=None, doc_start=None).out
@@ -53,17 +57,36 @@ def test_chunked_parallel_equals_naive_equals_recurrent(activation):
     torch.testing.assert_close(torch.cat(steps, 1), parallel, rtol=1e-5, atol=1e-5)
 
 
-def test_chunk_length_does_not_change_the_result():
+@pytest.mark.parametrize("share", [True, False])
+def test_chunk_length_does_not_change_the_result_or_the_gradients(share):
     x = torch.randn(1, T, D)
-    a = _luna(chunk_len=3)
-    b = _luna(chunk_len=100)
-    torch.testing.assert_close(
-        a(x, state=None, doc_start=None).out, b(x, state=None, doc_start=None).out, rtol=1e-5, atol=1e-5
-    )
+    results = []
+    for chunk_len in (3, 8, 100):  # ragged last chunk, exact multiple, one chunk
+        attn = _luna(chunk_len=chunk_len, share=share)
+        attn(x, state=None, doc_start=None).out.square().sum().backward()
+        results.append([attn(x, state=None, doc_start=None).out] + [p.grad for p in attn.parameters()])
+    for other in results[1:]:
+        for got, want in zip(other, results[0], strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
-def test_bidirectional_is_permutation_equivariant():
-    attn = _luna(causal=False)
+def test_gradients_match_a_double_precision_finite_difference():
+    attn = _luna(chunk_len=4, share=False).double()
+    x = torch.randn(1, 10, D, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda z: attn(z, state=None, doc_start=None).out, (x,))
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_sharing_ties_keys_and_values_and_saves_one_projection_of_x(causal):
+    shared, untied = _luna(causal=causal, share=True), _luna(causal=causal, share=False)
+    assert shared.in_proj.weight.shape[0] == untied.in_proj.weight.shape[0] - D
+    n_shared, n_untied = (sum(p.numel() for p in m.parameters()) for m in (shared, untied))
+    assert n_untied - n_shared == (D * D if causal else 2 * D * D)
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_bidirectional_is_permutation_equivariant(share):
+    attn = _luna(causal=False, share=share)
     x = torch.randn(2, T, D)
     perm = torch.randperm(T)
     out = attn(x, state=None, doc_start=None)
@@ -74,7 +97,7 @@ def test_bidirectional_is_permutation_equivariant():
 
 @pytest.mark.parametrize("causal", [True, False])
 def test_padding_leaves_real_positions_unchanged(causal):
-    attn = _luna(causal=causal)
+    attn = _luna(causal=causal, share=False)
     x = torch.randn(1, T, D)
     padded = torch.cat([x, torch.randn(1, 6, D)], 1)
     pad_mask = torch.cat([torch.ones(1, T), torch.zeros(1, 6)], 1).bool()

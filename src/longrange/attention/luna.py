@@ -1,7 +1,7 @@
 """Luna: linear unified nested attention (Ma et al. 2021).
 
 Shape legend: B batch, T tokens (n in the paper), l packed length (proj_len), D model width,
-H heads, E head width, C chunk length of the prefix sums.
+H heads, E head width, N chunks, C chunk length of the prefix sums (T padded to N * C).
 
 Each layer takes the input X (B, T, D) and an extra sequence P (B, l, D):
 - pack: P attends to X, giving the packed context Y_p (B, l, D);
@@ -14,24 +14,35 @@ Causal form (language modelling): position t may pack only X[:t] (inclusive). Pa
 non-negative activation phi (elu + 1 or softplus) instead of exp, so the packed context of every
 position is a ratio of prefix sums,
 
-    Y_p^t[j] = sum_{s<=t} phi(p_j . k_s) v_s  /  sum_{s<=t} phi(p_j . k_s),
+    Y_p^t[j] = sum_{s<=t} phi(p_j . k_s) c_s  /  sum_{s<=t} phi(p_j . k_s),
 
-and unpack is a softmax over the l packed slots of Y_p^t. Positions are processed in chunks of C:
-sums inside a chunk become (C x C) and (C x l) matrix products and sums across chunks a prefix
-sum over chunk totals, all chunks at once (see `causal_luna`), so neither a T x T matrix nor the
-(T, l, E) packed contexts are formed: memory O(T * (C + l) * H).
+and unpack is a softmax over the l packed slots of Y_p^t, whose keys and values are Y_p^t itself.
+Positions are processed in chunks of C: sums inside a chunk become (C x C) and (C x l) matrix
+products and sums across chunks a prefix sum over chunk totals, all chunks at once (see
+`causal_luna`), so neither a T x T matrix nor the (T, l, E) packed contexts are formed:
+memory O(T * (C + l) * H + (T / C) * l * D).
+
+Projections. Every per-token projection of X is one GEMM (``in_proj``): unpack queries, pack keys
+and the pack values c (causal), or unpack queries, pack keys and pack values (bidirectional).
+``share_projections`` is the paper's parameter sharing (Section 3.4, following Linformer; the
+reference implementation's ``tie_kv``): each attention uses one projection for its keys and
+values, so X needs one projection fewer and the layer has about a standard Transformer's
+parameter count. It is on by default, as in the paper's experiments.
 
 Deliberate deviations, for causality and linear cost:
-- In the causal form the unpack key/value projections are per head (block-diagonal, E x E), so
-  the unpack scores are computed from the prefix sums directly without materialising projected
-  keys per position. The bidirectional form uses full D x D projections as in the paper.
+- The causal form has no separate unpack key / value projections of Y_p^t: a projection of
+  Y_p^t per head equals packing projected tokens (packing is linear), so it is folded into c's
+  projection (tied keys = values, as in the reference's causal layer); untied
+  (``share_projections: false``) the unpack keys and values pack two different projections of X.
+  The reference normalises the causal prefix sums by t; here by the running sum of the pack
+  weights, so Y_p^t is a weighted mean of the c_s (the causal analogue of the softmax pack).
 - In the causal form P is not replaced by the packed output between layers: Y_p^t differs per
   position, and feeding it on would either leak the future or break the prefix sums. Every layer
   packs with the same learned P (each through its own pack-query projection); the carry passes P on.
 The first layer (``layer_index == 0``) owns the learned P and its position embedding, so no other
 layer holds unused parameters (DDP requires every parameter to get a gradient).
 
-Recurrent form: the prefix sums are a fixed-size state (numerator (B, H, l, E), denominator
+Recurrent form: the prefix sums are a fixed-size state (numerators (B, H, l, E), denominator
 (B, H, l)), so streaming generation costs O(1) per token in the sequence length and equals the
 one-pass computation (``decode_cache``).
 """
@@ -66,6 +77,8 @@ class LunaAttention(AttentionModule):
             raise ValueError(f"luna.proj_len={proj_len} and luna.chunk_len={chunk_len} must be >= 1")
         if activation not in ("elu", "softplus"):
             raise ValueError(f"luna.activation={activation!r} is not one of ['elu', 'softplus']")
+        if d_model % n_heads:
+            raise ValueError(f"d_model={d_model} must be a multiple of n_heads={n_heads}")
         self.n_heads, self.d_model, self.d_head = n_heads, d_model, d_model // n_heads
         self.causal, self.dropout, self.proj_len, self.chunk_len = causal, dropout, proj_len, chunk_len
         self.activation, self.share = activation, share_projections
@@ -73,14 +86,13 @@ class LunaAttention(AttentionModule):
             self.p_init = nn.Parameter(torch.randn(proj_len, d_model) * d_model**-0.5)
             self.p_pos = nn.Parameter(torch.randn(proj_len, d_model) * 0.02)
         self.pack_q = nn.Linear(d_model, d_model, bias=False)  # from P
-        self.pack_kv = nn.Linear(d_model, 2 * d_model, bias=False)  # from X
-        self.unpack_q = None if share_projections else nn.Linear(d_model, d_model, bias=False)  # from X
-        if causal:  # per-head unpack key / value projections (E x E per head)
-            self.unpack_k = nn.Parameter(torch.eye(self.d_head).repeat(n_heads, 1, 1))
-            self.unpack_v = nn.Parameter(torch.eye(self.d_head).repeat(n_heads, 1, 1))
-        else:
+        # from X, one GEMM: [unpack query | pack key | pack value(s)]; causal untied: two packed values
+        # (unpack keys, unpack values); bidirectional shared: the pack key is also the pack value
+        self.n_x = (3 if share_projections else 4) if causal else (2 if share_projections else 3)
+        self.in_proj = nn.Linear(d_model, self.n_x * d_model, bias=False)
+        if not causal:
             self.pack_out = nn.Linear(d_model, d_model, bias=False)
-            self.unpack_kv = nn.Linear(d_model, 2 * d_model, bias=False)
+            self.unpack_kv = nn.Linear(d_model, (1 if share_projections else 2) * d_model, bias=False)  # from Y_p
             self.p_norm = nn.LayerNorm(d_model)
         self.out = nn.Linear(d_model, d_model, bias=False)
 
@@ -88,10 +100,11 @@ class LunaAttention(AttentionModule):
         if not self.causal:
             return None
         h, l, e = self.n_heads, self.proj_len, self.d_head
+        n_values = 1 if self.share else 2
         return LayerState(
             {
-                "num": torch.zeros(batch_size, h, l, e, device=device, dtype=torch.float32),  # sum phi(p.k) v
-                "den": torch.zeros(batch_size, h, l, device=device, dtype=torch.float32),  # sum phi(p.k)
+                "num": torch.zeros(batch_size, h, l, n_values * e, device=device, dtype=torch.float32),  # sum a c
+                "den": torch.zeros(batch_size, h, l, device=device, dtype=torch.float32),  # sum a
             }
         )
 
@@ -107,66 +120,94 @@ class LunaAttention(AttentionModule):
 
     def forward(self, x: Tensor, *, state=None, doc_start=None, pad_mask=None, carry=None) -> AttentionOutput:
         self.check_input(x, self.causal)
-        b, t, _ = x.shape
+        b, t, d = x.shape
+        if d != self.d_model:
+            raise ValueError(f"LunaAttention expects d_model={self.d_model}, got x of width {d}")
         p = self._p(carry, b)  # (B, l, D)
         pq = split_heads(self.pack_q(p), self.n_heads)  # (B, H, l, E)
-        k, v = (split_heads(z, self.n_heads) for z in self.pack_kv(x).chunk(2, -1))  # (B, H, T, E)
-        q = split_heads((self.unpack_q or self.pack_kv)(x)[..., : self.d_model], self.n_heads)  # (B, H, T, E)
         if self.causal:
             if state is None:
                 state = self.init_state(b, x.device, x.dtype)
-            y, state = self._causal(q, k, v, pq, pad_mask, state)
-            return AttentionOutput(self.out(merge_heads(y)), state, None, p)
-        return self._bidirectional(q, k, v, pq, p, pad_mask)
+            y, state = self._causal(x, pq, pad_mask, state)
+            return AttentionOutput(self.out(y), state, None, p)
+        return self._bidirectional(x, pq, p, pad_mask)
 
     # ------------------------------------------------------------------ bidirectional
-    def _bidirectional(self, q, k, v, pq, p, pad_mask) -> AttentionOutput:
+    def _bidirectional(self, x, pq, p, pad_mask) -> AttentionOutput:
+        b, t, _ = x.shape
+        h, e = self.n_heads, self.d_head
+        parts = self.in_proj(x).view(b, t, self.n_x, h, e).permute(2, 0, 3, 1, 4)  # (n_x, B, H, T, E) view
+        q, k, v = parts[0], parts[1], parts[-1]  # shared: the pack key is the pack value
         drop = self.dropout if self.training else 0.0
         mask = pad_mask[:, None, None, :] if pad_mask is not None else None  # padded tokens pack nothing
         packed = merge_heads(F.scaled_dot_product_attention(pq, k, v, attn_mask=mask, dropout_p=drop))
         packed = self.pack_out(packed)  # Y_p (B, l, D)
-        uk, uv = (split_heads(z, self.n_heads) for z in self.unpack_kv(packed).chunk(2, -1))  # (B, H, l, E)
-        y = F.scaled_dot_product_attention(q, uk, uv, dropout_p=drop)  # (B, H, T, E)
+        ukv = self.unpack_kv(packed).view(b, self.proj_len, -1, h, e).permute(2, 0, 3, 1, 4)  # (1|2, B, H, l, E)
+        y = F.scaled_dot_product_attention(q, ukv[0], ukv[-1], dropout_p=drop)  # (B, H, T, E)
         return AttentionOutput(self.out(merge_heads(y)), None, None, self.p_norm(packed + p))
 
     # ------------------------------------------------------------------ causal
-    def _causal(self, q, k, v, pq, pad_mask, state: LayerState):
-        scale = self.d_head**-0.5
-        a = self._phi((k @ pq.transpose(-1, -2)) * scale).float()  # (B, H, T, l) pack weights, >= 0
-        if pad_mask is not None:
-            a = a * pad_mask[:, None, :, None]
-        uq = torch.einsum("bhte,hfe->bhtf", q, self.unpack_k).float() * scale  # q W_k^T per head: (B, H, T, E)
-        y, num, den = causal_luna(uq, a, v.float(), state["num"], state["den"], self.chunk_len)
-        y = torch.einsum("bhte,hef->bhtf", y.to(q.dtype), self.unpack_v)  # per-head unpack value projection
+    def _causal(self, x, pq, pad_mask, state: LayerState):
+        b, t, _ = x.shape
+        h, e = self.n_heads, self.d_head
+        c = min(self.chunk_len, t)
+        n = -(-t // c)
+        proj = self.in_proj(x)  # (B, T, n_x * D), prefix sums in at least float32 (bf16 autocast)
+        proj = proj.to(torch.promote_types(proj.dtype, torch.float32))
+        if n * c != t:
+            proj = F.pad(proj, (0, 0, 0, n * c - t))
+        # (B, N*C, n_x, H, E) -> (n_x, B, H, N*C, E): the one copy of the projections into head-major chunks
+        # (unbind, not indexing: its backward is one stack instead of a zero-filled copy per part)
+        q, k, *vals = proj.view(b, n * c, self.n_x, h, e).permute(2, 0, 3, 1, 4).contiguous().unbind(0)
+        # vals: the pack values c (shared), or (B, H, N*C, 2E) the unpack keys | unpack values (untied)
+        vals = vals[0] if self.share else torch.cat(vals, dim=-1)
+        a = self._phi(k @ (pq.to(k.dtype).transpose(-1, -2) * e**-0.5))  # (B, H, N*C, l) pack weights, >= 0
+        if pad_mask is not None or n * c != t:  # padding (ours or the caller's) packs nothing
+            valid = pad_mask if pad_mask is not None else torch.ones(b, t, dtype=torch.bool, device=x.device)
+            a = a * F.pad(valid, (0, n * c - t)).to(a.dtype)[:, None, :, None]
+        y, num, den = causal_luna(
+            q.view(b, h, n, c, e), a.view(b, h, n, c, -1), vals.view(b, h, n, c, -1), state["num"], state["den"], e
+        )
+        y = y.permute(0, 2, 3, 1, 4).reshape(b, n * c, h * e)[:, :t].to(x.dtype)  # (B, T, D)
         return F.dropout(y, self.dropout, self.training), state.replace(num=num, den=den)
 
 
-def causal_luna(uq: Tensor, a: Tensor, v: Tensor, num: Tensor, den: Tensor, chunk: int):
+def causal_luna(q: Tensor, a: Tensor, vals: Tensor, num: Tensor, den: Tensor, d_key: int):
     """Causal pack + unpack by chunked prefix sums, every chunk at once (no loop over tokens or chunks).
 
-    uq (B, H, T, E) unpack queries times W_k^T; a (B, H, T, l) pack weights; v (B, H, T, E) pack values;
-    num (B, H, l, E) / den (B, H, l) sums over earlier segments. Returns y (B, H, T, E) and the new sums.
+    q (B, H, N, C, E) unpack queries; a (B, H, N, C, l) pack weights (zero for padding);
+    vals (B, H, N, C, E) the packed tokens c (unpack keys = values), or (B, H, N, C, 2E) the unpack key
+    and value tokens side by side; num (B, H, l, E or 2E) / den (B, H, l) sums over earlier segments;
+    d_key = E scales the unpack scores. Returns y (B, H, N, C, E) and the new sums.
 
-    With packed_t[j] = num_t[j] / den_t[j] and num_t[j] = num_before_chunk[j] + sum_{s<=t in chunk} a_s[j] v_s:
-        score_t[j] = uq_t . packed_t[j] = ((G a)[t, j] + uq_t . num_before[j]) / den_t[j],  G = tril(uq v^T)
-        y_t = sum_j w_t[j] packed_t[j] = (tril(w' a^T) v)_t + (w' num_before)_t,  w' = softmax(score) / den
+    With packed_t[j] = num_t[j] / den_t[j] and num_t[j] = num_before_chunk[j] + sum_{s<=t in chunk} a_s[j] c_s:
+        score_t[j] = q_t . packed_t[j] = ((G a)[t, j] + q_t . num_before[j]) / den_t[j],  G = tril(q c^T)
+        y_t = sum_j w_t[j] packed_t[j] = (tril(w' a^T) c)_t + (w' num_before)_t,  w' = softmax(score) / den_t
     so only (C x C) and (C x l) blocks are formed, never the (T, l, E) packed contexts.
     """
-    b, h, t, e = uq.shape
-    n = -(-t // chunk)
-    pad = n * chunk - t  # zero pack weights and values: padding packs nothing
-    uq, a, v = (F.pad(z, (0, 0, 0, pad)) for z in (uq, a, v))
-    uq, v = uq.view(b, h, n, chunk, e), v.view(b, h, n, chunk, e)  # (B, H, N, C, E)
-    a = a.view(b, h, n, chunk, -1)  # (B, H, N, C, l)
-    chunk_num = a.transpose(-1, -2) @ v  # (B, H, N, l, E) sums inside each chunk
+    e = q.shape[-1]
+    keys, values = (vals, vals) if vals.shape[-1] == e else vals.split(e, dim=-1)
+    chunk = q.shape[3]
+    at = a.transpose(-1, -2)  # (B, H, N, l, C)
+    chunk_num = at @ vals  # (B, H, N, l, E | 2E) sums inside each chunk
     chunk_den = a.sum(3)  # (B, H, N, l)
-    num_before = num[:, :, None] + chunk_num.cumsum(2) - chunk_num  # exclusive prefix over chunks
-    den_before = den[:, :, None] + chunk_den.cumsum(2) - chunk_den
-    den_t = (den_before[:, :, :, None] + a.cumsum(3)).clamp(min=1e-6)  # (B, H, N, C, l)
-    causal = torch.ones(chunk, chunk, dtype=torch.bool, device=a.device).tril()
-    g = (uq @ v.transpose(-1, -2)).masked_fill(~causal, 0.0)  # (B, H, N, C, C)
-    scores = (g @ a + uq @ num_before.transpose(-1, -2)) / den_t  # (B, H, N, C, l)
-    w = scores.softmax(dim=-1) / den_t
-    m = (w @ a.transpose(-1, -2)).masked_fill(~causal, 0.0)  # (B, H, N, C, C)
-    y = (m @ v + w @ num_before).view(b, h, n * chunk, e)[:, :, :t]
-    return y, num_before[:, :, -1] + chunk_num[:, :, -1], den_before[:, :, -1] + chunk_den[:, :, -1]
+    num_all = chunk_num.cumsum(2)
+    num_before = num[:, :, None] + num_all - chunk_num  # exclusive prefix over chunks
+    den_all = chunk_den.cumsum(2)
+    den_before = den[:, :, None] + den_all - chunk_den
+    inv_den = 1.0 / (den_before[:, :, :, None] + a.cumsum(3)).clamp(min=1e-6)  # (B, H, N, C, l)
+    nb_keys, nb_values = (num_before, num_before) if keys is vals else num_before.split(e, dim=-1)
+    causal = torch.ones(chunk, chunk, dtype=q.dtype, device=q.device).tril()
+    g = (q @ keys.transpose(-1, -2)) * causal  # (B, H, N, C, C)
+    scores = _add_matmul(q @ nb_keys.transpose(-1, -2), g, a) * (inv_den * d_key**-0.5)  # (B, H, N, C, l)
+    w = scores.softmax(dim=-1) * inv_den
+    m = (w @ at) * causal  # (B, H, N, C, C)
+    y = _add_matmul(w @ nb_values, m, values)  # (B, H, N, C, E)
+    return y, num + num_all[:, :, -1], den + den_all[:, :, -1]
+
+
+def _add_matmul(acc: Tensor, x: Tensor, y: Tensor) -> Tensor:
+    """acc + x @ y over any leading dims, in one fused batched GEMM (baddbmm): no separate addition pass."""
+    lead = x.shape[:-2]
+    out = torch.baddbmm(acc.reshape(-1, *acc.shape[-2:]), x.reshape(-1, *x.shape[-2:]), y.reshape(-1, *y.shape[-2:]))
+    return out.view(*lead, *out.shape[-2:])

@@ -64,10 +64,12 @@ def _lsh(n_hashes: int) -> Builder:
     return build
 
 
-def _luna(proj_len: int) -> Builder:
+def _luna(proj_len: int, chunk_len: int) -> Builder:
+    """Luna as in the paper's experiments: keys and values share a projection (``share_projections``)."""
+
     def build(d: int, h: int, causal: bool):
         return LunaAttention(
-            d, h, 0.0, causal, 0, proj_len=proj_len, activation="elu", share_projections=False, chunk_len=128
+            d, h, 0.0, causal, 0, proj_len=proj_len, activation="elu", share_projections=True, chunk_len=chunk_len
         ), _one_pass
 
     return build
@@ -112,8 +114,8 @@ VARIANTS: dict[str, Builder] = {
         LocalAttention(d, h, 0.0, causal, 0, chunk_len=64, chunks_before=1, chunks_after=0 if causal else 1),
         _one_pass,
     ),
-    "luna-16": _luna(16),
-    "luna-128": _luna(128),
+    "luna-16": _luna(16, chunk_len=32),  # chunk ~ sqrt(proj_len * head width): the fastest on CPU
+    "luna-128": _luna(128, chunk_len=64),
     "compressive": lambda d, h, causal: (
         CompressiveAttention(
             d,
