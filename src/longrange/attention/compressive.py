@@ -28,9 +28,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from longrange.attention.base import AttentionModule, AttentionOutput, fifo_append, merge_heads, split_heads
-from longrange.attention.xl import RelativePositionScores, relative_attention
+from longrange.attention.xl import RelativePositionScores
 from longrange.memory.compress import Compressor
 from longrange.memory.state import LayerState
+from longrange.model.positions import sinusoid
 
 
 class CompressiveAttention(AttentionModule):
@@ -110,45 +111,53 @@ class CompressiveAttention(AttentionModule):
         prev_valid = torch.cat([state["cmem_valid"], state["mem_valid"]], dim=1)  # (B, S + M)
         causal = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
         mask = torch.cat([prev_valid[:, None, None, :].expand(b, 1, t, n_prev), causal.expand(b, 1, t, t)], -1)
-        rel = self.rel(q, n_prev)
-        needs_weights = self.compressor.kind == "most_used" or self.record_attention
-        if needs_weights:  # explicit softmax: the attention each slot receives is needed
-            y, weights = _attention_with_weights(q, k, v, rel, mask, self.u_bias)
-        else:
-            y = relative_attention(q, k, v, rel, mask, self.u_bias, self.dropout if self.training else 0.0)
-            weights = None
+        y, weights = _attention(
+            q, k, v, _position_scores(self.rel, q, n_prev), mask, self.u_bias, self.dropout, self.training
+        )
         if self.record_attention:
             self.last_attention = {"weights": weights.detach(), "cmem": cmem.shape[1], "mem": mem.shape[1]}
 
-        next_state, aux = self._update_memories(state, x, q, weights)
+        next_state, aux = self._update_memories(
+            state, x, q, k, v, weights if self.compressor.kind == "most_used" else None
+        )
         return AttentionOutput(self.out(merge_heads(y)), next_state, aux)
 
     # ------------------------------------------------------------------ memories
-    def _update_memories(self, state: LayerState, x: Tensor, q: Tensor, weights: Tensor | None):
+    def _update_memories(self, state: LayerState, x: Tensor, q: Tensor, k: Tensor, v: Tensor, weights: Tensor | None):
         b, t, _ = x.shape
-        s, m = state["cmem"].shape[1], state["mem"].shape[1]
-        # attention received by [memory ; segment] slots this segment, averaged over heads and queries
-        if weights is not None:
-            received = weights[..., s:].float().mean(dim=(1, 2))  # (B, M + T)
-        else:
-            received = torch.zeros(b, m + t, device=x.device)
-        usage = torch.cat([state["mem_usage"], torch.zeros(b, t, device=x.device)], 1) + received
-        age = torch.cat([state["mem_age"], torch.zeros(b, t, device=x.device)], 1) + 1
+        s = state["cmem"].shape[1]
         all_states = torch.cat([state["mem"], x], 1)  # (B, M + T, D)
         all_valid = torch.cat([state["mem_valid"], torch.ones(b, t, dtype=torch.bool, device=x.device)], 1)
         n_evict = t  # the T oldest leave the memory
         evicted, evicted_valid = all_states[:, :n_evict], all_valid[:, :n_evict]
-        evicted_usage = (usage / age)[:, :n_evict]  # average attention weight while in memory
+        if self.compressor.kind == "most_used":  # attention received by [memory ; segment], mean over heads, queries
+            received = weights[..., s:].float().mean(dim=(1, 2))  # (B, M + T)
+            usage = torch.cat([state["mem_usage"], torch.zeros(b, t, device=x.device)], 1) + received
+            age = torch.cat([state["mem_age"], torch.zeros(b, t, device=x.device)], 1) + 1
+            evicted_usage = (usage / age)[:, :n_evict]  # average attention weight while in memory
+            usage, age = usage[:, n_evict:], age[:, n_evict:]
+        else:  # nothing reads the usage: carry the (zero) bookkeeping unchanged, skip the work
+            usage, age, evicted_usage = (
+                state["mem_usage"],
+                state["mem_age"],
+                all_valid.new_zeros(b, t, dtype=torch.float),
+            )
 
         # join the pending states; compress whole groups of c, keep the rest pending
-        group = torch.cat([state["pending"].to(x.dtype), evicted], 1)
-        group_valid = torch.cat([state["pending_valid"], evicted_valid], 1)
-        group_usage = torch.cat([state["pending_usage"], evicted_usage], 1)
+        n_pending = state["pending"].shape[1]
+        group = torch.cat([state["pending"].to(x.dtype), evicted], 1) if n_pending else evicted
+        group_valid = torch.cat([state["pending_valid"], evicted_valid], 1) if n_pending else evicted_valid
+        group_usage = torch.cat([state["pending_usage"], evicted_usage], 1) if n_pending else evicted_usage
         n_full = (group.shape[1] // self.rate) * self.rate
         to_compress = group[:, :n_full].detach()  # stop-gradient: the LM loss never trains compression
         compressed = self.compressor(to_compress, group_usage[:, :n_full])  # (B, n_full / c, D)
         compressed_valid = group_valid[:, :n_full].view(b, -1, self.rate).all(-1) if n_full else group_valid[:, :0]
-        aux = self._compression_loss(to_compress, group_valid[:, :n_full], compressed, q) if n_full else None
+        aux = None
+        if n_full and self.compressor.learned:
+            # keys/values of the evicted states were computed for this segment's attention (keys [cmem ; mem ; x],
+            # the evicted ones at [S, S + T)); reuse them when no pending state precedes them (always in training)
+            old_kv = (k[:, :, s : s + n_full], v[:, :, s : s + n_full]) if n_pending == 0 else None
+            aux = self._compression_loss(to_compress, group_valid[:, :n_full], compressed, q, old_kv)
 
         cmem, cmem_valid = fifo_append(
             state["cmem"], state["cmem_valid"], compressed.detach(), self.cmem_len, compressed_valid
@@ -158,17 +167,18 @@ class CompressiveAttention(AttentionModule):
             cmem_valid=cmem_valid,
             mem=all_states[:, n_evict:],
             mem_valid=all_valid[:, n_evict:],
-            mem_usage=usage[:, n_evict:],
-            mem_age=age[:, n_evict:],
+            mem_usage=usage,
+            mem_age=age,
             pending=group[:, n_full:],
             pending_valid=group_valid[:, n_full:],
             pending_usage=group_usage[:, n_full:],
         )
         return next_state, aux
 
-    def _compression_loss(self, old: Tensor, old_valid: Tensor, compressed: Tensor, q: Tensor) -> Tensor | None:
-        if not self.compressor.learned:
-            return None
+    def _compression_loss(
+        self, old: Tensor, old_valid: Tensor, compressed: Tensor, q: Tensor, old_kv: tuple[Tensor, Tensor] | None
+    ) -> Tensor:
+        """The reconstruction loss of one compression; ``old_kv``: the evicted states' (B, H, N, E) keys/values."""
         if self.loss_kind == "autoencoding":
             b, n, d = old.shape
             decoded = self.decoder(compressed).view(b, n, d)
@@ -177,22 +187,53 @@ class CompressiveAttention(AttentionModule):
             q = q.detach()
             w_k, w_v = (w.detach() for w in self.kv.weight.chunk(2, dim=0))
 
-            def attend(memory: Tensor, valid: Tensor | None) -> Tensor:  # noqa: E306 - local helper
-                k = split_heads(F.linear(memory, w_k), self.n_heads)
-                v = split_heads(F.linear(memory, w_v), self.n_heads)
-                mask = valid[:, None, None, :] if valid is not None else None
-                return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            def project(memory: Tensor) -> tuple[Tensor, Tensor]:
+                return split_heads(F.linear(memory, w_k), self.n_heads), split_heads(
+                    F.linear(memory, w_v), self.n_heads
+                )
 
-            target = attend(old, old_valid)
-            error = (attend(compressed, None) - target).square().mean(dim=(1, 3))  # (B, T)
+            old_k, old_v = (z.detach() for z in old_kv) if old_kv is not None else project(old)
+            target = F.scaled_dot_product_attention(q, old_k, old_v, attn_mask=old_valid[:, None, None, :])
+            error = (
+                (F.scaled_dot_product_attention(q, *project(compressed)) - target).square().mean(dim=(1, 3))
+            )  # (B, T)
             old_valid = old_valid.any(-1, keepdim=True).expand_as(error)  # rows with no old memory: no loss
         weight = old_valid.float()
         return self.loss_weight * (error * weight).sum() / weight.sum().clamp(min=1)
 
 
-def _attention_with_weights(q, k, v, rel, mask, u_bias) -> tuple[Tensor, Tensor]:
-    """The same attention as `relative_attention`, computed explicitly to return its weights (B, H, T, L)."""
+def _position_scores(rel: RelativePositionScores, q: Tensor, n_prev: int) -> Tensor:
+    """The XL position term (q + v) . W_R R[i - j] for keys [previous slots ; segment], unscaled (B, H, T, L).
+
+    Equal to ``rel(q, n_prev)`` (`RelativePositionScores`, the same parameters) on every key a query may attend
+    to; entries of future keys (j > P + i) hold arbitrary finite values that the causal mask removes. Instead of
+    gathering each query's distances (an index tensor, and a scatter-add over (B, H, T, L) backward), the scores
+    are computed for the L + 1 distances L, L - 1, ..., 0 and row i is shifted left by T - i by reading the
+    (T, L + 1) rows as (L + 1, T) and dropping the first T entries (the shift of the Transformer-XL paper's
+    appendix B, here with no padding copy: the extra distance column plays the padding's part). A view, no copy.
+    """
+    b, h, t, e = q.shape
+    n_keys = n_prev + t
+    distance = torch.arange(n_keys, -1, -1, device=q.device)  # column c holds distance L - c
+    r = rel.r_proj(sinusoid(distance, rel.d_model).to(q.dtype)).view(n_keys + 1, h, e).permute(1, 2, 0)  # (H, E, L+1)
+    by_distance = (q + rel.v_bias[:, None, :]) @ r  # (B, H, T, L + 1)
+    # out[i, j] = by_distance[i, j + T - i], i.e. distance L - (j + T - i) = (P + i) - j, for every j <= P + i
+    return by_distance.view(b, h, n_keys + 1, t)[:, :, 1:].view(b, h, t, n_keys)
+
+
+def _attention(
+    q: Tensor, k: Tensor, v: Tensor, rel: Tensor, mask: Tensor, u_bias: Tensor, dropout: float, training: bool
+) -> tuple[Tensor, Tensor]:
+    """XL attention computed explicitly: returns (out (B, H, T, E), weights (B, H, T, L) before dropout).
+
+    The same function as `relative_attention` (xl.py). ``F.scaled_dot_product_attention`` with a bias that needs a
+    gradient falls back on CPU to its math path, which copies and checks the (B, H, T, L) scores several times;
+    here the scores are built once and edited in place (content + position, scale, mask), which is faster, and the
+    weights come for free (most-used compression and the attention analysis read them).
+    """
     scale = q.shape[-1] ** -0.5
-    scores = ((q + u_bias[:, None, :]) @ k.transpose(-1, -2) + rel) * scale
-    weights = scores.masked_fill(~mask, float("-inf")).softmax(-1)
-    return weights @ v, weights
+    scores = ((q + u_bias[:, None, :]) * scale) @ k.transpose(-1, -2)  # (B, H, T, L)
+    scores = scores.add_(rel, alpha=scale).masked_fill_(~mask, float("-inf"))
+    weights = scores.softmax(-1)
+    dropped = F.dropout(weights, dropout) if training and dropout > 0 else weights
+    return dropped @ v, weights
