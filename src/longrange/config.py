@@ -109,6 +109,8 @@ class KNNConfig:
     topk: int = 32
     backend: Literal["exact", "faiss-flat", "faiss-hnsw", "faiss-ivf"] = "exact"
     mem_len: int = 256  # XL cache of the local attention in a kNN layer
+    storage: Literal["memory", "disk"] = "memory"  # "disk": keys/values in memory-mapped files (M beyond RAM)
+    storage_dir: str | None = None  # folder for "disk" storage (default: the system temp folder)
 
 
 # --------------------------------------------------------------------------- model config
@@ -331,10 +333,14 @@ for _size in _SIZES:
         xl={"mem_len": _seg},
         knn={"mem_len": _seg, "memory_size": {"tiny": 1024, "small": 8192, "base": 65536}[_size]},
     )
+    # the same reach as transformer-xl-{size} (mem_len = segment_len = M tokens back per layer): M / 2 states plus
+    # M / 8 slots of rate 4 (M / 2 + 4 * M / 8 = M tokens) in 5M / 8 slots, so the two train at the same span
+    # (`longrange bench train --presets transformer-xl-small,compressive-small`); for the paper's setting (the
+    # same slots, a longer reach: M / 2 + M / 2 x 4) override compressive.cmem_len, as `repro compression` does
     PRESETS[f"compressive-{_size}"] = _preset(
         lambda i, n: "compressive",
         _size,
-        compressive={"mem_len": _seg // 2, "cmem_len": _seg // 2, "rate": 4},
+        compressive={"mem_len": _seg // 2, "cmem_len": _seg // 8, "rate": 4},
     )
     PRESETS[f"luna-{_size}"] = _preset(
         lambda i, n: "luna",

@@ -114,7 +114,8 @@ def test_generation_equals_recomputation():
 
 def test_tiny_model_lm_and_compression_losses_fall():
     torch.manual_seed(0)
-    model = lr.build_model(lr.ModelConfig.from_name("compressive-tiny", segment_len=16))
+    cfg = lr.ModelConfig.from_name("compressive-tiny", segment_len=16, compressive={"mem_len": 32, "cmem_len": 32})
+    model = lr.build_model(cfg)
     text = torch.tensor(list(b"the quick brown fox jumps over the lazy dog. " * 40))
 
     def run(steps, optimizer):
@@ -185,3 +186,12 @@ def test_attention_reconstruction_loss_reuses_the_segment_keys_exactly():
     torch.testing.assert_close(attn._compression_loss(old, valid, compressed, q, (k, v)), recomputed)
     # and it is a real loss: a compression equal to the exact attention target would have a lower value
     assert recomputed > 0
+
+
+def test_compressive_presets_reach_as_far_as_the_transformer_xl_presets():
+    """The speed comparison `bench train --presets transformer-xl-small,compressive-small` is at equal span."""
+    for size in ("tiny", "small", "base"):
+        xl = lr.ModelConfig.from_name(f"transformer-xl-{size}").xl
+        comp = lr.ModelConfig.from_name(f"compressive-{size}").compressive
+        assert comp.mem_len + comp.cmem_len * comp.rate == xl.mem_len
+        assert comp.mem_len + comp.cmem_len < xl.mem_len  # fewer slots to attend over
