@@ -109,3 +109,18 @@ def test_transformer_xl_checkpoint_loads_into_a_memorizing_model(tmp_path):
     missing = load_weights(memorizing, tmp_path / "xl", strict=False)
     assert missing and all("rel_bias" in k or "gate_bias" in k or "log_scale" in k or "blocks.1" in k for k in missing)
     torch.testing.assert_close(memorizing.blocks[1].attention.q.weight, xl.blocks[1].attention.q.weight)
+
+
+def test_disk_storage_option_gives_the_same_model_outputs(tmp_path):
+    ram = lr.build_model(lr.ModelConfig.from_name("memorizing-tiny", segment_len=16)).eval()
+    cfg = lr.ModelConfig.from_name("memorizing-tiny", segment_len=16, **{"knn.storage": "disk"})
+    disk = lr.build_model(cfg.replace(**{"knn.storage_dir": str(tmp_path)})).eval()
+    disk.load_state_dict(ram.state_dict())
+    tokens = torch.randint(0, 256, (2, 48))
+    states = [ram.init_state(2), disk.init_state(2)]
+    assert any(tmp_path.iterdir())  # the kNN layer's keys and values live in files there
+    with torch.no_grad():
+        for start in range(0, 48, 16):
+            outs = [m(tokens[:, start : start + 16], state=s) for m, s in zip((ram, disk), states, strict=True)]
+            states = [o.state for o in outs]
+            torch.testing.assert_close(outs[0].logits, outs[1].logits, rtol=0, atol=0)

@@ -54,6 +54,8 @@ class KNNAttention(AttentionModule):
         topk: int,
         backend: str,
         mem_len: int,
+        storage: str = "memory",
+        storage_dir: str | None = None,
     ):
         super().__init__()
         if topk < 1 or memory_size < 0 or mem_len < 0:
@@ -62,6 +64,7 @@ class KNNAttention(AttentionModule):
             )
         self.n_heads, self.d_model, self.dropout, self.causal = n_heads, d_model, dropout, causal
         self.memory_size, self.topk, self.backend, self.mem_len = memory_size, topk, backend, mem_len
+        self.storage, self.storage_dir = storage, storage_dir
         self.q = nn.Linear(d_model, d_model, bias=False)
         self.kv = nn.Linear(d_model, 2 * d_model, bias=False)
         self.out = nn.Linear(d_model, d_model, bias=False)
@@ -82,6 +85,8 @@ class KNNAttention(AttentionModule):
                 self.d_model // self.n_heads,
                 backend=self.backend,
                 device=device,
+                storage=self.storage,
+                directory=self.storage_dir,
             )
         return LayerState(
             {
@@ -117,9 +122,10 @@ class KNNAttention(AttentionModule):
         store: KNNMemory | None = state.store
         if store is not None and bool((store.count > 0).any()):
             mem_keys, mem_values, _, found = store.search(q.detach(), self.topk)  # (B, H, T, k, E), mask (B, H, T, k)
-            scores = (q.unsqueeze(-2) * mem_keys).sum(-1) * scale  # (B, H, T, k); gradient reaches q only
+            # one (1 x E) @ (E x k) product per query; gradient reaches q only (the store is detached)
+            scores = (q.unsqueeze(-2) @ mem_keys.transpose(-1, -2)).squeeze(-2) * scale  # (B, H, T, k)
             weights = scores.masked_fill(~found, float("-inf")).softmax(-1).nan_to_num(0.0)
-            memory_out = (weights.unsqueeze(-1) * mem_values).sum(-2)  # (B, H, T, E)
+            memory_out = (weights.unsqueeze(-2) @ mem_values).squeeze(-2)  # (B, H, T, E)
             has_memory = found.any(-1, keepdim=True)  # rows with an empty memory use local attention only
             gate = torch.sigmoid(self.gate_bias)[None, :, None, None] * has_memory
             y = gate * memory_out + (1 - gate) * local

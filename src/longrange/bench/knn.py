@@ -1,5 +1,15 @@
-"""kNN memory benchmarks: search time and recall vs memory size per backend; the training-step
-overhead of a kNN layer relative to the same model without memory (same run, same data)."""
+"""kNN memory benchmarks: search time, index build time and recall vs memory size per backend, on
+two key distributions; the training-step overhead of a kNN layer relative to the same model
+without memory.
+
+Key distributions (unit vectors, d = 64 by default):
+- ``random``: uniform on the sphere. The hardest case for approximate search: no structure, and
+  in 64 dimensions the 32 nearest neighbours are barely nearer than the rest.
+- ``clustered``: a stand-in for a trained model's keys, which are normalised and gather around a
+  limited set of directions (tokens and contexts that recur). 1024 random centres; each key is
+  ``normalise(centre + 0.75 * g / sqrt(d))`` with g standard normal, i.e. cosine ~0.8 to its
+  centre. Queries are drawn the same way (a query looks for keys of its own kind).
+"""
 
 from __future__ import annotations
 
@@ -11,62 +21,121 @@ import torch.nn.functional as F
 
 from longrange.memory.knn_store import KNNMemory
 
-
-def search_point(backend: str, size: int, dim: int = 64, queries: int = 512, k: int = 32, repeats: int = 3) -> dict:
-    g = torch.Generator().manual_seed(0)
-    keys = F.normalize(torch.randn(1, 1, size, dim, generator=g), dim=-1)
-    q = F.normalize(torch.randn(1, 1, queries, dim, generator=g), dim=-1)
-    exact = KNNMemory(1, size, 1, dim, backend="exact")
-    exact.add(keys, keys)
-    truth = exact.search_slots(q, k)[1]
-    memory = exact if backend == "exact" else KNNMemory(1, size, 1, dim, backend=backend)
-    if memory is not exact:
-        memory.add(keys, keys)
-    start = time.perf_counter()
-    memory.search_slots(q, k)  # builds a faiss index on first use; reported separately
-    build_s = time.perf_counter() - start
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        _, slots = memory.search_slots(q, k)
-        times.append(time.perf_counter() - start)
-    hits = sum(len(set(a.tolist()) & set(b.tolist())) for a, b in zip(truth[0, 0], slots[0, 0], strict=True))
-    return {
-        "backend": backend,
-        "size": size,
-        "search_s": statistics.median(times),
-        "first_search_s": build_s,
-        "recall": hits / truth[0, 0].numel(),
-    }
+DISTRIBUTIONS = ("clustered", "random")
+N_CENTRES, SPREAD = 1024, 0.75
 
 
-def step_overhead(memory_sizes: list[int], steps: int = 5, batch_size: int = 4) -> list[dict]:
-    """Seconds per training step of memorizing-small with each memory size vs M = 0 (no memory)."""
+def make_keys(distribution: str, n: int, dim: int, seed: int) -> torch.Tensor:
+    """(n, dim) unit vectors from `distribution` (see the module docstring)."""
+    g = torch.Generator().manual_seed(seed)
+    if distribution == "random":
+        return F.normalize(torch.randn(n, dim, generator=g), dim=-1)
+    if distribution == "clustered":
+        centres = F.normalize(torch.randn(N_CENTRES, dim, generator=torch.Generator().manual_seed(12345)), dim=-1)
+        which = torch.randint(0, N_CENTRES, (n,), generator=g)
+        return F.normalize(centres[which] + SPREAD * torch.randn(n, dim, generator=g) / dim**0.5, dim=-1)
+    raise ValueError(f"key distribution {distribution!r} is not one of {list(DISTRIBUTIONS)}")
+
+
+def _recall(truth: torch.Tensor, found: torch.Tensor) -> float:
+    """Fraction of the exact top-k slots (Q, k) that the approximate search found."""
+    hits = (truth[:, :, None] == found[:, None, :]).any(-1)  # (Q, k)
+    return hits.float().mean().item()
+
+
+def search_points(
+    sizes: list[int],
+    backends: list[str],
+    distributions: list[str],
+    dim: int = 64,
+    queries: int = 512,
+    k: int = 32,
+    repeats: int = 3,
+    index_options: dict | None = None,
+    hnsw_random_max: int = 262144,
+):
+    """Yield one row per (distribution, size, backend): median search time of `queries` queries, build time
+    (faiss index construction incl. IVF training and HNSW graph), recall@k against the exact search
+    and time relative to the exact backend. HNSW on random keys is skipped above `hnsw_random_max`
+    (its build takes many minutes there, for a recall far below target anyway)."""
+    for distribution in distributions:
+        for size in sizes:
+            keys = make_keys(distribution, size, dim, seed=0).view(1, 1, size, dim)  # (B=1, H=1, M, E)
+            q = make_keys(distribution, queries, dim, seed=1).view(1, 1, queries, dim)
+            truth, exact_s = None, None
+            for backend in ["exact", *[b for b in backends if b != "exact"]]:
+                if backend == "faiss-hnsw" and distribution == "random" and size > hnsw_random_max:
+                    continue
+                memory = KNNMemory(1, size, 1, dim, backend=backend, **(index_options or {}))
+                memory.add(keys, keys)
+                start = time.perf_counter()
+                if backend != "exact":
+                    memory._ensure_faiss()  # the index is built lazily at the first search
+                build_s = time.perf_counter() - start
+                memory.search_slots(q, k)  # warm-up
+                times = []
+                for _ in range(repeats):
+                    start = time.perf_counter()
+                    _, slots = memory.search_slots(q, k)
+                    times.append(time.perf_counter() - start)
+                if truth is None:  # the exact backend runs first: the ground truth and the time to beat
+                    truth, exact_s = slots[0, 0], statistics.median(times)
+                row = {
+                    "distribution": distribution,
+                    "size": size,
+                    "backend": backend,
+                    "search_s": statistics.median(times),
+                    "build_s": build_s,
+                    "recall": _recall(truth, slots[0, 0]),
+                    "speedup_vs_exact": exact_s / statistics.median(times),
+                }
+                del memory
+                if backend in backends:
+                    yield row
+
+
+def _fill(state, batch_size: int) -> None:
+    """Fill every kNN store of `state` to capacity with random unit keys (search cost = a full memory)."""
+    for layer in state.layers:
+        store = getattr(layer, "store", None) if layer is not None else None
+        if store is None:
+            continue
+        g = torch.Generator().manual_seed(0)
+        keys = F.normalize(torch.randn(batch_size, store.n_heads, store.capacity, store.dim, generator=g), dim=-1)
+        store.add(keys, keys)
+
+
+def step_overhead(memory_sizes: list[int], steps: int = 5, batch_size: int = 4, preset: str = "memorizing-small"):
+    """Seconds per training step (forward, backward, AdamW) of `preset` with each memory size vs M = 0.
+
+    The models are stepped in turn (round robin), so load drifts on a shared machine hit them all
+    alike; each memory is full, so every timed step searches M entries. Returns one row per size.
+    """
     from longrange.config import ModelConfig
     from longrange.model.build import build_model
 
-    rows = []
+    runs = []
     for size in [0, *memory_sizes]:
         torch.manual_seed(0)
-        model = build_model(ModelConfig.from_name("memorizing-small", **{"knn.memory_size": size}))
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        model = build_model(ModelConfig.from_name(preset, **{"knn.memory_size": size}))
         state = model.init_state(batch_size)
-        seg = model.config.segment_len
-        # fill the memory first, so each timed step searches a full memory
-        with torch.no_grad():
-            for _ in range(max(1, size // seg)):
-                state = model(torch.randint(0, 256, (batch_size, seg)), state=state).state
-        times = []
-        for _ in range(steps + 1):
-            tokens = torch.randint(0, 256, (batch_size, seg))
+        _fill(state, batch_size)
+        runs.append({"size": size, "model": model, "state": state, "times": []})
+        runs[-1]["opt"] = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    seg = runs[0]["model"].config.segment_len
+    g = torch.Generator().manual_seed(1)
+    for step in range(steps + 1):
+        tokens = torch.randint(0, 256, (batch_size, seg), generator=g)
+        for run in runs:
             start = time.perf_counter()
-            out = model(tokens, state=state, targets=tokens)
+            out = run["model"](tokens, state=run["state"], targets=tokens)
             out.loss.backward()
-            opt.step()
-            opt.zero_grad()
-            state = out.state.detach()
-            times.append(time.perf_counter() - start)
-        rows.append({"memory_size": size, "step_s": statistics.median(times[1:])})
+            run["opt"].step()
+            run["opt"].zero_grad()
+            run["state"] = out.state.detach()
+            if step > 0:  # the first step warms up allocators
+                run["times"].append(time.perf_counter() - start)
+    rows = [{"memory_size": r["size"], "step_s": statistics.median(r["times"])} for r in runs]
     for r in rows:
         r["ratio"] = r["step_s"] / rows[0]["step_s"]
     return rows

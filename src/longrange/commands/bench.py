@@ -114,33 +114,73 @@ def _meta(args: argparse.Namespace) -> dict:
 def add_knn_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sizes", type=_csv(int), default=[16384, 65536, 262144, 1048576])
     p.add_argument("--backends", type=_csv(str), default=["exact", "faiss-flat", "faiss-hnsw", "faiss-ivf"])
+    p.add_argument("--distributions", type=_csv(str), default=["clustered", "random"], help="key distributions")
+    p.add_argument("--queries", type=int, default=512)
+    p.add_argument("--k", type=int, default=32)
+    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--hnsw-m", type=int, default=32)
+    p.add_argument("--ef-construction", type=int, default=40)
+    p.add_argument("--ef-search", type=int, default=64)
+    p.add_argument("--ivf-lists", type=int, default=None, help="default: 4 sqrt(M)")
+    p.add_argument("--ivf-probe", type=int, default=None, help="default: see KNNMemory")
+    p.add_argument("--hnsw-random-max", type=int, default=262144, help="skip HNSW on random keys above this size")
     p.add_argument("--step-sizes", type=_csv(int), default=[8192, 65536], help="memory sizes for the step overhead")
-    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--step-preset", default="memorizing-small")
+    p.add_argument("--steps", type=int, default=5, help="timed training steps per memory size (0: skip)")
 
 
 def run_knn(args: argparse.Namespace) -> int:
     """kNN search time/recall vs memory size per backend, and the training-step overhead of a kNN layer."""
-    from longrange.bench.knn import search_point, step_overhead
+    from longrange.bench.knn import search_points, step_overhead
 
     torch.set_num_threads(args.threads)
+    try:
+        import faiss
+
+        faiss.omp_set_num_threads(args.threads)  # same thread count for torch and faiss
+    except ImportError:
+        args.backends = [b for b in args.backends if not b.startswith("faiss")]
+    options = {"hnsw_m": args.hnsw_m, "ef_construction": args.ef_construction, "ef_search": args.ef_search}
+    options.update({"ivf_lists": args.ivf_lists, "ivf_probe": args.ivf_probe})
     rows = []
-    for size in args.sizes:
-        for backend in args.backends:
-            rows.append(search_point(backend, size))
-            exact = next(r for r in rows if r["size"] == size and r["backend"] == "exact")
-            rows[-1]["time_vs_exact"] = rows[-1]["search_s"] / exact["search_s"]
-            r = rows[-1]
-            print(
-                f"{backend:>11} M={size:>8}: search {r['search_s'] * 1e3:8.1f} ms (x{r['time_vs_exact']:.2f} of "
-                f"exact), recall {r['recall']:.3f}, first search {r['first_search_s']:.2f} s",
-                flush=True,
-            )
-    overhead = step_overhead(args.step_sizes, steps=args.steps)
+    points = search_points(
+        args.sizes, args.backends, args.distributions, args.dim, args.queries, args.k, 3, options, args.hnsw_random_max
+    )
+    for r in points:
+        rows.append(r)
+        print(
+            f"{r['distribution']:>9} {r['backend']:>10} M={r['size']:>8}: search {r['search_s'] * 1e3:8.1f} ms "
+            f"(x{r['speedup_vs_exact']:5.1f} vs exact), recall {r['recall']:.3f}, build {r['build_s']:6.1f} s",
+            flush=True,
+        )
+    overhead = step_overhead(args.step_sizes, steps=args.steps, preset=args.step_preset) if args.steps else []
     for r in overhead:
         print(f"train step, memory {r['memory_size']:>6}: {r['step_s']:.3f} s  x{r['ratio']:.2f} vs no memory")
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "knn.json").write_text(json.dumps({"meta": _meta(args), "search": rows, "step": overhead}, indent=1))
+    meta = {**_meta(args), "index_options": options, "queries": args.queries, "k": args.k, "dim": args.dim}
+    (args.out / "knn.json").write_text(json.dumps({"meta": meta, "search": rows, "step": overhead}, indent=1))
+    (args.out / "knn.md").write_text(_knn_table(rows, overhead, meta))
+    print(f"-> {args.out}/knn.{{json,md}}")
     return 0
+
+
+def _knn_table(rows: list[dict], overhead: list[dict], meta: dict) -> str:
+    lines = [
+        f"kNN search: {meta['queries']} queries, k = {meta['k']}, d = {meta['dim']}, {meta['threads']} thread(s) "
+        f"for torch and faiss; index settings {meta['index_options']}.",
+        "",
+        "| keys | M | backend | search ms | speed-up vs exact | recall@k | build s |",
+        "|---|---:|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['distribution']} | {r['size']:,} | {r['backend']} | {r['search_s'] * 1e3:.1f} | "
+            f"{r['speedup_vs_exact']:.1f} | {r['recall']:.3f} | {r['build_s']:.1f} |"
+        )
+    if overhead:
+        lines += ["", "| memory M | train step s | vs no memory |", "|---:|---:|---:|"]
+        lines += [f"| {r['memory_size']:,} | {r['step_s']:.3f} | {r['ratio']:.2f} |" for r in overhead]
+    return "\n".join(lines) + "\n"
 
 
 def add_reversible_args(p: argparse.ArgumentParser) -> None:

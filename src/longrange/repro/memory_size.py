@@ -10,6 +10,7 @@ facts retrievable: accuracy with the memory vs the same weights with M = 0.
 from __future__ import annotations
 
 import argparse
+import inspect
 
 from longrange.config import ModelConfig
 from longrange.data.corpus import load_corpus
@@ -22,8 +23,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sizes", default="0,256,1536,8192", help="memory sizes M to evaluate (paper: 0, 1.5K, 8K, 65K)")
     p.add_argument("--train-memory", type=int, default=1536)
     p.add_argument("--segment-len", type=int, default=64)
-    p.add_argument("--steps", type=int, default=600)
-    p.add_argument("--recall-steps", type=int, default=600)
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--recall-steps", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--eval-bytes", type=int, default=32768)
     p.add_argument("--eval-docs", type=int, default=4)
@@ -56,9 +57,12 @@ def run(args: argparse.Namespace) -> str:
         rows.append(f"| {size:,} | {scored['bpb']:.4f} |")
         print(rows[-1], flush=True)
     gap = args.segment_len * 6  # far beyond the local span (XL cache of one segment per layer)
+    # gaps drawn from [0, gap] while training (when the task offers it): short gaps teach the recall
+    # circuit where any attention sees the facts, long ones make it go through the kNN memory
+    curriculum = {"min_gap": 0} if "min_gap" in inspect.signature(make_recall_documents).parameters else {}
     recall_model, _ = train_model(
         cfg,
-        make_recall_documents(400, 4, gap, seed=0),
+        make_recall_documents(2000, 4, gap, seed=0, **curriculum),
         args.out / "runs" / "recall",
         steps=args.recall_steps,
         batch_size=args.batch_size,
