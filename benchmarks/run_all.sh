@@ -8,7 +8,11 @@ $LR bench attention --variants full,xl,lsh-1,lsh-4,lsh-8,local,luna-16,luna-128 
     --lengths 1024,4096,16384 --repeats 2 --timeout 400 --out $R/attention-causal
 $LR bench attention --variants lsh-4,luna-16,luna-128,local --lengths 65536 --repeats 1 --timeout 600 \
     --out $R/attention-64k
-$LR bench attention --variants luna-16,luna-128 --lengths 1024,4096 --bidirectional --repeats 2 \
+# Luna (issue 4): causal 1K-64K in one run for the log-log slopes (full, added automatically, stops at 16K;
+# targets: slope <= 1.2, luna-16 <= 0.15x full at 16K), bidirectional 1K/4K (target luna-16 <= 0.25x full at 4K)
+$LR bench attention --variants luna-16,luna-128 --lengths 1024,4096,16384,65536 --repeats 3 --timeout 600 \
+    --out $R/attention-luna-causal
+$LR bench attention --variants luna-16,luna-128 --lengths 1024,4096 --bidirectional --repeats 3 \
     --out $R/attention-bidirectional
 $LR bench reversible --length 4096 --out $R/reversible
 $LR bench knn --sizes 16384,65536,262144 --out $R/knn

@@ -46,3 +46,30 @@ def test_encoding_pads_and_masks():
     assert torch.equal(mask, tokens != PAD)
     assert mask.sum(1).tolist() == [len(s) for s, _ in examples]
     assert max(tokens.flatten()) < len(SYMBOLS)
+
+
+def test_reproduction_trains_each_model_in_its_own_process_and_writes_the_table(tmp_path):
+    import argparse
+    import json
+
+    from longrange.repro import listops
+
+    args = argparse.Namespace(
+        max_len=32, train=16, test=8, steps=2, batch_size=4, d_model=16, layers=1, lr=1e-3, models="luna-16"
+    )
+    args.out = tmp_path
+    table = listops.run(args)
+    assert "| model | parameters | test accuracy | ms / step | peak MiB |" in table and "| luna-16 |" in table
+    result = json.loads((tmp_path / "listops.json").read_text())["results"]["luna-16"]
+    assert 0.0 <= result["accuracy"] <= 1.0 and result["step_s"] > 0 and result["peak_mib"] >= 0
+
+
+def test_reproduction_refuses_an_unknown_model(tmp_path):
+    import argparse
+
+    import pytest
+
+    from longrange.repro import listops
+
+    with pytest.raises(ValueError, match="--models"):
+        listops.run(argparse.Namespace(models="full,nope", out=tmp_path))

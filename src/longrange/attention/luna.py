@@ -136,13 +136,13 @@ class LunaAttention(AttentionModule):
     def _bidirectional(self, x, pq, p, pad_mask) -> AttentionOutput:
         b, t, _ = x.shape
         h, e = self.n_heads, self.d_head
-        parts = self.in_proj(x).view(b, t, self.n_x, h, e).permute(2, 0, 3, 1, 4)  # (n_x, B, H, T, E) view
+        parts = self.in_proj(x).view(b, t, self.n_x, h, e).permute(2, 0, 3, 1, 4).unbind(0)  # n_x x (B, H, T, E)
         q, k, v = parts[0], parts[1], parts[-1]  # shared: the pack key is the pack value
         drop = self.dropout if self.training else 0.0
         mask = pad_mask[:, None, None, :] if pad_mask is not None else None  # padded tokens pack nothing
         packed = merge_heads(F.scaled_dot_product_attention(pq, k, v, attn_mask=mask, dropout_p=drop))
         packed = self.pack_out(packed)  # Y_p (B, l, D)
-        ukv = self.unpack_kv(packed).view(b, self.proj_len, -1, h, e).permute(2, 0, 3, 1, 4)  # (1|2, B, H, l, E)
+        ukv = self.unpack_kv(packed).view(b, self.proj_len, -1, h, e).permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, l, E)
         y = F.scaled_dot_product_attention(q, ukv[0], ukv[-1], dropout_p=drop)  # (B, H, T, E)
         return AttentionOutput(self.out(merge_heads(y)), None, None, self.p_norm(packed + p))
 
