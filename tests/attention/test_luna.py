@@ -10,10 +10,10 @@ from longrange.generate import generate
 D, H, L, T = 16, 2, 4, 24
 
 
-def _luna(causal=True, chunk_len=5, activation="elu", share=True):
+def _luna(causal=True, chunk_len=5, activation="elu", share=True, proj_len=L):
     torch.manual_seed(0)
     return LunaAttention(
-        D, H, 0.0, causal, 0, proj_len=L, activation=activation, share_projections=share, chunk_len=chunk_len
+        D, H, 0.0, causal, 0, proj_len=proj_len, activation=activation, share_projections=share, chunk_len=chunk_len
     ).eval()
 
 
@@ -24,9 +24,9 @@ def _naive_causal(attn: LunaAttention, x: torch.Tensor) -> torch.Tensor:
     pack values are c (keys = values, shared) or the unpack keys and the unpack values (untied).
     """
     b, t, _ = x.shape
-    e = D // H
+    e, n_p = D // H, attn.proj_len
     p = attn.p_init + attn.p_pos
-    pq = attn.pack_q(p).view(L, H, e).transpose(0, 1)  # (H, l, E)
+    pq = attn.pack_q(p).view(n_p, H, e).transpose(0, 1)  # (H, l, E)
     blocks = [(x @ w.T).view(b, t, H, e) for w in attn.in_proj.weight.split(D)]
     q, k = blocks[0], blocks[1]
     keys, values = (blocks[2], blocks[2]) if attn.share else (blocks[2], blocks[3])
@@ -41,9 +41,13 @@ def _naive_causal(attn: LunaAttention, x: torch.Tensor) -> torch.Tensor:
     return attn.out(out.reshape(b, t, D))
 
 
-@pytest.mark.parametrize(("activation", "share"), [("elu", True), ("softplus", True), ("elu", False)])
-def test_chunked_parallel_equals_naive_equals_recurrent(activation, share):
-    attn = _luna(activation=activation, share=share)
+@pytest.mark.parametrize(
+    ("activation", "share", "proj_len"),
+    [("elu", True, L), ("softplus", True, L), ("elu", False, L), ("elu", True, 8), ("elu", False, 8)],
+)
+def test_chunked_parallel_equals_naive_equals_recurrent(activation, share, proj_len):
+    """proj_len 4: pack scores as x (W_k P^T) (H * l < D); proj_len 8: as (x W_k) P^T."""
+    attn = _luna(activation=activation, share=share, proj_len=proj_len)
     x = torch.randn(2, T, D)
     with torch.no_grad():
         parallel = attn(x, state=None, doc_start=None).out
@@ -70,8 +74,9 @@ def test_chunk_length_does_not_change_the_result_or_the_gradients(share):
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
-def test_gradients_match_a_double_precision_finite_difference():
-    attn = _luna(chunk_len=4, share=False).double()
+@pytest.mark.parametrize("proj_len", [L, 8])
+def test_gradients_match_a_double_precision_finite_difference(proj_len):
+    attn = _luna(chunk_len=4, share=False, proj_len=proj_len).double()
     x = torch.randn(1, 10, D, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda z: attn(z, state=None, doc_start=None).out, (x,))
 

@@ -27,7 +27,10 @@ and the pack values c (causal), or unpack queries, pack keys and pack values (bi
 ``share_projections`` is the paper's parameter sharing (Section 3.4, following Linformer; the
 reference implementation's ``tie_kv``): each attention uses one projection for its keys and
 values, so X needs one projection fewer and the layer has about a standard Transformer's
-parameter count. It is on by default, as in the paper's experiments.
+parameter count. It is on by default, as in the paper's experiments. In the causal form the pack
+key projection is only ever used in the pack scores x W_k P^T, so when H * l < D (l = 16: 128 < 512)
+they are computed as x (W_k P^T), a (D, H * l) matrix built per forward: the same function, with a
+quarter of a (D x D) GEMM instead of a whole one (the parameters are unchanged).
 
 Deliberate deviations, for causality and linear cost:
 - The causal form has no separate unpack key / value projections of Y_p^t: a projection of
@@ -148,25 +151,43 @@ class LunaAttention(AttentionModule):
 
     # ------------------------------------------------------------------ causal
     def _causal(self, x, pq, pad_mask, state: LayerState):
-        b, t, _ = x.shape
-        h, e = self.n_heads, self.d_head
+        b, t, d = x.shape
+        h, e, l = self.n_heads, self.d_head, self.proj_len
         c = min(self.chunk_len, t)
         n = -(-t // c)
-        proj = self.in_proj(x)  # (B, T, n_x * D), prefix sums in at least float32 (bf16 autocast)
-        proj = proj.to(torch.promote_types(proj.dtype, torch.float32))
+        w = self.in_proj.weight  # rows: [unpack query | pack key | values]
+        pq = pq * e**-0.5
+        fold = h * l < d  # pack scores x W_k pq^T as x (W_k pq^T): a (D, H*l) product instead of (D, D)
+        if fold:
+            w_scores = torch.einsum("hed,bhje->bdhj", w[d : 2 * d].view(h, e, d), pq.to(w.dtype)).reshape(b, d, h * l)
+            proj = F.linear(x, torch.cat([w[:d], w[2 * d :]]))  # (B, T, (n_x - 1) * D): [q | values]
+        else:
+            proj = self.in_proj(x)  # (B, T, n_x * D): [q | k | values]
+        proj = proj.to(torch.promote_types(proj.dtype, torch.float32))  # prefix sums in >= float32 (bf16 autocast)
         if n * c != t:
             proj = F.pad(proj, (0, 0, 0, n * c - t))
-        # (B, N*C, n_x, H, E) -> (n_x, B, H, N*C, E): the one copy of the projections into head-major chunks
+        # (B, N*C, parts, H, E) -> parts x (B, H, N*C, E): the one copy of the projections into head-major chunks
         # (unbind, not indexing: its backward is one stack instead of a zero-filled copy per part)
-        q, k, *vals = proj.view(b, n * c, self.n_x, h, e).permute(2, 0, 3, 1, 4).contiguous().unbind(0)
-        # vals: the pack values c (shared), or (B, H, N*C, 2E) the unpack keys | unpack values (untied)
-        vals = vals[0] if self.share else torch.cat(vals, dim=-1)
-        a = self._phi(k @ (pq.to(k.dtype).transpose(-1, -2) * e**-0.5))  # (B, H, N*C, l) pack weights, >= 0
+        q, *rest = proj.view(b, n * c, -1, h, e).permute(2, 0, 3, 1, 4).contiguous().unbind(0)
+        if fold:
+            scores = (x @ w_scores).to(proj.dtype)  # (B, T, H*l)
+            scores = F.pad(scores, (0, 0, 0, n * c - t)).view(b, n * c, h, l).transpose(1, 2).contiguous()
+            a = self._phi(scores)  # (B, H, N*C, l) pack weights, >= 0
+        else:
+            k, *rest = rest
+            a = self._phi(k @ pq.to(k.dtype).transpose(-1, -2))  # (B, H, N*C, l) pack weights, >= 0
+        # the pack values c (shared), or (B, H, N*C, 2E) the unpack keys | unpack values (untied)
+        vals = rest[0] if self.share else torch.cat(rest, dim=-1)
         if pad_mask is not None or n * c != t:  # padding (ours or the caller's) packs nothing
             valid = pad_mask if pad_mask is not None else torch.ones(b, t, dtype=torch.bool, device=x.device)
             a = a * F.pad(valid, (0, n * c - t)).to(a.dtype)[:, None, :, None]
         y, num, den = causal_luna(
-            q.view(b, h, n, c, e), a.view(b, h, n, c, -1), vals.view(b, h, n, c, -1), state["num"], state["den"], e
+            q.view(b, h, n, c, e),
+            a.view(b, h, n, c, l),
+            vals.view(b, h, n, c, -1),
+            state["num"],
+            state["den"],
+            e,
         )
         y = y.permute(0, 2, 3, 1, 4).reshape(b, n * c, h * e)[:, :t].to(x.dtype)  # (B, T, D)
         return F.dropout(y, self.dropout, self.training), state.replace(num=num, den=den)
