@@ -228,12 +228,14 @@ def _attention(
 
     The same function as `relative_attention` (xl.py). ``F.scaled_dot_product_attention`` with a bias that needs a
     gradient falls back on CPU to its math path, which copies and checks the (B, H, T, L) scores several times;
-    here the scores are built once and edited in place (content + position, scale, mask), which is faster, and the
+    here the scores are built once and edited in place (content + position, scale, mask bias), which is faster, and the
     weights come for free (most-used compression and the attention analysis read them).
     """
     scale = q.shape[-1] ** -0.5
     scores = ((q + u_bias[:, None, :]) * scale) @ k.transpose(-1, -2)  # (B, H, T, L)
-    scores = scores.add_(rel, alpha=scale).masked_fill_(~mask, float("-inf"))
+    # the mask as an additive bias: (B|1, 1, T, L), H times smaller than the scores, and its backward is free
+    bias = torch.zeros(mask.shape, dtype=scores.dtype, device=scores.device).masked_fill_(~mask, float("-inf"))
+    scores = scores.add_(rel, alpha=scale).add_(bias)
     weights = scores.softmax(-1)
     dropped = F.dropout(weights, dropout) if training and dropout > 0 else weights
     return dropped @ v, weights

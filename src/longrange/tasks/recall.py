@@ -53,14 +53,18 @@ def make_recall_documents(
     digits: int = 2,
     min_gap: int | None = None,
     values_seed: int | None = None,
+    filler: str = "words",
 ) -> list[bytes]:
     """`n_docs` documents of `n_facts` facts, a filler gap, then every fact queried once (shuffled).
 
     ``gap_len`` bytes of filler separate the facts from the queries (uniform in
     ``[min_gap, gap_len]`` per document when ``min_gap`` is given); values have ``digits`` digits.
     ``values_seed`` draws the values from their own generator (default: the same as everything else),
-    so the same keys, filler and query order can be paired with other values.
+    so the same keys, filler and query order can be paired with other values. ``filler``: ``"words"``
+    (random words of a 12-word vocabulary) or ``"dots"`` (one repeated byte: nothing to learn in the gap).
     """
+    if filler not in ("words", "dots"):
+        raise ValueError(f"filler={filler!r} is not one of ['words', 'dots']")
     if not 1 <= n_facts <= 26:
         raise ValueError(f"n_facts={n_facts} must be between 1 and 26 (one letter per key)")
     if digits < 1 or gap_len < 0 or (min_gap is not None and not 0 <= min_gap <= gap_len):
@@ -72,12 +76,14 @@ def make_recall_documents(
         keys = rng.sample(string.ascii_uppercase, n_facts)
         facts = [(k, "".join(value_rng.choice(string.digits) for _ in range(digits))) for k in keys]
         gap = gap_len if min_gap is None else rng.randint(min_gap, gap_len)
-        filler = []
-        while sum(len(w) + 1 for w in filler) <= gap:  # joined with spaces: at least `gap` bytes
-            filler.append(rng.choice(_WORDS))
+        words = []
+        while sum(len(w) + 1 for w in words) <= gap:  # joined with spaces: at least `gap` bytes
+            words.append(rng.choice(_WORDS))
         queries = facts[:]
         rng.shuffle(queries)
-        text = "".join(f"{v}{k};" for k, v in facts) + "\n" + " ".join(filler)[:gap]
+        text = (
+            "".join(f"{v}{k};" for k, v in facts) + "\n" + (" ".join(words)[:gap] if filler == "words" else "." * gap)
+        )
         text += "\n?" + "".join(f"{k}{v};" for k, v in queries) + "\n"
         docs.append(text.encode())
     return docs
