@@ -13,13 +13,24 @@ from longrange.train.trainer import TrainConfig, Trainer
 
 
 def train_model(
-    cfg: ModelConfig, documents: list[bytes], out: Path, *, steps: int, batch_size: int, lr: float = 2e-3, seed: int = 0
+    cfg: ModelConfig,
+    documents: list[bytes],
+    out: Path,
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float = 2e-3,
+    seed: int = 0,
+    model: LongRangeLM | None = None,
 ) -> tuple[LongRangeLM, list[dict]]:
-    """Train with the project's trainer (no progress bar); returns the model and its metric records."""
+    """Train with the project's trainer (no progress bar); returns the model and its metric records.
+
+    ``model``: continue training this model (a curriculum stage) instead of building a fresh one from `cfg`.
+    """
     import torch
 
     torch.manual_seed(seed)
-    model = build_model(cfg)
+    model = build_model(cfg) if model is None else model
     train_cfg = TrainConfig(
         steps=steps,
         batch_size=batch_size,
