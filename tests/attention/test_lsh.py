@@ -206,3 +206,123 @@ def test_decode_cache_refused_without_fixed_buckets_and_in_training():
     assert attn(torch.randn(1, 8, D), state=empty, doc_start=None).state is empty  # passed through, not filled
     with pytest.raises(ValueError, match="evaluation mode"):
         attn(torch.randn(1, 1, D), state=filled, doc_start=None)
+
+
+# ----------------------------------------------------------------------------- fused kernel
+
+
+def _both_paths(attn, x, mask=None, seed=5):
+    """Outputs and input/weight gradients of the fused kernel and of the plain path, same rotations."""
+    results = []
+    for fused in (True, False):
+        attn.fused = fused
+        attn.zero_grad(set_to_none=True)
+        xx = x.clone().requires_grad_()
+        torch.manual_seed(seed)  # the same rotations in training mode
+        y = attn(xx, state=None, doc_start=None, pad_mask=mask).out
+        y = y if mask is None else y * mask[..., None]
+        (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum().backward()
+        results.append((y.detach(), xx.grad, attn.qk.weight.grad, attn.v.weight.grad))
+    return results
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        dict(causal=True, n_hashes=3, dedup=True, chunks_before=1),
+        dict(causal=True, n_hashes=2, dedup=False, chunks_before=2),
+        dict(causal=True, n_hashes=2, dedup=True, chunks_before=0),
+        dict(causal=False, n_hashes=3, dedup=True, chunks_before=1),
+        dict(causal=False, n_hashes=1, dedup=True, chunks_before=2),
+    ],
+    ids=["causal-dedup", "causal-before2", "causal-before0", "bidirectional", "bidirectional-one-round"],
+)
+@pytest.mark.parametrize("train", [False, True])
+def test_fused_kernel_equals_the_plain_path_outputs_and_gradients(settings, train):
+    settings = dict(settings)
+    causal = settings.pop("causal")
+    torch.manual_seed(0)
+    attn = LSHAttention(
+        D, H, 0.0, causal, 0, bucket_size=8, n_buckets=4, chunks_after=1, hash_seed=2, **settings
+    ).double()
+    attn.train(train)
+    x = torch.randn(2, 45, D, dtype=torch.double)  # padded to 48: 6 chunks, buckets longer than a chunk
+    mask = torch.arange(45)[None] < torch.tensor([[45], [31]])
+    fused, plain = _both_paths(attn, x, mask)
+    for a, b in zip(fused, plain, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)  # the self score is added, not set (docstring)
+
+
+def test_fused_kernel_gradient_check_bidirectional_with_dedup():
+    torch.manual_seed(0)
+    attn = (
+        LSHAttention(
+            8,
+            2,
+            0.0,
+            False,
+            0,
+            n_hashes=3,
+            bucket_size=4,
+            n_buckets=2,
+            chunks_before=1,
+            chunks_after=1,
+            dedup=True,
+            hash_seed=1,
+        )
+        .double()
+        .eval()
+    )
+    x = torch.randn(1, 16, 8, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda z: attn(z, state=None, doc_start=None).out, (x,))
+
+
+def test_attention_dropout_in_training_takes_the_plain_path_and_drops():
+    torch.manual_seed(0)
+    attn = LSHAttention(
+        D,
+        H,
+        0.5,
+        True,
+        0,
+        n_hashes=2,
+        bucket_size=8,
+        n_buckets=4,
+        chunks_before=1,
+        chunks_after=0,
+        dedup=True,
+        hash_seed=0,
+    )
+    x = torch.randn(1, 32, D)
+    torch.manual_seed(1)
+    with_dropout = attn(x, state=None, doc_start=None).out
+    attn.dropout = 0.0
+    torch.manual_seed(1)
+    without = attn(x, state=None, doc_start=None).out
+    assert torch.isfinite(with_dropout).all() and not torch.allclose(with_dropout, without)
+
+
+@pytest.mark.parametrize("elements", [2**30, 2000, 500], ids=["one-group", "row-groups", "block-ranges"])
+def test_fused_kernel_is_the_same_whatever_the_group_size(monkeypatch, elements):
+    import longrange.attention.lsh_sorted as kernel
+
+    torch.manual_seed(0)
+    attn = LSHAttention(
+        D,
+        H,
+        0.0,
+        True,
+        0,
+        n_hashes=2,
+        bucket_size=8,
+        n_buckets=4,
+        chunks_before=1,
+        chunks_after=0,
+        dedup=True,
+        hash_seed=2,
+    ).double()
+    x = torch.randn(3, 40, D, dtype=torch.double)
+    monkeypatch.setattr(kernel, "GROUP_ELEMENTS", elements)
+    fused, plain = _both_paths(attn, x)
+    for a, b in zip(fused, plain, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)

@@ -21,6 +21,11 @@ R hash rounds, K buckets, S = R * Tp sorted items, N = S / C chunks, W = 2C keys
    of a pair that shares a bucket in several rounds are divided by that count (the paper's
    correction, counting shared buckets as a proxy for shared chunks).
 
+Speed: on CPU the attention of the sorted chunks runs in a fused kernel (`longrange.attention.lsh_sorted`:
+band bounds instead of per-score bucket comparisons, one additive bias, PyTorch's flash-attention CPU
+kernel, exact gradients through the round merge). The plain masked-softmax path below serves
+attention dropout in training, other devices, and is the kernel's test twin (``fused = False``).
+
 Rotations are drawn fresh from torch's RNG in training (so the reversible block, which records
 and restores the RNG state, re-hashes identically when it recomputes) and from a generator seeded
 with ``hash_seed`` otherwise (``hash_seed`` None: seed 0), so evaluation is deterministic.
@@ -54,6 +59,7 @@ from longrange.attention.base import AttentionModule, AttentionOutput, merge_hea
 from longrange.attention.local import look_around
 from longrange.attention.lsh_decode import cached_lsh_attention
 from longrange.attention.lsh_hf import hf_lsh_attention
+from longrange.attention.lsh_sorted import sorted_lsh_attention
 from longrange.memory.state import LayerState
 
 SELF_SCORE = -1e5  # a token sees itself only when nothing else is visible
@@ -63,6 +69,7 @@ GROUP_ELEMENTS = 2**24  # score-block elements (batch x head rows x S x W) compu
 
 class LSHAttention(AttentionModule):
     decode_cache = True  # when the settings allow it (see `no_cache_reason`; set per instance)
+    fused = True  # CPU: the fused kernel of `lsh_sorted` (False: the plain masked-softmax path, its test twin)
 
     def __init__(
         self,
@@ -226,6 +233,23 @@ class LSHAttention(AttentionModule):
         rounds = torch.arange(r, device=x.device)[:, None]
         round_bucket = (rounds * stride + buckets).flatten(2)  # (B, H, S) bucket id, unique per round
         order = (round_bucket * tp + pos.repeat(r)).argsort(dim=-1)
+        n_chunks = r * tp // c
+        window = (self.before, self.after) if n_chunks > 1 else (0, 0)  # one chunk: itself only
+        if self.fused and x.device.type == "cpu" and not (self.training and self.dropout > 0):
+            # the fused kernel (lsh_sorted): the same attention without score blocks in memory; it has
+            # no attention dropout, so dropout in training takes the plain path below
+            y = sorted_lsh_attention(
+                qk.flatten(0, 1),
+                v.flatten(0, 1),
+                order.flatten(0, 1),
+                round_bucket.gather(2, order).flatten(0, 1),
+                buckets.transpose(2, 3).flatten(0, 1) if self.dedup and r > 1 else None,
+                c=c,
+                window=window,
+                causal=self.causal,
+            )  # (BH, Tp, E)
+            y = y.view(b, self.n_heads, tp, e)[:, :, :t]
+            return AttentionOutput(self.out(merge_heads(y)), None)
         item_pos = order % tp  # original position of each sorted item
         undo = order.argsort(dim=-1)
 
@@ -236,8 +260,6 @@ class LSHAttention(AttentionModule):
 
         q_s = gather(qk)
         v_s = gather(v)
-        n_chunks = q_s.shape[2]
-        window = (self.before, self.after) if n_chunks > 1 else (0, 0)  # one chunk: itself only
         bucket_s = round_bucket.gather(2, order).view(b, self.n_heads, n_chunks, c)  # (B, H, N, C)
         dedup = (buckets.transpose(2, 3), item_pos.view_as(bucket_s)) if self.dedup and r > 1 else None
 

@@ -1,0 +1,277 @@
+"""Fused kernel of the causal-exact LSH attention (`longrange.attention.lsh`, convention "longrange").
+
+Shape legend: G rows (batch x heads) of one group, Tp padded tokens, R hash rounds, S = R * Tp sorted
+items, C chunk length, N = S / C chunks, W = C * (before + 1 + after) window keys per chunk, E head width.
+
+What it computes is exactly the mechanism of `lsh.py`: items sorted by (round, bucket, position) and
+cut into chunks of C; chunk n attends to the sorted items of its window; query i sees the window keys
+of its own bucket at most C items away in sorted order (and not after it when causal), itself at
+-1e5 (a last resort), minus log(number of rounds the pair shares a bucket) with ``dedup``; the
+rounds are merged with weights softmax(logsumexp of each round).
+
+Why it is fast (measured against the plain masked-softmax version, same outputs):
+
+* The visibility mask needs no per-element bucket comparison. Items of one bucket are contiguous in
+  sorted order, so a query's visible keys are the band [max(i - C, start of its bucket), i] (causal;
+  up to min(i + C, end of its bucket) otherwise): two integers per item, turned into the (C, W)
+  block by two comparisons with the window's column index.
+* Mask, dedup correction and self score are folded into one additive bias, and the attention of all
+  chunks runs in PyTorch's fused CPU flash-attention kernel (online softmax, no score tensor in
+  memory), which also returns the logsumexp the round merge needs. The self score is therefore
+  q.k/sqrt(E) - 1e5 instead of exactly -1e5: that only matters when nothing else is visible in any
+  round, where the output is the token's own value either way.
+* Keys and values of a chunk's window are a strided view of the sorted sequence, not copies
+  (look_around's concatenation); their gradients are folded back slot by slot.
+* The backward pass calls the fused backward kernel with ``out`` replaced by the merged output y.
+  With G_r = w_r dL/dy the gradient of round r's output, the flash backward uses
+  dS = P (G_r.v - G_r.out); the round merge adds dL/dlse_r = w_r dL/dy.(o_r - y), and both together
+  give dS = P (G_r.v - G_r.y): passing y as ``out`` is the exact gradient through the logsumexp.
+* Nothing of size S x W is kept for the backward pass: the bias is rebuilt per group from the band
+  bounds and the bucket ids, as checkpointing would recompute it, without re-running the forward.
+
+The kernel has no attention dropout; `lsh.py` uses the plain path when dropout is active.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+SELF_SCORE = -1e5  # as in longrange.attention.lsh
+MASKED = -1e9
+GROUP_ELEMENTS = 2**23  # score-bias elements built at once (the per-group memory: ~40 bytes each)
+SPLIT = 2  # kernel query blocks of C / SPLIT items: each query then scores C + C / SPLIT keys, not 2C
+
+_flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+_flash_backward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+
+
+def sorted_lsh_attention(
+    qk: Tensor,
+    v: Tensor,
+    order: Tensor,
+    bucket_s: Tensor,
+    by_pos: Tensor | None,
+    *,
+    c: int,
+    window: tuple[int, int],
+    causal: bool,
+) -> Tensor:
+    """LSH attention of sorted items with the rounds merged: (qk, v) (BH, Tp, E) -> y (BH, Tp, E).
+
+    order (BH, S) the unsorted (round-major) index r * Tp + p of each sorted item; bucket_s (BH, S)
+    its (round, bucket) id; by_pos (BH, Tp, R) every round's bucket of each position for the dedup
+    correction (None: no correction); window (chunks before, chunks after) of the chunked layout.
+    """
+    before, after = window
+    if before >= 1 and c % SPLIT == 0:  # the band never reaches further than C: smaller blocks, same keys
+        block, blocks_before, blocks_after = c // SPLIT, SPLIT, SPLIT if after else 0
+    else:  # chunks_before 0 (the window is the chunk itself) or a chunk length SPLIT does not divide
+        block, blocks_before, blocks_after = c, before, after
+    lo, hi = band_bounds(bucket_s, c, block, blocks_before, causal)
+    other_s = other_round_buckets(by_pos, order) if by_pos is not None else None
+    return SortedLSHAttention.apply(qk, v, order, lo, hi, other_s, block, (blocks_before, blocks_after))
+
+
+def band_bounds(bucket_s: Tensor, c: int, block: int, before: int, causal: bool) -> tuple[Tensor, Tensor]:
+    """bucket_s (G, S) sorted (round, bucket) ids -> lowest and highest visible key of each query
+    (G, S) int32, as column indices into the window of its query block (which starts at item
+    (i // block - before) * block)."""
+    s = bucket_s.shape[1]
+    index = torch.arange(s, device=bucket_s.device)
+    change = bucket_s[:, 1:] != bucket_s[:, :-1]  # (G, S - 1) a new bucket starts at the next item
+    start = torch.where(F.pad(change, (1, 0), value=True), index, 0).cummax(dim=1).values  # bucket's first item
+    lo = torch.maximum(index - c, start)
+    if causal:
+        hi = index.expand_as(lo)
+    else:
+        last = F.pad(change, (0, 1), value=True)
+        end = torch.where(last, index, s).flip(1).cummin(dim=1).values.flip(1)  # bucket's last item
+        hi = torch.minimum(index + c, end)
+    base = (index // block - before) * block
+    return (lo - base).int(), (hi - base).int()
+
+
+def other_round_buckets(by_pos: Tensor, order: Tensor) -> Tensor:
+    """by_pos (G, Tp, R) every round's bucket of each position, order (G, S) -> (G, S, R - 1) int32:
+    for each sorted item of round r, its position's buckets in the other rounds, in round order.
+
+    Query and key of one round share their bucket in that round whenever the key is visible, so the
+    dedup count is 1 + the matches among these R - 1 ids (keys of another round are never visible)."""
+    g, tp, r = by_pos.shape
+    others = torch.tensor([[j for j in range(r) if j != i] for i in range(r)], device=by_pos.device)  # (R, R - 1)
+    buckets = by_pos.int().gather(1, (order % tp)[..., None].expand(-1, -1, r))  # (G, S, R)
+    return buckets.gather(2, others[order // tp])
+
+
+class SortedLSHAttention(torch.autograd.Function):
+    """The kernel behind `sorted_lsh_attention`, over groups of rows or of one row's blocks (`_groups`)."""
+
+    @staticmethod
+    def forward(ctx, qk, v, order, lo, hi, other_s, block, window):
+        bh, tp, e = qk.shape
+        s = order.shape[1]
+        w = block * (window[0] + 1 + window[1])
+        keys = F.normalize(qk, dim=-1)
+        y = qk.new_zeros(bh * tp, e)  # flat rows
+        lse = qk.new_empty(bh, s)  # sorted order
+        codes = torch.empty(bh, s // block, block, w, dtype=torch.int8, device=qk.device)
+        sources = [z.reshape(-1, e) for z in (qk, keys, v)]
+        for rows, first, stop in _groups(bh, s // block, block * w):
+            lay = _Layout(order, rows, first, stop, tp, block, window)
+            if first == 0:
+                outs = qk.new_empty(len(rows), s, e)  # these rows' round outputs, sorted
+            ids = None if other_s is None else other_s[rows]
+            codes[rows, first:stop] = codes_g = _codes(lo[rows, lay.items], hi[rows, lay.items], ids, lay)
+            out_g, lse_g = _flash(
+                lay.queries(sources[0]),
+                lay.windows(sources[1]),
+                lay.windows(sources[2]),
+                attn_mask=_bias(codes_g, lay, qk.dtype),
+                scale=e**-0.5,
+            )  # (G, n, B, E), (G, n, B)
+            outs[:, lay.items].view_as(out_g).copy_(out_g)
+            lse[rows, lay.items] = lse_g.reshape(len(rows), -1).to(lse.dtype)
+            if stop == s // block:  # every round of these rows is done: merge them into y
+                weight = _round_weights(lse[rows], order[rows], tp).to(outs.dtype)  # (G, S)
+                y.index_add_(0, lay.all_rows.flatten(), outs.mul_(weight[..., None]).view(-1, e))
+        y = y.view(bh, tp, e)
+        ctx.save_for_backward(qk, v, order, codes, lse, y)
+        ctx.settings = (block, window)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        qk, v, order, codes, lse, y = ctx.saved_tensors
+        block, window = ctx.settings
+        bh, tp, e = qk.shape
+        with torch.enable_grad():
+            qk_leaf = qk.detach().requires_grad_()
+            keys = F.normalize(qk_leaf, dim=-1)
+        sources = [z.reshape(-1, e) for z in (qk, keys.detach(), v, grad_y, y)]
+        grads = [qk.new_zeros(bh * tp, e) for _ in range(3)]  # qk, keys, v as flat rows
+        for rows, first, stop in _groups(bh, codes.shape[1], codes[0, 0].numel()):
+            lay = _Layout(order, rows, first, stop, tp, block, window)
+            if first == 0:
+                weight = _round_weights(lse[rows], order[rows], tp).to(qk.dtype)  # (G, S)
+            lse_g = lse[rows, lay.items].view_as(lay.query_rows).to(qk.dtype)
+            gq, gk_w, gv_w = _flash_backward(
+                lay.queries(sources[3]) * weight[:, lay.items].view_as(lse_g)[..., None],  # G_r = w_r dL/dy
+                lay.queries(sources[0]),
+                lay.windows(sources[1]),
+                lay.windows(sources[2]),
+                lay.queries(sources[4]),  # y, not the round's output: the logsumexp path (module docstring)
+                lse_g,
+                0.0,
+                False,
+                attn_mask=_bias(codes[rows, first:stop], lay, qk.dtype),
+                scale=e**-0.5,
+            )
+            _add_rows(grads[0], lay.query_rows, gq)
+            _add_rows(grads[1], lay.window_rows, gk_w)
+            _add_rows(grads[2], lay.window_rows, gv_w)
+        grad_qk, grad_keys, grad_v = (z.view(bh, tp, e) for z in grads)
+        grad_qk = grad_qk + torch.autograd.grad(keys, qk_leaf, grad_keys)[0]
+        return grad_qk, grad_v, None, None, None, None, None, None
+
+
+class _Layout:
+    """Where the sorted items of a group live in the flat (BH * Tp, E) tensors: rows `rows`, blocks
+    [first, stop) of B = `block` items (n = stop - first blocks, sorted items `items`).
+
+    all_rows (G, S): flat row of every sorted item of these rows; query_rows (G, n, B) those of the
+    group's queries; window_rows (G, n, W): those of each block's window keys. Window slots before the
+    first or after the last item read row 0: the bias hides them, so they weigh exactly 0 and their
+    gradients are exactly 0 (no padded copy of the inputs is needed). Windows are a strided view.
+    """
+
+    def __init__(self, order: Tensor, rows: Tensor, first: int, stop: int, tp: int, block: int, window):
+        g = len(rows)
+        self.block, self.window = block, window
+        self.items = slice(first * block, stop * block)
+        self.padded_items = slice(first * block, (stop + window[0] + window[1]) * block)  # of the padded sequence
+        self.all_rows = order[rows] % tp + rows[:, None] * tp
+        self.query_rows = self.all_rows[:, self.items].reshape(g, stop - first, block)
+        hidden = self.all_rows.new_zeros(g, 1)  # row read by the hidden window slots
+        padded = torch.cat(
+            [hidden.expand(-1, window[0] * block), self.all_rows, hidden.expand(-1, window[1] * block)], 1
+        )
+        self.padded_rows = padded[:, self.padded_items]  # (G, (n + before + after) * B)
+        self.window_rows = _windows(self.padded_rows[..., None], block, window)[..., 0]  # (G, n, W)
+
+    def queries(self, source: Tensor) -> Tensor:  # (BH * Tp, E) -> (G, n, B, E)
+        return source.index_select(0, self.query_rows.flatten()).view(*self.query_rows.shape, -1)
+
+    def windows(self, source: Tensor) -> Tensor:  # (BH * Tp, E) -> (G, n, W, E), a strided view
+        padded = source.index_select(0, self.padded_rows.flatten()).view(*self.padded_rows.shape, -1)
+        return _windows(padded, self.block, self.window)
+
+
+def _windows(padded: Tensor, block: int, window: tuple[int, int]) -> Tensor:
+    """padded (G, P, F) sorted items after `before` blocks of padding -> (G, N, W, F) overlapping windows."""
+    g, p, f = padded.shape
+    n = p // block - window[0] - window[1]
+    padded = padded.contiguous()
+    return padded.as_strided((g, n, block * (window[0] + 1 + window[1]), f), (padded.stride(0), block * f, f, 1))
+
+
+def _codes(lo: Tensor, hi: Tensor, other_s: Tensor | None, lay: _Layout) -> Tensor:
+    """Visibility and dedup count of every score, (G, n, B, W) int8: 0 hidden, else the number of
+    rounds in which query and key share a bucket (1 without dedup). One byte per score, kept for the
+    backward pass instead of comparing bucket ids again. lo / hi (G, n * B) the group's band bounds;
+    other_s (G, S, R - 1) the rows' other-round buckets."""
+    g, n, b = lay.query_rows.shape
+    w = b * (lay.window[0] + 1 + lay.window[1])
+    col = torch.arange(w, device=lo.device, dtype=lo.dtype)
+    lo, hi = lo.view(g, n, b, 1), hi.view(g, n, b, 1)
+    if other_s is None:
+        codes = torch.ones(g, n, b, w, dtype=torch.int8, device=lo.device)
+    else:  # R - 1 comparisons of (B, 1) ids with (1, W) ids per block, counted in int8
+        q_ids = other_s[:, lay.items].view(g, n, b, -1)
+        padded = F.pad(other_s, (0, 0, lay.window[0] * b, lay.window[1] * b), value=-1)[:, lay.padded_items]
+        k_ids = _windows(padded, b, lay.window)  # (G, n, W, R - 1)
+        codes = (q_ids[..., 0, None] == k_ids[..., None, :, 0]).view(torch.int8).add_(1)
+        for i in range(1, other_s.shape[-1]):
+            codes += (q_ids[..., i, None] == k_ids[..., None, :, i]).view(torch.int8)
+    return codes.masked_fill_((col < lo) | (col > hi), 0)
+
+
+def _bias(codes: Tensor, lay: _Layout, dtype) -> Tensor:
+    """codes (G, N, B, W) -> additive score bias by table look-up: MASKED where hidden, -log(count)
+    where visible, plus SELF_SCORE on the diagonal (a query's own key is window column
+    i + before * B)."""
+    r_max = 127  # int8 codes
+    table = torch.arange(r_max + 1, dtype=torch.float64, device=codes.device).log().neg()
+    table[0] = MASKED
+    bias = table.to(dtype).index_select(0, codes.flatten().int()).view(codes.shape)
+    bias.diagonal(offset=lay.window[0] * lay.block, dim1=-2, dim2=-1).add_(SELF_SCORE)
+    return bias
+
+
+def _round_weights(lse: Tensor, order: Tensor, tp: int) -> Tensor:
+    """Sorted logsumexps (G, S) -> each item's round weight, softmax over its position's rounds.
+
+    A softmax (max subtracted first), not exp(lse - logsumexp): a round where only the token itself
+    is visible has lse near -1e5, where float32 steps are 0.008 apart."""
+    g, s = lse.shape
+    by_round = torch.empty_like(lse).scatter_(1, order, lse).view(g, s // tp, tp)  # unsorted (G, R, Tp)
+    return by_round.softmax(dim=1).view(g, s).gather(1, order)
+
+
+def _add_rows(total: Tensor, index: Tensor, src: Tensor) -> None:
+    """total[index] += src for flat rows: index (G, A, B), src (G, A, B, E), read in src's memory
+    order (the kernel returns (G, B, A, E) layouts), so nothing is copied first."""
+    if not src.is_contiguous() and src.transpose(1, 2).is_contiguous():
+        index, src = index.transpose(1, 2), src.transpose(1, 2)
+    total.index_add_(0, index.flatten(), src.reshape(-1, src.shape[-1]))
+
+
+def _groups(bh: int, n_blocks: int, per_block: int) -> list[tuple[Tensor, int, int]]:
+    """(rows, first block, stop block) groups whose score blocks hold at most GROUP_ELEMENTS elements:
+    several whole rows, or (long sequences) one row's blocks in a few ranges."""
+    per_row = n_blocks * per_block
+    if per_row <= GROUP_ELEMENTS:
+        return [(rows, 0, n_blocks) for rows in torch.arange(bh).tensor_split(max(1, bh * per_row // GROUP_ELEMENTS))]
+    ranges = torch.arange(n_blocks).tensor_split(-(-per_row // GROUP_ELEMENTS))
+    return [(torch.tensor([row]), int(r[0]), int(r[-1]) + 1) for row in range(bh) for r in ranges]
