@@ -1,33 +1,39 @@
 """Fused kernel of the causal-exact LSH attention (`longrange.attention.lsh`, convention "longrange").
 
-Shape legend: G rows (batch x heads) of one group, Tp padded tokens, R hash rounds, S = R * Tp sorted
-items, C chunk length, N = S / C chunks, W = C * (before + 1 + after) window keys per chunk, E head width.
+Shape legend: BH rows (batch x heads), G rows of one group, Tp padded tokens, R hash rounds,
+S = R * Tp sorted items, C chunk length, B kernel query block (C / SPLIT), n query blocks of a group,
+W = B * (blocks before + 1 + blocks after) window keys per block, E head width.
 
-What it computes is exactly the mechanism of `lsh.py`: items sorted by (round, bucket, position) and
-cut into chunks of C; chunk n attends to the sorted items of its window; query i sees the window keys
-of its own bucket at most C items away in sorted order (and not after it when causal), itself at
--1e5 (a last resort), minus log(number of rounds the pair shares a bucket) with ``dedup``; the
-rounds are merged with weights softmax(logsumexp of each round).
+What it computes is exactly the mechanism of `lsh.py`: items sorted by (round, bucket, position);
+query i sees the keys of its own bucket at most C items away in sorted order (and not after it when
+causal), itself at -1e5 (a last resort), minus log(number of rounds the pair shares a bucket) with
+``dedup``; the rounds are merged with weights softmax(logsumexp of each round). Tests check it
+against the plain masked-softmax path of `lsh.py` (outputs and gradients).
 
-Why it is fast (measured against the plain masked-softmax version, same outputs):
+Why it is fast (measured against that plain path, same outputs):
 
-* The visibility mask needs no per-element bucket comparison. Items of one bucket are contiguous in
+* The visibility mask needs no per-score bucket comparison. Items of one bucket are contiguous in
   sorted order, so a query's visible keys are the band [max(i - C, start of its bucket), i] (causal;
-  up to min(i + C, end of its bucket) otherwise): two integers per item, turned into the (C, W)
-  block by two comparisons with the window's column index.
+  up to min(i + C, end of its bucket) otherwise): two integers per item, turned into the block's
+  mask by two comparisons with the window's column index.
+* The band never reaches further than C items, so queries go in blocks of B = C / 2 with a window
+  of the 2 previous blocks (and 2 following ones when bidirectional): C + B keys per query instead of
+  the chunk layout's 2C, the same visible keys (with ``chunks_before`` 0 the window is the chunk
+  itself, and the chunk layout is kept).
 * Mask, dedup correction and self score are folded into one additive bias, and the attention of all
-  chunks runs in PyTorch's fused CPU flash-attention kernel (online softmax, no score tensor in
+  blocks runs in PyTorch's fused CPU flash-attention kernel (online softmax, no score tensor in
   memory), which also returns the logsumexp the round merge needs. The self score is therefore
   q.k/sqrt(E) - 1e5 instead of exactly -1e5: that only matters when nothing else is visible in any
   round, where the output is the token's own value either way.
-* Keys and values of a chunk's window are a strided view of the sorted sequence, not copies
-  (look_around's concatenation); their gradients are folded back slot by slot.
+* Keys and values of a block's window are a strided view of the sorted sequence, not copies
+  (look_around's concatenation); their gradients are added back to their rows with index_add.
 * The backward pass calls the fused backward kernel with ``out`` replaced by the merged output y.
   With G_r = w_r dL/dy the gradient of round r's output, the flash backward uses
   dS = P (G_r.v - G_r.out); the round merge adds dL/dlse_r = w_r dL/dy.(o_r - y), and both together
   give dS = P (G_r.v - G_r.y): passing y as ``out`` is the exact gradient through the logsumexp.
-* Nothing of size S x W is kept for the backward pass: the bias is rebuilt per group from the band
-  bounds and the bucket ids, as checkpointing would recompute it, without re-running the forward.
+* What is kept for the backward pass is one int8 code per score (hidden, or the dedup count) and
+  the inputs; the bias is rebuilt from the codes by a table look-up (no logarithms per score), and
+  the kernel runs again as checkpointing would, group by group, so memory stays O(S * W) bytes.
 
 The kernel has no attention dropout; `lsh.py` uses the plain path when dropout is active.
 """
