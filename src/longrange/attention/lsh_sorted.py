@@ -124,19 +124,19 @@ class SortedLSHAttention(torch.autograd.Function):
         lse = qk.new_empty(bh, s)  # sorted order
         codes = torch.empty(bh, s // block, block, w, dtype=torch.int8, device=qk.device)
         sources = [z.reshape(-1, e) for z in (qk, keys, v)]
-        for rows, first, stop in _groups(bh, s // block, block * w):
+        groups = _groups(bh, s // block, block * w)
+        ctx.kept = None
+        for rows, first, stop in groups:
             lay = _Layout(order, rows, first, stop, tp, block, window)
             if first == 0:
                 outs = qk.new_empty(len(rows), s, e)  # these rows' round outputs, sorted
             ids = None if other_s is None else other_s[rows]
             codes[rows, first:stop] = codes_g = _codes(lo[rows, lay.items], hi[rows, lay.items], ids, lay)
-            out_g, lse_g = _flash(
-                lay.queries(sources[0]),
-                lay.windows(sources[1]),
-                lay.windows(sources[2]),
-                attn_mask=_bias(codes_g, lay, qk.dtype),
-                scale=e**-0.5,
-            )  # (G, n, B, E), (G, n, B)
+            inputs = (lay.queries(sources[0]), lay.windows(sources[1]), lay.windows(sources[2]))
+            bias = _bias(codes_g, lay, qk.dtype)
+            out_g, lse_g = _flash(*inputs, attn_mask=bias, scale=e**-0.5)  # (G, n, B, E), (G, n, B)
+            if len(groups) == 1 and any(ctx.needs_input_grad[:2]):  # small: keep them, not gather again
+                ctx.kept = (*inputs, bias)
             outs[:, lay.items].view_as(out_g).copy_(out_g)
             lse[rows, lay.items] = lse_g.reshape(len(rows), -1).to(lse.dtype)
             if stop == s // block:  # every round of these rows is done: merge them into y
@@ -162,16 +162,22 @@ class SortedLSHAttention(torch.autograd.Function):
             if first == 0:
                 weight = _round_weights(lse[rows], order[rows], tp).to(qk.dtype)  # (G, S)
             lse_g = lse[rows, lay.items].view_as(lay.query_rows).to(qk.dtype)
-            gq, gk_w, gv_w = _flash_backward(
-                lay.queries(sources[3]) * weight[:, lay.items].view_as(lse_g)[..., None],  # G_r = w_r dL/dy
+            q_g, k_w, v_w, bias = ctx.kept or (
                 lay.queries(sources[0]),
                 lay.windows(sources[1]),
                 lay.windows(sources[2]),
+                _bias(codes[rows, first:stop], lay, qk.dtype),
+            )
+            gq, gk_w, gv_w = _flash_backward(
+                lay.queries(sources[3]) * weight[:, lay.items].view_as(lse_g)[..., None],  # G_r = w_r dL/dy
+                q_g,
+                k_w,
+                v_w,
                 lay.queries(sources[4]),  # y, not the round's output: the logsumexp path (module docstring)
                 lse_g,
                 0.0,
                 False,
-                attn_mask=_bias(codes[rows, first:stop], lay, qk.dtype),
+                attn_mask=bias,
                 scale=e**-0.5,
             )
             _add_rows(grads[0], lay.query_rows, gq)
@@ -179,6 +185,7 @@ class SortedLSHAttention(torch.autograd.Function):
             _add_rows(grads[2], lay.window_rows, gv_w)
         grad_qk, grad_keys, grad_v = (z.view(bh, tp, e) for z in grads)
         grad_qk = grad_qk + torch.autograd.grad(keys, qk_leaf, grad_keys)[0]
+        ctx.kept = None
         return grad_qk, grad_v, None, None, None, None, None, None
 
 
