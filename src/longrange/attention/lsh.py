@@ -235,9 +235,9 @@ class LSHAttention(AttentionModule):
         order = (round_bucket * tp + pos.repeat(r)).argsort(dim=-1)
         n_chunks = r * tp // c
         window = (self.before, self.after) if n_chunks > 1 else (0, 0)  # one chunk: itself only
-        if self.fused and x.device.type == "cpu" and not (self.training and self.dropout > 0):
+        if self.fused and x.device.type == "cpu" and r < 128 and not (self.training and self.dropout > 0):
             # the fused kernel (lsh_sorted): the same attention without score blocks in memory; it has
-            # no attention dropout, so dropout in training takes the plain path below
+            # no attention dropout (and counts shared rounds in int8), so those cases take the plain path
             y = sorted_lsh_attention(
                 qk.flatten(0, 1),
                 v.flatten(0, 1),
