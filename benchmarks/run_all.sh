@@ -15,7 +15,11 @@ $LR bench attention --variants luna-16,luna-128 --lengths 1024,4096,16384,65536 
 $LR bench attention --variants luna-16,luna-128 --lengths 1024,4096 --bidirectional --repeats 3 \
     --out $R/attention-bidirectional
 $LR bench reversible --length 4096 --out $R/reversible
-$LR bench knn --sizes 16384,65536,262144 --out $R/knn
+$LR bench knn --sizes 16384,65536,262144 --hnsw-random-max 65536 --out $R/knn
+$LR bench knn --sizes 1048576 --backends exact,faiss-flat,faiss-ivf --distributions clustered,random --steps 0 \
+    --out $R/knn-1m
+$LR bench train --presets transformer-xl-small,compressive-small --steps 10 --threads 2 --out $R/train-compressive-2t
+$LR bench train --presets transformer-xl-small,compressive-small --steps 10 --threads 1 --out $R/train-compressive-1t
 $LR bench train --presets transformer-tiny,transformer-xl-tiny --steps 20 --threads 2 --out $R/train-tiny-2t
 $LR bench train --presets transformer-tiny,transformer-xl-tiny --steps 20 --threads 1 --out $R/train-tiny-1t
 $LR bench train --presets transformer-xl-small,transformer-small,compressive-small,memorizing-small,luna-small \

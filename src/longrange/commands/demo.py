@@ -4,8 +4,8 @@ Example: longrange demo --out runs/demo
 Runs `longrange compare` with size tiny, 600 updates of 1,024 bytes per system, evaluated on the
 first 16 KiB of 8 held-out documents (whole standard-library documents reach 1.4 MB; `longrange eval`
 reads them whole), and writes the report to OUT/report.md and OUT/report.html. Measured on a 2-core
-CPU it takes about 6 minutes: a 20-update run of all six took 2.1 min, about 20 s per system for
-start-up, evaluation and memory ablations, and the tiny systems train at 8-20k tokens/s. Rerun with the same
+CPU, run alone with 2 threads, it takes 2.9 minutes (each tiny system trains at 24-55k tokens/s, and
+start-up, evaluation and memory ablations add ~10 s per system). Rerun with the same
 --out to continue an interrupted demo.
 `--preset NAME` trains a single preset instead (the earlier demo: train, evaluate, sample).
 """

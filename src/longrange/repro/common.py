@@ -54,3 +54,30 @@ def held_out_bpb(model: LongRangeLM, documents: list[bytes]) -> dict:
 
 def write_json(path: Path, data) -> None:
     path.write_text(json.dumps(data, indent=1))
+
+
+def train_recall(
+    cfg: ModelConfig,
+    stages: list[tuple[list[bytes], int]],
+    out: Path,
+    *,
+    batch_size: int,
+    lr: float,
+) -> LongRangeLM:
+    """Train one model through a recall curriculum: ``stages`` is [(documents, steps), ...], run in order.
+
+    The recall reproductions (compression, memory-size) share it: short gaps first teach the retrieval
+    where every attention still sees the fact, the long gaps then make it go through the memory.
+    """
+    model = None
+    for stage, (documents, steps) in enumerate(stages):
+        model, _ = train_model(
+            cfg,
+            documents,
+            out.with_name(f"{out.name}-recall{stage + 1}"),
+            steps=steps,
+            batch_size=batch_size,
+            lr=lr,
+            model=model,
+        )
+    return model

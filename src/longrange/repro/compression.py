@@ -32,7 +32,7 @@ import argparse
 
 from longrange.config import ModelConfig
 from longrange.data.corpus import load_corpus
-from longrange.repro.common import held_out_bpb, train_model, write_json
+from longrange.repro.common import held_out_bpb, train_model, train_recall, write_json
 from longrange.tasks.recall import make_recall_documents, recall_accuracy
 
 VARIANTS = {  # name -> (compression, loss)
@@ -112,19 +112,14 @@ def run(args: argparse.Namespace) -> str:
         )
         bpb = held_out_bpb(model, test_docs)
         compression_loss = {k.split("/")[0]: v for k, v in history[-1].items() if "Attention" in k}
-        recall_model = None
-        for stage, (stage_docs, steps) in enumerate(
-            ((recall_stage1, args.recall_steps // 2), (recall_train, args.recall_steps - args.recall_steps // 2))
-        ):
-            recall_model, _ = train_model(
-                cfg,
-                stage_docs,
-                args.out / "runs" / f"{run_name}-recall{stage + 1}",
-                steps=steps,
-                batch_size=args.batch_size,
-                lr=args.recall_lr,
-                model=recall_model,
-            )
+        half = args.recall_steps // 2
+        recall_model = train_recall(
+            cfg,
+            [(recall_stage1, half), (recall_train, args.recall_steps - half)],
+            args.out / "runs" / run_name,
+            batch_size=args.batch_size,
+            lr=args.recall_lr,
+        )
         accuracy, short = recall_accuracy(recall_model, recall_test), recall_accuracy(recall_model, recall_short)
         results[name] = {
             "bpb": bpb["bpb"],

@@ -10,12 +10,11 @@ facts retrievable: accuracy with the memory vs the same weights with M = 0.
 from __future__ import annotations
 
 import argparse
-import inspect
 
 from longrange.config import ModelConfig
 from longrange.data.corpus import load_corpus
 from longrange.model.build import build_model
-from longrange.repro.common import held_out_bpb, train_model, write_json
+from longrange.repro.common import held_out_bpb, train_model, train_recall, write_json
 from longrange.tasks.recall import make_recall_documents, recall_accuracy
 
 
@@ -24,7 +23,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-memory", type=int, default=1536)
     p.add_argument("--segment-len", type=int, default=64)
     p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--recall-steps", type=int, default=1000)
+    p.add_argument("--recall-steps", type=int, default=2000, help="training steps on recall documents (2 stages)")
+    p.add_argument("--curriculum-gap", type=int, default=40, help="largest gap of the first recall stage")
+    p.add_argument("--recall-lr", type=float, default=3e-3)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--eval-bytes", type=int, default=32768)
     p.add_argument("--eval-docs", type=int, default=4)
@@ -57,17 +58,18 @@ def run(args: argparse.Namespace) -> str:
         rows.append(f"| {size:,} | {scored['bpb']:.4f} |")
         print(rows[-1], flush=True)
     gap = args.segment_len * 6  # far beyond the local span (XL cache of one segment per layer)
-    # gaps drawn from [0, gap] while training (when the task offers it): short gaps teach the recall
-    # circuit where any attention sees the facts, long ones make it go through the kNN memory
-    curriculum = {"min_gap": 0} if "min_gap" in inspect.signature(make_recall_documents).parameters else {}
-    recall_model, _ = train_model(
-        cfg,
-        make_recall_documents(2000, 4, gap, seed=0, **curriculum),
-        args.out / "runs" / "recall",
-        steps=args.recall_steps,
-        batch_size=args.batch_size,
+    # the compression reproduction's recipe (see longrange.repro.compression): one fact per document, and a
+    # two-stage curriculum, short gaps first (the retrieval is learned while local attention sees the fact),
+    # then gaps up to `gap`, which only the kNN memory reaches
+    half = args.recall_steps // 2
+    stages = [
+        (make_recall_documents(4000, 1, min(gap, args.curriculum_gap), seed=5, min_gap=0), half),
+        (make_recall_documents(4000, 1, gap, seed=0, min_gap=0), args.recall_steps - half),
+    ]
+    recall_model = train_recall(
+        cfg, stages, args.out / "runs" / "recall", batch_size=args.batch_size, lr=args.recall_lr
     )
-    recall_test = make_recall_documents(40, 4, gap, seed=1)
+    recall_test = make_recall_documents(64, 1, gap, seed=1)
     with_mem = recall_accuracy(recall_model, recall_test)
     without = recall_accuracy(with_memory(recall_model, 0), recall_test)
     write_json(
