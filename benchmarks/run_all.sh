@@ -18,6 +18,8 @@ $LR bench reversible --length 4096 --out $R/reversible
 $LR bench knn --sizes 16384,65536,262144 --hnsw-random-max 65536 --out $R/knn
 $LR bench knn --sizes 1048576 --backends exact,faiss-flat,faiss-ivf --distributions clustered,random --steps 0 \
     --out $R/knn-1m
+$LR bench knn --sizes 16384 --backends exact --distributions clustered --step-sizes 8192,65536 \
+    --step-preset memorizing-base --steps 3 --out $R/knn-step-base
 $LR bench train --presets transformer-xl-small,compressive-small --steps 10 --threads 2 --out $R/train-compressive-2t
 $LR bench train --presets transformer-xl-small,compressive-small --steps 10 --threads 1 --out $R/train-compressive-1t
 $LR bench train --presets transformer-tiny,transformer-xl-tiny --steps 20 --threads 2 --out $R/train-tiny-2t
