@@ -1,7 +1,8 @@
 """ListOps (Long Range Arena): encoder classifiers with full attention, Luna-16, Luna-128 and LSH
 trained on the same generated data and budget; accuracy, time per step and peak memory side by side.
 
-CPU-sized by default (sequences up to 512 symbols, small models, a few hundred steps); the LRA
+CPU-sized by default (sequences of 32-128 symbols, 8,000 examples, 600 steps x 32, 2-layer d64 models:
+4.5 min on 2 CPU threads, where every model learns the task well above the majority class); the LRA
 setting is --max-len 2000 --d-model 512 --steps 5000 on a GPU. Each model trains in a fresh
 process, so its peak memory is its own: the growth of the process's peak resident set
 (``ru_maxrss``) over the level reached after the data and the model are built (on CPU). Time per
@@ -32,10 +33,10 @@ MODELS = {  # name -> (attention kind, section overrides)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--max-len", type=int, default=512)
-    p.add_argument("--train", type=int, default=4000)
+    p.add_argument("--max-len", type=int, default=128)
+    p.add_argument("--train", type=int, default=8000)
     p.add_argument("--test", type=int, default=500)
-    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--steps", type=int, default=600)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--d-model", type=int, default=64)
     p.add_argument("--layers", type=int, default=2)
