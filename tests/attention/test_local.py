@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from longrange.attention.local import LocalAttention
+from tests.attention.streaming import stream
 
 D, H = 32, 2
 
@@ -13,24 +14,13 @@ def _local(chunk_len=8, chunks_before=1, causal=True):
     return LocalAttention(D, H, 0.0, causal, 0, chunk_len=chunk_len, chunks_before=chunks_before, chunks_after=1).eval()
 
 
-def _stream(attn, x, cuts, pad_mask=None):
-    """Feed x (B, T, D) in pieces ending at `cuts` through the cache; returns the concatenated outputs."""
-    state, outs, start = attn.init_state(x.shape[0], x.device, x.dtype), [], 0
-    for end in [*cuts, x.shape[1]]:
-        mask = None if pad_mask is None else pad_mask[:, start:end]
-        result = attn(x[:, start:end], state=state, doc_start=None, pad_mask=mask)
-        outs.append(result.out)
-        state, start = result.state, end
-    return torch.cat(outs, 1), state
-
-
 @pytest.mark.parametrize("chunk_len,chunks_before", [(8, 1), (5, 2), (4, 0)])
 @pytest.mark.parametrize("cuts", [[], [3, 11, 12, 29], list(range(1, 45))])
 def test_streaming_through_the_cache_equals_one_pass(chunk_len, chunks_before, cuts):
     attn = _local(chunk_len, chunks_before)
     x = torch.randn(2, 45, D)
     whole = attn(x, state=None, doc_start=None).out
-    streamed, state = _stream(attn, x, cuts)
+    streamed, state = stream(attn, x, cuts)
     torch.testing.assert_close(streamed, whole, rtol=1e-5, atol=1e-5)
     assert state["key"].shape[2] == chunk_len * (chunks_before + 1)  # the cache stays bounded
     assert state["pos"].tolist() == [45, 45]
@@ -39,7 +29,7 @@ def test_streaming_through_the_cache_equals_one_pass(chunk_len, chunks_before, c
 def test_long_segments_through_the_cache_use_query_blocks_and_stay_exact():
     attn = _local(chunk_len=16, chunks_before=1)
     x = torch.randn(1, 700, D)  # more than one query block after a cached prefix
-    streamed, _ = _stream(attn, x, [50])
+    streamed, _ = stream(attn, x, [50])
     torch.testing.assert_close(streamed, attn(x, state=None, doc_start=None).out, rtol=1e-5, atol=1e-5)
 
 

@@ -6,26 +6,42 @@ import torch.nn.functional as F
 
 from longrange.attention.local import LocalAttention
 from longrange.attention.lsh import SELF_SCORE, LSHAttention
+from tests.attention.streaming import stream
 
 D, H = 32, 2
 
 
-def _lsh(n_hashes=1, bucket_size=64, n_buckets=None, causal=True, dedup=True, seed=0):
+def _lsh(
+    n_hashes=1,
+    bucket_size=64,
+    n_buckets=None,
+    causal=True,
+    dedup=True,
+    seed=0,
+    *,
+    d=D,
+    heads=H,
+    dropout=0.0,
+    chunks_after=1,
+    train=False,
+):
+    """An LSH layer with fixed weights (torch seed 0) and `hash_seed` = seed, in eval mode unless `train`."""
     torch.manual_seed(0)
-    return LSHAttention(
-        D,
-        H,
-        0.0,
+    attn = LSHAttention(
+        d,
+        heads,
+        dropout,
         causal,
         0,
         n_hashes=n_hashes,
         bucket_size=bucket_size,
         n_buckets=n_buckets,
         chunks_before=1,
-        chunks_after=1,
+        chunks_after=chunks_after,
         dedup=dedup,
         hash_seed=seed,
-    ).eval()
+    )
+    return attn.train(train)
 
 
 def exact_shared_qk(attn: LSHAttention, x: torch.Tensor, causal: bool = True) -> torch.Tensor:
@@ -109,40 +125,12 @@ def test_rotations_are_fixed_by_the_seed_in_evaluation_and_fresh_in_training():
 
 
 def test_lsh_gradient_check_on_a_tiny_double_shape():
-    attn = (
-        LSHAttention(
-            8,
-            2,
-            0.0,
-            True,
-            0,
-            n_hashes=2,
-            bucket_size=4,
-            n_buckets=2,
-            chunks_before=1,
-            chunks_after=0,
-            dedup=True,
-            hash_seed=1,
-        )
-        .double()
-        .eval()
-    )
+    attn = _lsh(2, 4, 2, seed=1, d=8, heads=2, chunks_after=0).double()
     x = torch.randn(1, 12, 8, dtype=torch.double, requires_grad=True)
     assert torch.autograd.gradcheck(lambda z: attn(z, state=None, doc_start=None).out, (x,))
 
 
 # ----------------------------------------------------------------------------- decode cache
-
-
-def _stream(attn, x, cuts, pad_mask=None):
-    """Feed x (B, T, D) in pieces ending at `cuts` through the decode cache; concatenated outputs, state."""
-    state, outs, start = attn.init_state(x.shape[0], x.device, x.dtype), [], 0
-    for end in [*cuts, x.shape[1]]:
-        mask = None if pad_mask is None else pad_mask[:, start:end]
-        result = attn(x[:, start:end], state=state, doc_start=None, pad_mask=mask)
-        outs.append(result.out)
-        state, start = result.state, end
-    return torch.cat(outs, 1), state
 
 
 @pytest.mark.parametrize("n_hashes", [1, 3])
@@ -153,7 +141,7 @@ def test_decode_cache_streaming_equals_one_pass(n_hashes, dedup, cuts):
     attn = _lsh(n_hashes=n_hashes, bucket_size=4, n_buckets=2, dedup=dedup, seed=1)
     x = torch.randn(2, 48, D)
     whole = attn(x, state=None, doc_start=None).out
-    streamed, state = _stream(attn, x, cuts)
+    streamed, state = stream(attn, x, cuts)
     torch.testing.assert_close(streamed, whole, rtol=1e-5, atol=1e-5)
     assert state["key"].shape[2] == 48 and state["buckets"].shape[-1] == n_hashes
 
@@ -161,7 +149,7 @@ def test_decode_cache_streaming_equals_one_pass(n_hashes, dedup, cuts):
 def test_decode_cache_with_many_buckets_and_factorised_hashing():
     attn = _lsh(n_hashes=2, bucket_size=8, n_buckets=256, seed=2)  # factorised as 64 x 4
     x = torch.randn(1, 300, D)
-    streamed, _ = _stream(attn, x, [100, 101, 250])
+    streamed, _ = stream(attn, x, [100, 101, 250])
     torch.testing.assert_close(streamed, attn(x, state=None, doc_start=None).out, rtol=1e-5, atol=1e-5)
 
 
@@ -177,7 +165,7 @@ def test_padding_inside_a_segment_changes_nothing_one_pass_or_cached():
     mask = keep[None]
     one_pass = attn(padded, state=None, doc_start=None, pad_mask=mask).out[:, keep]
     torch.testing.assert_close(one_pass, whole, rtol=1e-5, atol=1e-5)
-    streamed, state = _stream(attn, padded, [10, 21, 22], pad_mask=mask)
+    streamed, state = stream(attn, padded, [10, 21, 22], pad_mask=mask)
     torch.testing.assert_close(streamed[:, keep], whole, rtol=1e-5, atol=1e-5)
     assert int(state["valid"].sum()) == 30
 
@@ -254,45 +242,13 @@ def test_fused_kernel_equals_the_plain_path_outputs_and_gradients(settings, trai
 
 
 def test_fused_kernel_gradient_check_bidirectional_with_dedup():
-    torch.manual_seed(0)
-    attn = (
-        LSHAttention(
-            8,
-            2,
-            0.0,
-            False,
-            0,
-            n_hashes=3,
-            bucket_size=4,
-            n_buckets=2,
-            chunks_before=1,
-            chunks_after=1,
-            dedup=True,
-            hash_seed=1,
-        )
-        .double()
-        .eval()
-    )
+    attn = _lsh(3, 4, 2, causal=False, seed=1, d=8, heads=2).double()
     x = torch.randn(1, 16, 8, dtype=torch.double, requires_grad=True)
     assert torch.autograd.gradcheck(lambda z: attn(z, state=None, doc_start=None).out, (x,))
 
 
 def test_attention_dropout_in_training_takes_the_plain_path_and_drops():
-    torch.manual_seed(0)
-    attn = LSHAttention(
-        D,
-        H,
-        0.5,
-        True,
-        0,
-        n_hashes=2,
-        bucket_size=8,
-        n_buckets=4,
-        chunks_before=1,
-        chunks_after=0,
-        dedup=True,
-        hash_seed=0,
-    )
+    attn = _lsh(2, 8, 4, dropout=0.5, chunks_after=0, train=True)
     x = torch.randn(1, 32, D)
     torch.manual_seed(1)
     with_dropout = attn(x, state=None, doc_start=None).out
@@ -306,21 +262,7 @@ def test_attention_dropout_in_training_takes_the_plain_path_and_drops():
 def test_fused_kernel_is_the_same_whatever_the_group_size(monkeypatch, elements):
     import longrange.attention.lsh_sorted as kernel
 
-    torch.manual_seed(0)
-    attn = LSHAttention(
-        D,
-        H,
-        0.0,
-        True,
-        0,
-        n_hashes=2,
-        bucket_size=8,
-        n_buckets=4,
-        chunks_before=1,
-        chunks_after=0,
-        dedup=True,
-        hash_seed=2,
-    ).double()
+    attn = _lsh(2, 8, 4, seed=2, chunks_after=0, train=True).double()
     x = torch.randn(3, 40, D, dtype=torch.double)
     monkeypatch.setattr(kernel, "GROUP_ELEMENTS", elements)
     fused, plain = _both_paths(attn, x)

@@ -88,6 +88,18 @@ def merge_heads(x: Tensor) -> Tensor:
     return x.transpose(1, 2).reshape(b, t, h * e)
 
 
+def pad_to_length(x: Tensor, pad_mask: Tensor | None, length: int) -> tuple[Tensor, Tensor]:
+    """Right-pad x (B, T, D) to `length`; returns (x (B, length, D), real (B, length) bool).
+
+    `real` marks positions that hold a real token: the user's `pad_mask` (True = real) over the first T
+    positions, False for the padding added here. Chunked mechanisms pad to their chunk multiple with it.
+    """
+    b, t, _ = x.shape
+    real = torch.zeros(b, length, dtype=torch.bool, device=x.device)
+    real[:, :t] = True if pad_mask is None else pad_mask
+    return torch.nn.functional.pad(x, (0, 0, 0, length - t)), real
+
+
 def memory_causal_mask(valid: Tensor | None, n_mem: int, t: int, device: torch.device) -> Tensor:
     """Boolean mask (B or 1, 1, T, M+T), True = may attend: every valid memory slot, causal within segment.
 

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from longrange.attention.base import AttentionModule, AttentionOutput, merge_heads, split_heads
+from longrange.attention.base import AttentionModule, AttentionOutput, merge_heads, pad_to_length, split_heads
 from longrange.memory.state import LayerState
 
 QUERY_BLOCK = 256  # queries per step of the cached path (keys: cache + at most W + QUERY_BLOCK tokens)
@@ -84,9 +84,7 @@ class LocalAttention(AttentionModule):
         b, t, d = x.shape
         c = self.chunk_len
         tp = -(-t // c) * c
-        real = torch.zeros(b, tp, dtype=torch.bool, device=x.device)
-        real[:, :t] = True if pad_mask is None else pad_mask
-        x = F.pad(x, (0, 0, 0, tp - t))
+        x, real = pad_to_length(x, pad_mask, tp)
         q, k, v = (split_heads(z, self.n_heads) for z in self.qkv(x).chunk(3, -1))  # (B, H, Tp, E)
         n, e = tp // c, q.shape[-1]
         q, k, v = (z.view(b, self.n_heads, n, c, e) for z in (q, k, v))  # (B, H, N, C, E)

@@ -55,7 +55,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from longrange.attention.base import AttentionModule, AttentionOutput, merge_heads, split_heads
+from longrange.attention.base import AttentionModule, AttentionOutput, merge_heads, pad_to_length, split_heads
 from longrange.attention.local import look_around
 from longrange.attention.lsh_decode import cached_lsh_attention
 from longrange.attention.lsh_hf import hf_lsh_attention
@@ -216,9 +216,7 @@ class LSHAttention(AttentionModule):
         b, t, _ = x.shape
         c, r = self.chunk, self.n_hashes
         tp = -(-t // c) * c
-        real = torch.zeros(b, tp, dtype=torch.bool, device=x.device)
-        real[:, :t] = True if pad_mask is None else pad_mask
-        x = F.pad(x, (0, 0, 0, tp - t))
+        x, real = pad_to_length(x, pad_mask, tp)
         qk = split_heads(self.qk(x), self.n_heads)  # (B, H, Tp, E)
         v = split_heads(self.v(x), self.n_heads)
         e = qk.shape[-1]
@@ -298,9 +296,7 @@ class LSHAttention(AttentionModule):
         """x (B, T, D) -> out (B, T, D) in transformers' convention (module docstring of lsh_hf)."""
         b, t, _ = x.shape
         tp = t if t <= self.chunk else -(-t // self.chunk) * self.chunk
-        real = torch.zeros(b, tp, dtype=torch.bool, device=x.device)
-        real[:, :t] = True if pad_mask is None else pad_mask
-        x = F.pad(x, (0, 0, 0, tp - t))
+        x, real = pad_to_length(x, pad_mask, tp)
         qk = split_heads(self.qk(x), self.n_heads)  # (B, H, Tp, E)
         v = split_heads(self.v(x), self.n_heads)
         y = hf_lsh_attention(
