@@ -6,6 +6,7 @@ import torch
 import longrange as lr
 from longrange.attention.lsh import LSHAttention
 from longrange.config import ConfigError
+from tests.model.gradients import loss_and_grads as _grads
 
 HF_STYLE = {
     "layers": ["local", "lsh", "local"],
@@ -19,14 +20,6 @@ HF_STYLE = {
     "lsh.dedup": False,
     "lsh.n_buckets": [2, 4],
 }
-
-
-def _grads(model, tokens, seed):
-    model.zero_grad()
-    torch.manual_seed(seed)
-    out = model(tokens, targets=tokens)
-    out.loss.backward()
-    return out.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.2])

@@ -4,14 +4,7 @@ import pytest
 import torch
 
 import longrange as lr
-
-
-def _grads(model, tokens, seed):
-    model.zero_grad()
-    torch.manual_seed(seed)
-    out = model(tokens, targets=tokens)
-    out.loss.backward()
-    return out.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+from tests.model.gradients import loss_and_grads as _grads
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.2])
