@@ -42,7 +42,10 @@ def hf_checkpoint(tmp_path, **overrides):
     with torch.no_grad():  # move every weight away from its (often constant) initial value
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.2)
-        model.lm_head.bias.zero_()  # transformers 5 no longer adds this bias (4.x does); zero: both agree
+        # transformers versions differ in which head bias they add (4.x and >= 5.24: the tied
+        # decoder bias; 5.0-5.23: none; 5.24 unties lm_head.bias from it): zero both, so all agree
+        model.lm_head.bias.zero_()
+        model.lm_head.decoder.bias.zero_()
     path = tmp_path / "hf"
     model.save_pretrained(path)
     return model, path
