@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import longrange as lr
+from longrange.attention import luna as luna_module
 from longrange.attention.luna import LunaAttention
 from longrange.generate import generate
 
@@ -72,6 +73,26 @@ def test_chunk_length_does_not_change_the_result_or_the_gradients(share):
     for other in results[1:]:
         for got, want in zip(other, results[0], strict=True):
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("share", [True, False])
+@pytest.mark.parametrize("block_tokens", [1, 8, 10])
+def test_blocks_of_the_prefix_sums_do_not_change_the_result_or_the_gradients(monkeypatch, share, block_tokens):
+    """The causal sums run in blocks of BLOCK_TOKENS carrying num/den: one block per chunk (1), two
+    chunks (8 with chunk 3 and 4), a ragged last block (10) all equal the naive formula and one block."""
+    x = torch.randn(2, T, D, requires_grad=True)
+    results = []
+    for block in (10_000, block_tokens):
+        monkeypatch.setattr(luna_module, "BLOCK_TOKENS", block)
+        attn = _luna(chunk_len=3 if block_tokens == 10 else 4, share=share)
+        out = attn(x, state=None, doc_start=None).out
+        out.square().sum().backward()
+        results.append([out.detach(), x.grad.clone()] + [p.grad for p in attn.parameters()])
+        x.grad = None
+    with torch.no_grad():
+        torch.testing.assert_close(results[1][0], _naive_causal(attn, x), rtol=1e-5, atol=1e-5)
+    for got, want in zip(results[1], results[0], strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("proj_len", [L, 8])
