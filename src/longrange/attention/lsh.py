@@ -202,8 +202,9 @@ class LSHAttention(AttentionModule):
         buckets, scale, start = 0, 1, 0
         for f in factors:
             part = rotated[..., start : start + f // 2]
-            top, low = part.max(-1), part.min(-1)  # argmax over [x ; -x] without building it
-            index = torch.where(top.values >= -low.values, top.indices, low.indices + f // 2)
+            # argmax over [x ; -x] without building it: the largest |x_i|, in the second half when x_i < 0
+            top = part.abs().max(-1)
+            index = top.indices + (f // 2) * (part.gather(-1, top.indices[..., None])[..., 0] < 0)
             buckets, scale, start = buckets + scale * index, scale * f, start + f // 2
         return buckets
 

@@ -46,7 +46,10 @@ from torch import Tensor
 
 SELF_SCORE = -1e5  # as in longrange.attention.lsh
 MASKED = -1e9
-GROUP_ELEMENTS = 2**23  # score-bias elements built at once (the per-group memory: ~40 bytes each)
+# score-bias elements built at once (~40 bytes each per group). Small on purpose: each group's temporaries
+# (bias, window gradients) then stay under the allocator's mmap threshold and near the cache, instead of
+# fresh pages faulted in per group; 2**20 measured 1.3x faster than 2**23 at 4K (2**18: slower again)
+GROUP_ELEMENTS = 2**20
 SPLIT = 2  # kernel query blocks of C / SPLIT items: each query then scores C + C / SPLIT keys, not 2C
 
 _flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
