@@ -97,6 +97,8 @@ def pad_to_length(x: Tensor, pad_mask: Tensor | None, length: int) -> tuple[Tens
     b, t, _ = x.shape
     real = torch.zeros(b, length, dtype=torch.bool, device=x.device)
     real[:, :t] = True if pad_mask is None else pad_mask
+    if length == t:  # nothing to add: x itself (padding by 0 would copy it, and its gradient)
+        return x, real
     return torch.nn.functional.pad(x, (0, 0, 0, length - t)), real
 
 

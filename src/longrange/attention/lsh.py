@@ -23,7 +23,8 @@ R hash rounds, K buckets, S = R * Tp sorted items, N = S / C chunks, W = 2C keys
 
 Speed: on CPU the attention of the sorted chunks runs in a fused kernel (`longrange.attention.lsh_sorted`:
 band bounds instead of per-score bucket comparisons, one additive bias, PyTorch's flash-attention CPU
-kernel, exact gradients through the round merge). The plain masked-softmax path below serves
+kernel, exact gradients through the round merge; it reads the projections and writes its output in their
+natural (B, Tp, H, E) layout, so no head transposes are copied). The plain masked-softmax path below serves
 attention dropout in training, other devices, and is the kernel's test twin (``fused = False``).
 
 Rotations are drawn fresh from torch's RNG in training (so the reversible block, which records
@@ -218,8 +219,9 @@ class LSHAttention(AttentionModule):
         c, r = self.chunk, self.n_hashes
         tp = -(-t // c) * c
         x, real = pad_to_length(x, pad_mask, tp)
-        qk = split_heads(self.qk(x), self.n_heads)  # (B, H, Tp, E)
-        v = split_heads(self.v(x), self.n_heads)
+        qk_rows, v_rows = self.qk(x), self.v(x)  # (B, Tp, D)
+        qk = split_heads(qk_rows, self.n_heads)  # (B, H, Tp, E), a transposed view
+        v = split_heads(v_rows, self.n_heads)
         e = qk.shape[-1]
         n_buckets = self.buckets_for(tp)
         buckets = self.hash(qk, n_buckets)  # (B, H, R, Tp)
@@ -236,19 +238,19 @@ class LSHAttention(AttentionModule):
         window = (self.before, self.after) if n_chunks > 1 else (0, 0)  # one chunk: itself only
         if self.fused and x.device.type == "cpu" and r < 128 and not (self.training and self.dropout > 0):
             # the fused kernel (lsh_sorted): the same attention without score blocks in memory; it has
-            # no attention dropout (and counts shared rounds in int8), so those cases take the plain path
+            # no attention dropout (and counts shared rounds in int8), so those cases take the plain path.
+            # It reads and writes the projections' own (B, Tp, H, E) layout: no head transposes are copied
             y = sorted_lsh_attention(
-                qk.flatten(0, 1),
-                v.flatten(0, 1),
+                qk_rows.view(b, tp, self.n_heads, e),
+                v_rows.view(b, tp, self.n_heads, e),
                 order.flatten(0, 1),
                 round_bucket.gather(2, order).flatten(0, 1),
                 buckets.transpose(2, 3).flatten(0, 1) if self.dedup and r > 1 else None,
                 c=c,
                 window=window,
                 causal=self.causal,
-            )  # (BH, Tp, E)
-            y = y.view(b, self.n_heads, tp, e)[:, :, :t]
-            return AttentionOutput(self.out(merge_heads(y)), None)
+            ).flatten(2)  # (B, Tp, D)
+            return AttentionOutput(self.out(y[:, :t] if t < tp else y), None)  # a full slice would copy its gradient
         item_pos = order % tp  # original position of each sorted item
         undo = order.argsort(dim=-1)
 

@@ -1,8 +1,12 @@
 """Fused kernel of the causal-exact LSH attention (`longrange.attention.lsh`, convention "longrange").
 
-Shape legend: BH rows (batch x heads), G rows of one group, Tp padded tokens, R hash rounds,
+Shape legend: BH rows (batch x heads), G rows of one group, Tp padded tokens, H heads, R hash rounds,
 S = R * Tp sorted items, C chunk length, B kernel query block (C / SPLIT), n query blocks of a group,
 W = B * (blocks before + 1 + blocks after) window keys per block, E head width.
+
+Layout: queries/keys, values and the output stay in the projections' natural (batch, Tp, H, E)
+layout, read and written as flat rows (b * Tp + p) * H + h of (batch b, position p, head h), so no
+head transpose is ever copied (the sorting `order` is still per row b * H + h).
 
 What it computes is exactly the mechanism of `lsh.py`: items sorted by (round, bucket, position);
 query i sees the keys of its own bucket at most C items away in sorted order (and not after it when
@@ -67,9 +71,9 @@ def sorted_lsh_attention(
     window: tuple[int, int],
     causal: bool,
 ) -> Tensor:
-    """LSH attention of sorted items with the rounds merged: (qk, v) (BH, Tp, E) -> y (BH, Tp, E).
+    """LSH attention of sorted items with the rounds merged: (qk, v) (batch, Tp, H, E) -> y (batch, Tp, H, E).
 
-    order (BH, S) the unsorted (round-major) index r * Tp + p of each sorted item; bucket_s (BH, S)
+    order (BH, S) the unsorted (round-major) index r * Tp + p of each sorted item of row b * H + h; bucket_s (BH, S)
     its (round, bucket) id; by_pos (BH, Tp, R) every round's bucket of each position for the dedup
     correction (None: no correction); window (chunks before, chunks after) of the chunked layout.
     """
@@ -119,33 +123,32 @@ class SortedLSHAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, qk, v, order, lo, hi, other_s, block, window):
-        bh, tp, e = qk.shape
-        s = order.shape[1]
+        _, tp, heads, e = qk.shape
+        bh, s = order.shape
         w = block * (window[0] + 1 + window[1])
         keys = F.normalize(qk, dim=-1)
-        y = qk.new_zeros(bh * tp, e)  # flat rows
+        y = qk.new_zeros(qk.shape)  # (batch, Tp, H, E)
         lse = qk.new_empty(bh, s)  # sorted order
         codes = torch.empty(bh, s // block, block, w, dtype=torch.int8, device=qk.device)
-        sources = [z.reshape(-1, e) for z in (qk, keys, v)]
+        sources = [z.reshape(-1, e) for z in (qk, keys, v)]  # flat rows, views
         groups = _groups(bh, s // block, block * w)
         ctx.kept = None
         for rows, first, stop in groups:
-            lay = _Layout(order, rows, first, stop, tp, block, window)
+            lay = _Layout(order, rows, first, stop, tp, heads, block, window)
             if first == 0:
-                outs = qk.new_empty(len(rows), s, e)  # these rows' round outputs, sorted
+                outs = qk.new_empty(rows.stop - rows.start, s, e)  # these rows' round outputs, sorted
             ids = None if other_s is None else other_s[rows]
-            codes[rows, first:stop] = codes_g = _codes(lo[rows, lay.items], hi[rows, lay.items], ids, lay)
+            codes_g = _codes(lo[rows, lay.items], hi[rows, lay.items], ids, lay, out=codes[rows, first:stop])
             inputs = (lay.queries(sources[0]), lay.windows(sources[1]), lay.windows(sources[2]))
             bias = _bias(codes_g, lay, qk.dtype)
             out_g, lse_g = _flash(*inputs, attn_mask=bias, scale=e**-0.5)  # (G, n, B, E), (G, n, B)
             if len(groups) == 1 and any(ctx.needs_input_grad[:2]):  # small: keep them, not gather again
                 ctx.kept = (*inputs, bias)
             outs[:, lay.items].view_as(out_g).copy_(out_g)
-            lse[rows, lay.items] = lse_g.reshape(len(rows), -1).to(lse.dtype)
+            lse[rows, lay.items] = lse_g.flatten(1).to(lse.dtype)
             if stop == s // block:  # every round of these rows is done: merge them into y
                 weight = _round_weights(lse[rows], order[rows], tp).to(outs.dtype)  # (G, S)
-                y.index_add_(0, lay.all_rows.flatten(), outs.mul_(weight[..., None]).view(-1, e))
-        y = y.view(bh, tp, e)
+                y.view(-1, e).index_add_(0, lay.all_rows.flatten(), outs.mul_(weight[..., None]).view(-1, e))
         ctx.save_for_backward(qk, v, order, codes, lse, y)
         ctx.settings = (block, window)
         return y
@@ -154,14 +157,15 @@ class SortedLSHAttention(torch.autograd.Function):
     def backward(ctx, grad_y):
         qk, v, order, codes, lse, y = ctx.saved_tensors
         block, window = ctx.settings
-        bh, tp, e = qk.shape
+        _, tp, heads, e = qk.shape
         with torch.enable_grad():
             qk_leaf = qk.detach().requires_grad_()
             keys = F.normalize(qk_leaf, dim=-1)
         sources = [z.reshape(-1, e) for z in (qk, keys.detach(), v, grad_y, y)]
-        grads = [qk.new_zeros(bh * tp, e) for _ in range(3)]  # qk, keys, v as flat rows
-        for rows, first, stop in _groups(bh, codes.shape[1], codes[0, 0].numel()):
-            lay = _Layout(order, rows, first, stop, tp, block, window)
+        grads = [qk.new_zeros(qk.shape) for _ in range(3)]  # qk, keys, v (batch, Tp, H, E)
+        flat_grads = [z.view(-1, e) for z in grads]
+        for rows, first, stop in _groups(*codes.shape[:2], codes[0, 0].numel()):
+            lay = _Layout(order, rows, first, stop, tp, heads, block, window)
             if first == 0:
                 weight = _round_weights(lse[rows], order[rows], tp).to(qk.dtype)  # (G, S)
             lse_g = lse[rows, lay.items].view_as(lay.query_rows).to(qk.dtype)
@@ -183,31 +187,33 @@ class SortedLSHAttention(torch.autograd.Function):
                 attn_mask=bias,
                 scale=e**-0.5,
             )
-            _add_rows(grads[0], lay.query_rows, gq)
-            _add_rows(grads[1], lay.window_rows, gk_w)
-            _add_rows(grads[2], lay.window_rows, gv_w)
-        grad_qk, grad_keys, grad_v = (z.view(bh, tp, e) for z in grads)
+            _add_rows(flat_grads[0], lay.query_rows, gq)
+            _add_rows(flat_grads[1], lay.window_rows, gk_w)
+            _add_rows(flat_grads[2], lay.window_rows, gv_w)
+        grad_qk, grad_keys, grad_v = grads
         grad_qk = grad_qk + torch.autograd.grad(keys, qk_leaf, grad_keys)[0]
         ctx.kept = None
         return grad_qk, grad_v, None, None, None, None, None, None
 
 
 class _Layout:
-    """Where the sorted items of a group live in the flat (BH * Tp, E) tensors: rows `rows`, blocks
-    [first, stop) of B = `block` items (n = stop - first blocks, sorted items `items`).
+    """Where the sorted items of a group live in the flat (batch * Tp * H, E) tensors: rows `rows` (a slice
+    of the BH rows b * H + h), blocks [first, stop) of B = `block` items (n = stop - first blocks, sorted
+    items `items`).
 
-    all_rows (G, S): flat row of every sorted item of these rows; query_rows (G, n, B) those of the
+    all_rows (G, S): flat row (b * Tp + p) * H + h of every sorted item of these rows; query_rows (G, n, B) those of the
     group's queries; window_rows (G, n, W): those of each block's window keys. Window slots before the
     first or after the last item read row 0: the bias hides them, so they weigh exactly 0 and their
     gradients are exactly 0 (no padded copy of the inputs is needed). Windows are a strided view.
     """
 
-    def __init__(self, order: Tensor, rows: Tensor, first: int, stop: int, tp: int, block: int, window):
-        g = len(rows)
+    def __init__(self, order: Tensor, rows: slice, first: int, stop: int, tp: int, heads: int, block: int, window):
+        g = rows.stop - rows.start
         self.block, self.window = block, window
         self.items = slice(first * block, stop * block)
         self.padded_items = slice(first * block, (stop + window[0] + window[1]) * block)  # of the padded sequence
-        self.all_rows = order[rows] % tp + rows[:, None] * tp
+        row = torch.arange(rows.start, rows.stop, device=order.device)[:, None]  # (G, 1) b * H + h
+        self.all_rows = ((row // heads) * tp + order[rows] % tp) * heads + row % heads
         self.query_rows = self.all_rows[:, self.items].reshape(g, stop - first, block)
         hidden = self.all_rows.new_zeros(g, 1)  # row read by the hidden window slots
         padded = torch.cat(
@@ -216,10 +222,10 @@ class _Layout:
         self.padded_rows = padded[:, self.padded_items]  # (G, (n + before + after) * B)
         self.window_rows = _windows(self.padded_rows[..., None], block, window)[..., 0]  # (G, n, W)
 
-    def queries(self, source: Tensor) -> Tensor:  # (BH * Tp, E) -> (G, n, B, E)
+    def queries(self, source: Tensor) -> Tensor:  # flat rows (batch * Tp * H, E) -> (G, n, B, E)
         return source.index_select(0, self.query_rows.flatten()).view(*self.query_rows.shape, -1)
 
-    def windows(self, source: Tensor) -> Tensor:  # (BH * Tp, E) -> (G, n, W, E), a strided view
+    def windows(self, source: Tensor) -> Tensor:  # flat rows (batch * Tp * H, E) -> (G, n, W, E), a strided view
         padded = source.index_select(0, self.padded_rows.flatten()).view(*self.padded_rows.shape, -1)
         return _windows(padded, self.block, self.window)
 
@@ -232,25 +238,25 @@ def _windows(padded: Tensor, block: int, window: tuple[int, int]) -> Tensor:
     return padded.as_strided((g, n, block * (window[0] + 1 + window[1]), f), (padded.stride(0), block * f, f, 1))
 
 
-def _codes(lo: Tensor, hi: Tensor, other_s: Tensor | None, lay: _Layout) -> Tensor:
-    """Visibility and dedup count of every score, (G, n, B, W) int8: 0 hidden, else the number of
-    rounds in which query and key share a bucket (1 without dedup). One byte per score, kept for the
-    backward pass instead of comparing bucket ids again. lo / hi (G, n * B) the group's band bounds;
-    other_s (G, S, R - 1) the rows' other-round buckets."""
-    g, n, b = lay.query_rows.shape
-    w = b * (lay.window[0] + 1 + lay.window[1])
+def _codes(lo: Tensor, hi: Tensor, other_s: Tensor | None, lay: _Layout, out: Tensor) -> Tensor:
+    """Visibility and dedup count of every score, written into out (G, n, B, W) int8: 0 hidden, else the
+    number of rounds in which query and key share a bucket (1 without dedup). One byte per score, kept
+    for the backward pass instead of comparing bucket ids again. lo / hi (G, n * B) the group's band
+    bounds; other_s (G, S, R - 1) the rows' other-round buckets."""
+    g, n, b, w = out.shape
     col = torch.arange(w, device=lo.device, dtype=lo.dtype)
     lo, hi = lo.view(g, n, b, 1), hi.view(g, n, b, 1)
     if other_s is None:
-        codes = torch.ones(g, n, b, w, dtype=torch.int8, device=lo.device)
+        out.fill_(1)
     else:  # R - 1 comparisons of (B, 1) ids with (1, W) ids per block, counted in int8
         q_ids = other_s[:, lay.items].view(g, n, b, -1)
         padded = F.pad(other_s, (0, 0, lay.window[0] * b, lay.window[1] * b), value=-1)[:, lay.padded_items]
         k_ids = _windows(padded, b, lay.window)  # (G, n, W, R - 1)
-        codes = (q_ids[..., 0, None] == k_ids[..., None, :, 0]).view(torch.int8).add_(1)
+        torch.eq(q_ids[..., 0, None], k_ids[..., None, :, 0], out=out.view(torch.bool))
+        out.add_(1)
         for i in range(1, other_s.shape[-1]):
-            codes += (q_ids[..., i, None] == k_ids[..., None, :, i]).view(torch.int8)
-    return codes.masked_fill_((col < lo) | (col > hi), 0)
+            out += (q_ids[..., i, None] == k_ids[..., None, :, i]).view(torch.int8)
+    return out.masked_fill_((col < lo) | (col > hi), 0)
 
 
 def _bias(codes: Tensor, lay: _Layout, dtype) -> Tensor:
@@ -283,11 +289,13 @@ def _add_rows(total: Tensor, index: Tensor, src: Tensor) -> None:
     total.index_add_(0, index.flatten(), src.reshape(-1, src.shape[-1]))
 
 
-def _groups(bh: int, n_blocks: int, per_block: int) -> list[tuple[Tensor, int, int]]:
+def _groups(bh: int, n_blocks: int, per_block: int) -> list[tuple[slice, int, int]]:
     """(rows, first block, stop block) groups whose score blocks hold at most GROUP_ELEMENTS elements:
-    several whole rows, or (long sequences) one row's blocks in a few ranges."""
+    several whole rows, or (long sequences) one row's blocks in a few ranges. Rows are slices, so the
+    per-row tensors (codes, lse, bounds) are indexed by views, not copies."""
     per_row = n_blocks * per_block
     if per_row <= GROUP_ELEMENTS:
-        return [(rows, 0, n_blocks) for rows in torch.arange(bh).tensor_split(max(1, bh * per_row // GROUP_ELEMENTS))]
+        splits = torch.arange(bh).tensor_split(max(1, bh * per_row // GROUP_ELEMENTS))
+        return [(slice(int(rows[0]), int(rows[-1]) + 1), 0, n_blocks) for rows in splits]
     ranges = torch.arange(n_blocks).tensor_split(-(-per_row // GROUP_ELEMENTS))
-    return [(torch.tensor([row]), int(r[0]), int(r[-1]) + 1) for row in range(bh) for r in ranges]
+    return [(slice(row, row + 1), int(r[0]), int(r[-1]) + 1) for row in range(bh) for r in ranges]
