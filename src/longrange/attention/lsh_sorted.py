@@ -133,10 +133,9 @@ class SortedLSHAttention(torch.autograd.Function):
         sources = [z.reshape(-1, e) for z in (qk, keys, v)]  # flat rows, views
         groups = _groups(bh, s // block, block * w)
         ctx.kept = None
+        done = []  # (layout, round outputs) of the current rows' groups, merged once all their rounds are
         for rows, first, stop in groups:
             lay = _Layout(order, rows, first, stop, tp, heads, block, window)
-            if first == 0:
-                outs = qk.new_empty(rows.stop - rows.start, s, e)  # these rows' round outputs, sorted
             ids = None if other_s is None else other_s[rows]
             codes_g = _codes(lo[rows, lay.items], hi[rows, lay.items], ids, lay, out=codes[rows, first:stop])
             inputs = (lay.queries(sources[0]), lay.windows(sources[1]), lay.windows(sources[2]))
@@ -144,11 +143,14 @@ class SortedLSHAttention(torch.autograd.Function):
             out_g, lse_g = _flash(*inputs, attn_mask=bias, scale=e**-0.5)  # (G, n, B, E), (G, n, B)
             if len(groups) == 1 and any(ctx.needs_input_grad[:2]):  # small: keep them, not gather again
                 ctx.kept = (*inputs, bias)
-            outs[:, lay.items].view_as(out_g).copy_(out_g)
+            done.append((lay, out_g))
             lse[rows, lay.items] = lse_g.flatten(1).to(lse.dtype)
-            if stop == s // block:  # every round of these rows is done: merge them into y
-                weight = _round_weights(lse[rows], order[rows], tp).to(outs.dtype)  # (G, S)
-                y.view(-1, e).index_add_(0, lay.all_rows.flatten(), outs.mul_(weight[..., None]).view(-1, e))
+            if stop == s // block:  # every round of these rows is done: merge them into y, without copies
+                weight = _round_weights(lse[rows], order[rows], tp).to(qk.dtype)  # (G, S)
+                for lay_d, out_d in done:
+                    out_d.mul_(weight[:, lay_d.items].view(*lay_d.query_rows.shape, 1))
+                    _add_rows(y.view(-1, e), lay_d.query_rows, out_d)
+                done = []
         ctx.save_for_backward(qk, v, order, codes, lse, y)
         ctx.settings = (block, window)
         return y
@@ -176,7 +178,7 @@ class SortedLSHAttention(torch.autograd.Function):
                 _bias(codes[rows, first:stop], lay, qk.dtype),
             )
             gq, gk_w, gv_w = _flash_backward(
-                lay.queries(sources[3]) * weight[:, lay.items].view_as(lse_g)[..., None],  # G_r = w_r dL/dy
+                lay.queries(sources[3]).mul_(weight[:, lay.items].view_as(lse_g)[..., None]),  # G_r = w_r dL/dy
                 q_g,
                 k_w,
                 v_w,
@@ -191,7 +193,7 @@ class SortedLSHAttention(torch.autograd.Function):
             _add_rows(flat_grads[1], lay.window_rows, gk_w)
             _add_rows(flat_grads[2], lay.window_rows, gv_w)
         grad_qk, grad_keys, grad_v = grads
-        grad_qk = grad_qk + torch.autograd.grad(keys, qk_leaf, grad_keys)[0]
+        grad_qk += torch.autograd.grad(keys, qk_leaf, grad_keys)[0]
         ctx.kept = None
         return grad_qk, grad_v, None, None, None, None, None, None
 
