@@ -54,6 +54,7 @@ MASKED = -1e9
 # (bias, window gradients) then stay under the allocator's mmap threshold and near the cache, instead of
 # fresh pages faulted in per group; 2**20 measured 1.3x faster than 2**23 at 4K (2**18: slower again)
 GROUP_ELEMENTS = 2**20
+NORM_EPS = 1e-12  # F.normalize's
 SPLIT = 2  # kernel query blocks of C / SPLIT items: each query then scores C + C / SPLIT keys, not 2C
 
 _flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
@@ -126,7 +127,8 @@ class SortedLSHAttention(torch.autograd.Function):
         _, tp, heads, e = qk.shape
         bh, s = order.shape
         w = block * (window[0] + 1 + window[1])
-        keys = F.normalize(qk, dim=-1)
+        norm = torch.linalg.vector_norm(qk, dim=-1, keepdim=True)  # (batch, Tp, H, 1)
+        keys = qk / norm.clamp_min(NORM_EPS)  # F.normalize, by hand: the backward pass needs only the norms
         y = qk.new_zeros(qk.shape)  # (batch, Tp, H, E)
         lse = qk.new_empty(bh, s)  # sorted order
         codes = torch.empty(bh, s // block, block, w, dtype=torch.int8, device=qk.device)
@@ -151,19 +153,17 @@ class SortedLSHAttention(torch.autograd.Function):
                     out_d.mul_(weight[:, lay_d.items].view(*lay_d.query_rows.shape, 1))
                     _add_rows(y.view(-1, e), lay_d.query_rows, out_d)
                 done = []
-        ctx.save_for_backward(qk, v, order, codes, lse, y)
+        ctx.save_for_backward(qk, v, order, codes, lse, y, norm)
         ctx.settings = (block, window)
         return y
 
     @staticmethod
     def backward(ctx, grad_y):
-        qk, v, order, codes, lse, y = ctx.saved_tensors
+        qk, v, order, codes, lse, y, norm = ctx.saved_tensors
         block, window = ctx.settings
         _, tp, heads, e = qk.shape
-        with torch.enable_grad():
-            qk_leaf = qk.detach().requires_grad_()
-            keys = F.normalize(qk_leaf, dim=-1)
-        sources = [z.reshape(-1, e) for z in (qk, keys.detach(), v, grad_y, y)]
+        keys = qk / norm.clamp_min(NORM_EPS)
+        sources = [z.reshape(-1, e) for z in (qk, keys, v, grad_y, y)]
         grads = [qk.new_zeros(qk.shape) for _ in range(3)]  # qk, keys, v (batch, Tp, H, E)
         flat_grads = [z.view(-1, e) for z in grads]
         for rows, first, stop in _groups(*codes.shape[:2], codes[0, 0].numel()):
@@ -193,7 +193,10 @@ class SortedLSHAttention(torch.autograd.Function):
             _add_rows(flat_grads[1], lay.window_rows, gk_w)
             _add_rows(flat_grads[2], lay.window_rows, gv_w)
         grad_qk, grad_keys, grad_v = grads
-        grad_qk += torch.autograd.grad(keys, qk_leaf, grad_keys)[0]
+        # F.normalize's backward in place, without temporaries of the inputs' size (fresh pages are slow):
+        # (g - keys (keys . g)) / norm; where the norm was clamped to NORM_EPS only g / NORM_EPS
+        dot = torch.einsum("...e,...e->...", keys, grad_keys)[..., None].masked_fill_(norm < NORM_EPS, 0)
+        grad_qk += grad_keys.addcmul_(keys, dot, value=-1).div_(norm.clamp_min(NORM_EPS))
         ctx.kept = None
         return grad_qk, grad_v, None, None, None, None, None, None
 
