@@ -198,14 +198,16 @@ class LSHAttention(AttentionModule):
         if n_buckets == 1:  # one bucket: plain (chunked) shared-QK attention; the test oracle
             return qk.new_zeros((qk.shape[0], qk.shape[1], self.n_hashes, qk.shape[2]), dtype=torch.long)
         factors = self.bucket_factors(n_buckets)
-        rot = self.rotations(qk.shape[-1], sum(f // 2 for f in factors), qk.device, qk.dtype)
-        rotated = torch.einsum("bhte,erk->bhrtk", qk, rot)  # (B, H, R, Tp, sum K_i / 2)
+        rot = self.rotations(qk.shape[-1], sum(f // 2 for f in factors), qk.device, qk.dtype)  # (E, R, sum K_i / 2)
+        r, k = rot.shape[1:]
+        # (B, H, R, sum K_i / 2, Tp): positions innermost, so the maxima over rotations are vectorised across them
+        rotated = (rot.permute(1, 2, 0).reshape(r * k, -1) @ qk.transpose(-1, -2)).view(*qk.shape[:2], r, k, -1)
         buckets, scale, start = 0, 1, 0
         for f in factors:
-            part = rotated[..., start : start + f // 2]
-            # argmax over [x ; -x] without building it: the largest |x_i|, in the second half when x_i < 0
-            top = part.abs().max(-1)
-            index = top.indices + (f // 2) * (part.gather(-1, top.indices[..., None])[..., 0] < 0)
+            part = rotated[..., start : start + f // 2, :]
+            # argmax over [x ; -x] without building it: the largest |x_i|, in the second half when that x_i < 0
+            negative = part.amin(-2).neg_() > part.amax(-2)
+            index = part.abs_().max(-2).indices + (f // 2) * negative
             buckets, scale, start = buckets + scale * index, scale * f, start + f // 2
         return buckets
 
