@@ -162,7 +162,8 @@ class SortedLSHAttention(torch.autograd.Function):
         qk, v, order, codes, lse, y, norm = ctx.saved_tensors
         block, window = ctx.settings
         _, tp, heads, e = qk.shape
-        keys = qk / norm.clamp_min(NORM_EPS)
+        safe_norm = norm.clamp_min(NORM_EPS)
+        keys = qk / safe_norm
         sources = [z.reshape(-1, e) for z in (qk, keys, v, grad_y, y)]
         grads = [qk.new_zeros(qk.shape) for _ in range(3)]  # qk, keys, v (batch, Tp, H, E)
         flat_grads = [z.view(-1, e) for z in grads]
@@ -196,7 +197,7 @@ class SortedLSHAttention(torch.autograd.Function):
         # F.normalize's backward in place, without temporaries of the inputs' size (fresh pages are slow):
         # (g - keys (keys . g)) / norm; where the norm was clamped to NORM_EPS only g / NORM_EPS
         dot = torch.einsum("...e,...e->...", keys, grad_keys)[..., None].masked_fill_(norm < NORM_EPS, 0)
-        grad_qk += grad_keys.addcmul_(keys, dot, value=-1).div_(norm.clamp_min(NORM_EPS))
+        grad_qk += grad_keys.addcmul_(keys, dot, value=-1).div_(safe_norm)
         ctx.kept = None
         return grad_qk, grad_v, None, None, None, None, None, None
 
