@@ -1,9 +1,12 @@
 """Reformer LSH and local attention against exact shared-QK attention."""
 
+import shutil
+
 import pytest
 import torch
 import torch.nn.functional as F
 
+from longrange.attention import lsh_native
 from longrange.attention.local import LocalAttention
 from longrange.attention.lsh import SELF_SCORE, LSHAttention
 from tests.attention.streaming import stream
@@ -196,7 +199,37 @@ def test_decode_cache_refused_without_fixed_buckets_and_in_training():
         attn(torch.randn(1, 1, D), state=filled, doc_start=None)
 
 
-# ----------------------------------------------------------------------------- fused kernel
+# ----------------------------------------------------------------------------- fused kernels
+
+KERNELS = ["native", "flash"]  # the C band kernel (lsh_native) and the PyTorch flash-block one (lsh_sorted)
+
+
+def _use(attn: LSHAttention, kernel: str) -> LSHAttention:
+    if kernel == "native" and not lsh_native.available(torch.float64):
+        pytest.skip("no C compiler: the native kernel is not built here (test_native_kernel_builds says why)")
+    attn.native = kernel == "native"
+    return attn
+
+
+def test_native_kernel_builds_where_a_c_compiler_exists():
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("no C compiler on this machine")
+    assert lsh_native.available(torch.float32) and lsh_native.available(torch.float64)
+    assert LSHAttention.native  # and it is the default
+
+
+def test_without_the_native_kernel_the_pytorch_kernel_runs_the_same_attention(monkeypatch):
+    monkeypatch.setenv("LONGRANGE_NATIVE", "0")
+    lsh_native._library.cache_clear()
+    try:
+        assert not lsh_native.available(torch.float32)
+        attn = _lsh(2, 8, 4, seed=2)
+        x = torch.randn(1, 40, D)
+        out = attn(x, state=None, doc_start=None).out  # the PyTorch kernel runs instead
+        attn.fused = False
+        torch.testing.assert_close(out, attn(x, state=None, doc_start=None).out, rtol=1e-5, atol=1e-6)
+    finally:
+        lsh_native._library.cache_clear()
 
 
 def _both_paths(attn, x, mask=None, seed=5):
@@ -226,14 +259,15 @@ def _both_paths(attn, x, mask=None, seed=5):
     ids=["causal-dedup", "causal-before2", "causal-before0", "bidirectional", "bidirectional-one-round"],
 )
 @pytest.mark.parametrize("train", [False, True])
-def test_fused_kernel_equals_the_plain_path_outputs_and_gradients(settings, train):
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_fused_kernel_equals_the_plain_path_outputs_and_gradients(settings, train, kernel):
     settings = dict(settings)
     causal = settings.pop("causal")
     torch.manual_seed(0)
     attn = LSHAttention(
         D, H, 0.0, causal, 0, bucket_size=8, n_buckets=4, chunks_after=1, hash_seed=2, **settings
     ).double()
-    attn.train(train)
+    _use(attn, kernel).train(train)
     x = torch.randn(2, 45, D, dtype=torch.double)  # padded to 48: 6 chunks, buckets longer than a chunk
     mask = torch.arange(45)[None] < torch.tensor([[45], [31]])
     fused, plain = _both_paths(attn, x, mask)
@@ -241,10 +275,25 @@ def test_fused_kernel_equals_the_plain_path_outputs_and_gradients(settings, trai
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)  # the self score is added, not set (docstring)
 
 
-def test_fused_kernel_gradient_check_bidirectional_with_dedup():
-    attn = _lsh(3, 4, 2, causal=False, seed=1, d=8, heads=2).double()
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_fused_kernel_gradient_check_with_dedup(kernel, causal):
+    attn = _use(_lsh(3, 4, 2, causal=causal, seed=1, d=8, heads=2).double(), kernel)
     x = torch.randn(1, 16, 8, dtype=torch.double, requires_grad=True)
     assert torch.autograd.gradcheck(lambda z: attn(z, state=None, doc_start=None).out, (x,))
+
+
+@pytest.mark.parametrize("chunks_before", [0, 1])
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_fused_kernel_in_float32_matches_where_a_query_sees_only_itself(kernel, chunks_before):
+    """Scores and logsumexps near SELF_SCORE are 0.008 apart in float32: a kernel that subtracts them
+    where the query sees only itself (or forms the round weights two different ways) is off by ~1%."""
+    torch.manual_seed(0)
+    attn = LSHAttention(D, H, 0.0, True, 0, 3, 8, 4, chunks_before, 0, True, 2)
+    _use(attn, kernel)
+    x = torch.randn(2, 64, D)
+    for a, b in zip(*_both_paths(attn, x), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=2e-5)
 
 
 def test_attention_dropout_in_training_takes_the_plain_path_and_drops():
@@ -262,7 +311,7 @@ def test_attention_dropout_in_training_takes_the_plain_path_and_drops():
 def test_fused_kernel_is_the_same_whatever_the_group_size(monkeypatch, elements):
     import longrange.attention.lsh_sorted as kernel
 
-    attn = _lsh(2, 8, 4, seed=2, chunks_after=0, train=True).double()
+    attn = _use(_lsh(2, 8, 4, seed=2, chunks_after=0, train=True).double(), "flash")
     x = torch.randn(3, 40, D, dtype=torch.double)
     monkeypatch.setattr(kernel, "GROUP_ELEMENTS", elements)
     fused, plain = _both_paths(attn, x)

@@ -56,11 +56,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from longrange.attention import lsh_native
 from longrange.attention.base import AttentionModule, AttentionOutput, merge_heads, pad_to_length, split_heads
 from longrange.attention.local import look_around
 from longrange.attention.lsh_decode import cached_lsh_attention
 from longrange.attention.lsh_hf import hf_lsh_attention
-from longrange.attention.lsh_sorted import sorted_lsh_attention
+from longrange.attention.lsh_sorted import band_bounds, sorted_lsh_attention
 from longrange.memory.state import LayerState
 
 SELF_SCORE = -1e5  # a token sees itself only when nothing else is visible
@@ -70,7 +71,8 @@ GROUP_ELEMENTS = 2**24  # score-block elements (batch x head rows x S x W) compu
 
 class LSHAttention(AttentionModule):
     decode_cache = True  # when the settings allow it (see `no_cache_reason`; set per instance)
-    fused = True  # CPU: the fused kernel of `lsh_sorted` (False: the plain masked-softmax path, its test twin)
+    fused = True  # CPU: a fused kernel (False: the plain masked-softmax path, their test twin)
+    native = True  # the fused kernel is the C one of `lsh_native` where it builds (False: `lsh_sorted`'s)
 
     def __init__(
         self,
@@ -242,16 +244,20 @@ class LSHAttention(AttentionModule):
             # the fused kernel (lsh_sorted): the same attention without score blocks in memory; it has
             # no attention dropout (and counts shared rounds in int8), so those cases take the plain path.
             # It reads and writes the projections' own (B, Tp, H, E) layout: no head transposes are copied
-            y = sorted_lsh_attention(
+            kernel_inputs = (
                 qk_rows.view(b, tp, self.n_heads, e),
                 v_rows.view(b, tp, self.n_heads, e),
-                order.flatten(0, 1),
-                round_bucket.gather(2, order).flatten(0, 1),
-                buckets.transpose(2, 3).flatten(0, 1) if self.dedup and r > 1 else None,
-                c=c,
-                window=window,
-                causal=self.causal,
-            ).flatten(2)  # (B, Tp, D)
+                order.flatten(0, 1),  # (BH, S)
+                round_bucket.gather(2, order).flatten(0, 1),  # (BH, S) sorted (round, bucket) ids
+                buckets.transpose(2, 3).flatten(0, 1) if self.dedup and r > 1 else None,  # (BH, Tp, R)
+            )
+            if self.native and lsh_native.available(x.dtype):  # the C kernel: exactly each query's band
+                qk4, v4, order_flat, bucket_s, by_pos = kernel_inputs
+                lo, hi = band_bounds(bucket_s, c, window, self.causal)
+                y = lsh_native.band_attention(qk4, v4, order_flat, lo, hi, by_pos)
+            else:
+                y = sorted_lsh_attention(*kernel_inputs, c=c, window=window, causal=self.causal)
+            y = y.flatten(2)  # (B, Tp, D)
             return AttentionOutput(self.out(y[:, :t] if t < tp else y), None)  # a full slice would copy its gradient
         item_pos = order % tp  # original position of each sorted item
         undo = order.argsort(dim=-1)

@@ -83,28 +83,28 @@ def sorted_lsh_attention(
         block, blocks_before, blocks_after = c // SPLIT, SPLIT, SPLIT if after else 0
     else:  # chunks_before 0 (the window is the chunk itself) or a chunk length SPLIT does not divide
         block, blocks_before, blocks_after = c, before, after
-    lo, hi = band_bounds(bucket_s, c, block, blocks_before, causal)
+    lo, hi = band_bounds(bucket_s, c, window, causal)
+    base = (torch.arange(lo.shape[1], device=lo.device) // block - blocks_before) * block  # each block's window start
+    lo, hi = (lo - base).int(), (hi - base).int()  # as column indices into the block's window
     other_s = other_round_buckets(by_pos, order) if by_pos is not None else None
     return SortedLSHAttention.apply(qk, v, order, lo, hi, other_s, block, (blocks_before, blocks_after))
 
 
-def band_bounds(bucket_s: Tensor, c: int, block: int, before: int, causal: bool) -> tuple[Tensor, Tensor]:
-    """bucket_s (G, S) sorted (round, bucket) ids -> lowest and highest visible key of each query
-    (G, S) int32, as column indices into the window of its query block (which starts at item
-    (i // block - before) * block)."""
+def band_bounds(bucket_s: Tensor, c: int, window: tuple[int, int], causal: bool) -> tuple[Tensor, Tensor]:
+    """bucket_s (G, S) sorted (round, bucket) ids -> first and last key each query sees (G, S) int64, as sorted
+    item indices: its own bucket, at most C items away (and not after it when causal), inside its chunk's
+    window of (chunks before, chunks after)."""
     s = bucket_s.shape[1]
     index = torch.arange(s, device=bucket_s.device)
     change = bucket_s[:, 1:] != bucket_s[:, :-1]  # (G, S - 1) a new bucket starts at the next item
     start = torch.where(F.pad(change, (1, 0), value=True), index, 0).cummax(dim=1).values  # bucket's first item
-    lo = torch.maximum(index - c, start)
+    chunk = index // c
+    lo = torch.maximum(torch.maximum(index - c, start), (chunk - window[0]) * c)
     if causal:
-        hi = index.expand_as(lo)
-    else:
-        last = F.pad(change, (0, 1), value=True)
-        end = torch.where(last, index, s).flip(1).cummin(dim=1).values.flip(1)  # bucket's last item
-        hi = torch.minimum(index + c, end)
-    base = (index // block - before) * block
-    return (lo - base).int(), (hi - base).int()
+        return lo, index.expand_as(lo)
+    last = F.pad(change, (0, 1), value=True)
+    end = torch.where(last, index, s).flip(1).cummin(dim=1).values.flip(1)  # bucket's last item
+    return lo, torch.minimum(torch.minimum(index + c, end), (chunk + 1 + window[1]) * c - 1)
 
 
 def other_round_buckets(by_pos: Tensor, order: Tensor) -> Tensor:
@@ -162,8 +162,7 @@ class SortedLSHAttention(torch.autograd.Function):
         qk, v, order, codes, lse, y, norm = ctx.saved_tensors
         block, window = ctx.settings
         _, tp, heads, e = qk.shape
-        safe_norm = norm.clamp_min(NORM_EPS)
-        keys = qk / safe_norm
+        keys = qk / norm.clamp_min(NORM_EPS)
         sources = [z.reshape(-1, e) for z in (qk, keys, v, grad_y, y)]
         grads = [qk.new_zeros(qk.shape) for _ in range(3)]  # qk, keys, v (batch, Tp, H, E)
         flat_grads = [z.view(-1, e) for z in grads]
@@ -194,12 +193,17 @@ class SortedLSHAttention(torch.autograd.Function):
             _add_rows(flat_grads[1], lay.window_rows, gk_w)
             _add_rows(flat_grads[2], lay.window_rows, gv_w)
         grad_qk, grad_keys, grad_v = grads
-        # F.normalize's backward in place, without temporaries of the inputs' size (fresh pages are slow):
-        # (g - keys (keys . g)) / norm; where the norm was clamped to NORM_EPS only g / NORM_EPS
-        dot = torch.einsum("...e,...e->...", keys, grad_keys)[..., None].masked_fill_(norm < NORM_EPS, 0)
-        grad_qk += grad_keys.addcmul_(keys, dot, value=-1).div_(safe_norm)
+        grad_qk += normalize_backward(keys, norm, grad_keys)
         ctx.kept = None
         return grad_qk, grad_v, None, None, None, None, None, None
+
+
+def normalize_backward(keys: Tensor, norm: Tensor, grad_keys: Tensor) -> Tensor:
+    """Gradient through keys = x / max(|x|, NORM_EPS) (F.normalize) from the keys and the norms |x|, computed in
+    grad_keys' storage (no temporaries of the inputs' size: fresh pages are slow): (g - keys (keys . g)) / norm,
+    and only g / NORM_EPS where the norm was clamped."""
+    dot = torch.einsum("...e,...e->...", keys, grad_keys)[..., None].masked_fill_(norm < NORM_EPS, 0)
+    return grad_keys.addcmul_(keys, dot, value=-1).div_(norm.clamp_min(NORM_EPS))
 
 
 class _Layout:

@@ -1,0 +1,160 @@
+"""Native (C) kernel of the causal-exact LSH attention: the fastest CPU path of `longrange.attention.lsh`.
+
+Shape legend: BH rows (batch x heads), Tp padded tokens, H heads, E head width, R hash rounds,
+S = R * Tp sorted items of a row.
+
+It computes exactly what the fused PyTorch kernel (`lsh_sorted`) computes, and takes the same inputs:
+each sorted query sees the keys of its band [lo, hi] of sorted items (its own bucket, at most C items
+away, not after it when causal), its own key at q.k/sqrt(E) + SELF_SCORE, minus log(number of rounds the
+pair shares a bucket) with the correction; the rounds are merged with weights softmax(logsumexp). The
+difference is how: `csrc/lsh_band.c` loops over exactly each query's band (a few tens of keys on average,
+where a block layout scores C + C / 2), reads the rows of the projections in place and accumulates the
+gradients in place, so there are no gathered copies, no score bias tensors and no scatters. It keeps for
+the backward pass the inputs, the output and one logsumexp per item (memory O(S) beyond the inputs), and
+recomputes the scores, as the fused kernel does.
+
+Why C and not a PyTorch op: no PyTorch operator visits a variable band per query; every composition of
+dense ones pays for the whole window and the copies around it (`lsh_sorted` is the best one found).
+The C source is compiled on first use with the system's C compiler (``cc``, or ``$CC``) into a per-user
+cache and loaded with ctypes (no Python headers or build step needed); rows run in
+``torch.get_num_threads()`` threads (ctypes releases the GIL). Without a compiler, or with
+``LONGRANGE_NATIVE=0``, `available()` is False and the fused PyTorch kernel is used: same results.
+Float32 and float64 tensors on the CPU are supported.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from functools import cache
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from longrange.attention.lsh_sorted import NORM_EPS, SELF_SCORE, normalize_backward
+
+SOURCE = Path(__file__).with_name("csrc") / "lsh_band.c"
+FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-ffp-contract=fast", "-fno-strict-aliasing", "-fPIC", "-shared"]
+SCALARS = {torch.float32: "float", torch.float64: "double"}
+
+
+def available(dtype: torch.dtype = torch.float32) -> bool:
+    """Whether the native kernel can run tensors of `dtype` here (compiling it on first use)."""
+    return dtype in SCALARS and _library(SCALARS[dtype]) is not None
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("LONGRANGE_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "longrange"
+    )
+    return Path(root) / "kernels"
+
+
+@cache
+def _library(scalar: str) -> ctypes.CDLL | None:
+    """Compile (once per source, flags and CPU) and load the kernel for one scalar type; None if impossible."""
+    if os.environ.get("LONGRANGE_NATIVE", "1") == "0":
+        return None
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        warnings.warn("no C compiler found: LSH attention uses its PyTorch kernel (slower)", stacklevel=3)
+        return None
+    flags = [*FLAGS, f"-DREAL={scalar}"]
+    key = hashlib.sha256(SOURCE.read_bytes() + " ".join([compiler, *flags]).encode() + _cpu().encode()).hexdigest()
+    target = cache_dir() / f"lsh_band_{scalar}_{key[:16]}.so"
+    try:
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=target.parent) as scratch:  # then an atomic rename: parallel
+                built = Path(scratch) / target.name  # processes never load a half-written library
+                subprocess.run(
+                    [compiler, *flags, str(SOURCE), "-o", str(built), "-lm"], check=True, capture_output=True, text=True
+                )
+                os.replace(built, target)
+        library = ctypes.CDLL(str(target))
+    except (OSError, subprocess.CalledProcessError) as error:
+        detail = getattr(error, "stderr", "") or error
+        warnings.warn(f"the native LSH kernel could not be built ({detail}); using the PyTorch kernel", stacklevel=3)
+        return None
+    pointer, integer, number = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
+    library.lsh_band_forward.argtypes = [pointer] * 9 + [integer] * 6 + [number] * 2
+    library.lsh_band_backward.argtypes = [pointer] * 13 + [integer] * 6 + [number] * 2
+    for function in (library.lsh_band_forward, library.lsh_band_backward):
+        function.restype = ctypes.c_int
+    return library
+
+
+def _cpu() -> str:
+    """What -march=native compiles for: the library is rebuilt on another CPU sharing the cache."""
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        flags = ""
+    return platform.machine() + platform.processor() + flags
+
+
+def band_attention(qk: Tensor, v: Tensor, order: Tensor, lo: Tensor, hi: Tensor, by_pos: Tensor | None) -> Tensor:
+    """(qk, v) (batch, Tp, H, E) -> y (batch, Tp, H, E), the rounds merged.
+
+    order (BH, S) unsorted index r * Tp + p of each sorted item of row b * H + h; lo / hi (BH, S) the first and
+    last sorted item each query sees; by_pos (BH, Tp, R) every round's bucket of each position (None: no
+    duplicate-pair correction)."""
+    return BandLSHAttention.apply(qk, v, order, lo, hi, by_pos)
+
+
+class BandLSHAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, qk, v, order, lo, hi, by_pos):
+        qk, v = qk.contiguous(), v.contiguous()
+        index = [z.contiguous().long() for z in (order, lo, hi)]
+        index.append(None if by_pos is None else by_pos.contiguous().long())
+        norm = torch.linalg.vector_norm(qk, dim=-1, keepdim=True)  # (batch, Tp, H, 1)
+        keys = qk / norm.clamp_min(NORM_EPS)
+        y = torch.empty_like(qk)
+        lse = qk.new_empty(order.shape)  # (BH, S) sorted order
+        _run("lsh_band_forward", qk, [qk, keys, v, *index, y, lse], index[0])
+        ctx.save_for_backward(qk, v, y, lse, norm, *index[:3])
+        ctx.by_pos = index[3]
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        qk, v, y, lse, norm, order, lo, hi = ctx.saved_tensors
+        keys = qk / norm.clamp_min(NORM_EPS)
+        grad_q, grad_keys, grad_v = (torch.zeros_like(qk) for _ in range(3))
+        _run(
+            "lsh_band_backward",
+            qk,
+            [qk, keys, v, grad_y.contiguous(), y, order, lo, hi, ctx.by_pos, lse, grad_q, grad_keys, grad_v],
+            order,
+        )
+        grad_q += normalize_backward(keys, norm, grad_keys)
+        return grad_q, grad_v, None, None, None, None
+
+
+def _run(name: str, like: Tensor, tensors: list[Tensor | None], order: Tensor) -> None:
+    """Call the kernel `name` on the BH rows in torch.get_num_threads() threads of disjoint row ranges."""
+    library = _library(SCALARS[like.dtype])
+    _, tp, heads, e = like.shape
+    bh, s = order.shape
+    rounds = s // tp
+    pointers = [None if t is None else t.data_ptr() for t in tensors]
+    sizes = [heads, tp, e, rounds]
+    function = getattr(library, name)
+
+    def rows(bounds: tuple[int, int]) -> int:
+        return function(*pointers, *sizes, *bounds, e**-0.5, SELF_SCORE)
+
+    n = max(1, min(torch.get_num_threads(), bh))
+    splits = [(int(r[0]), int(r[-1]) + 1) for r in torch.arange(bh).tensor_split(n)]
+    with ThreadPoolExecutor(n) as pool:
+        if any(pool.map(rows, splits)):
+            raise MemoryError(f"the native LSH kernel ran out of memory ({name})")
