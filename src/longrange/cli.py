@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from types import ModuleType
 
@@ -61,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # tensors of 2 MiB and more in transparent huge pages (where the system grants them on request): long
+    # sequences read rows of large tensors at random places (LSH's sorted items), and with 4 KiB pages the
+    # page-table walks cost ~25% of the LSH kernel at 64K tokens. PyTorch reads this on its first large
+    # allocation, so setting it here is early enough; an explicit THP_MEM_ALLOC_ENABLE=0 keeps it off.
+    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     try:

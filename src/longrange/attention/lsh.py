@@ -251,7 +251,7 @@ class LSHAttention(AttentionModule):
                 round_bucket.gather(2, order).flatten(0, 1),  # (BH, S) sorted (round, bucket) ids
                 buckets.transpose(2, 3).flatten(0, 1) if self.dedup and r > 1 else None,  # (BH, Tp, R)
             )
-            if self.native and lsh_native.available(x.dtype):  # the C kernel: exactly each query's band
+            if self.native and lsh_native.available(x.dtype, e):  # the C kernel: exactly each query's band
                 qk4, v4, order_flat, bucket_s, by_pos = kernel_inputs
                 lo, hi = band_bounds(bucket_s, c, window, self.causal)
                 y = lsh_native.band_attention(qk4, v4, order_flat, lo, hi, by_pos)

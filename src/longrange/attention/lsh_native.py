@@ -46,9 +46,10 @@ FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-ffp-contract=fast", "-fno-st
 SCALARS = {torch.float32: "float", torch.float64: "double"}
 
 
-def available(dtype: torch.dtype = torch.float32) -> bool:
-    """Whether the native kernel can run tensors of `dtype` here (compiling it on first use)."""
-    return dtype in SCALARS and _library(SCALARS[dtype]) is not None
+def available(dtype: torch.dtype = torch.float32, head_dim: int = 0) -> bool:
+    """Whether the native kernel can run tensors of `dtype` here (compiling it on first use, for heads of
+    `head_dim` values; 0: the build for any width)."""
+    return dtype in SCALARS and _library(SCALARS[dtype], head_dim) is not None
 
 
 def cache_dir() -> Path:
@@ -59,17 +60,18 @@ def cache_dir() -> Path:
 
 
 @cache
-def _library(scalar: str) -> ctypes.CDLL | None:
-    """Compile (once per source, flags and CPU) and load the kernel for one scalar type; None if impossible."""
+def _library(scalar: str, head_dim: int) -> ctypes.CDLL | None:
+    """Compile (once per source, flags and CPU) and load the kernel for one scalar type and head width (loops
+    over a known width are unrolled and keep their accumulators in registers; 0: any width); None if impossible."""
     if os.environ.get("LONGRANGE_NATIVE", "1") == "0":
         return None
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         warnings.warn("no C compiler found: LSH attention uses its PyTorch kernel (slower)", stacklevel=3)
         return None
-    flags = [*FLAGS, f"-DREAL={scalar}"]
+    flags = [*FLAGS, f"-DREAL={scalar}", f"-DHEAD_DIM={head_dim}"]
     key = hashlib.sha256(SOURCE.read_bytes() + " ".join([compiler, *flags]).encode() + _cpu().encode()).hexdigest()
-    target = cache_dir() / f"lsh_band_{scalar}_{key[:16]}.so"
+    target = cache_dir() / f"lsh_band_{scalar}_e{head_dim}_{key[:16]}.so"
     try:
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -142,8 +144,8 @@ class BandLSHAttention(torch.autograd.Function):
 
 def _run(name: str, like: Tensor, tensors: list[Tensor | None], order: Tensor) -> None:
     """Call the kernel `name` on the BH rows in torch.get_num_threads() threads of disjoint row ranges."""
-    library = _library(SCALARS[like.dtype])
     _, tp, heads, e = like.shape
+    library = _library(SCALARS[like.dtype], e)
     bh, s = order.shape
     rounds = s // tp
     pointers = [None if t is None else t.data_ptr() for t in tensors]

@@ -28,9 +28,16 @@
 #ifndef REAL
 #define REAL float
 #endif
+/* -DHEAD_DIM=E compiles for one head width: every loop over E then has a known trip count (unrolled, and
+ * the accumulators of a query's output and gradient stay in registers); 0: any width, given at run time */
+#ifndef HEAD_DIM
+#define HEAD_DIM 0
+#endif
+#define DIM(e) (HEAD_DIM > 0 ? (int64_t)HEAD_DIM : (e))
 
 #define VBYTES 32
 typedef REAL vec_t __attribute__((vector_size(VBYTES)));
+typedef REAL uvec_t __attribute__((vector_size(VBYTES), aligned(sizeof(REAL)))); /* unaligned loads */
 #define VL ((int64_t)(VBYTES / sizeof(REAL)))
 #define QB 32   /* queries per block */
 #define AHEAD 4 /* items: rows prefetched this far ahead in sorted order */
@@ -42,42 +49,69 @@ static inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 static inline REAL dot(const REAL *a, const REAL *b, int64_t e) {
     REAL acc = 0;
 #pragma omp simd reduction(+ : acc)
-    for (int64_t x = 0; x < e; x++) acc += a[x] * b[x];
+    for (int64_t x = 0; x < DIM(e); x++) acc += a[x] * b[x];
     return acc;
 }
 
 static inline void axpy(REAL *y, REAL alpha, const REAL *x, int64_t e) {
 #pragma omp simd
-    for (int64_t i = 0; i < e; i++) y[i] += alpha * x[i];
+    for (int64_t i = 0; i < DIM(e); i++) y[i] += alpha * x[i];
+}
+
+/* out = sum over the band's items j of weight[j] * rows[off[j]] (E each): the accumulators stay in registers
+ * when the head width is known at compile time */
+static inline void weighted_sum(REAL *out, const REAL *weight, const int64_t *off, int64_t n, const REAL *rows, int64_t e) {
+#if HEAD_DIM > 0 && HEAD_DIM % 8 == 0 && HEAD_DIM <= 128
+    (void)e;
+    vec_t acc[HEAD_DIM / VL] = {0};
+    for (int64_t j = 0; j < n; j++) {
+        const REAL *x = rows + off[j];
+        for (int64_t u = 0; u < HEAD_DIM / VL; u++) acc[u] += weight[j] * *(const uvec_t *)(x + u * VL);
+    }
+    for (int64_t u = 0; u < HEAD_DIM / VL; u++) *(uvec_t *)(out + u * VL) = acc[u];
+#else
+    memset(out, 0, e * sizeof(REAL));
+    for (int64_t j = 0; j < n; j++) axpy(out, weight[j], rows + off[j], e);
+#endif
 }
 
 /* the rows of sorted items sit at random positions of tensors far larger than the caches */
 static inline void prefetch_row(const REAL *x, int64_t e) {
-    for (int64_t off = 0; off < e * (int64_t)sizeof(REAL); off += 64) __builtin_prefetch((const char *)x + off);
+    for (int64_t off = 0; off < DIM(e) * (int64_t)sizeof(REAL); off += 64) __builtin_prefetch((const char *)x + off);
 }
 
 static void *aligned(int64_t n) { return aligned_alloc(64, round_up(n * (int64_t)sizeof(REAL), 64)); }
 
-/* One (batch, head) row and the block of queries [i0, i1) being processed. */
+
+/* One (batch, head) row, the block of queries [i0, i1) being processed and the window of keys around it.
+ *
+ * The window is a ring of columns: sorted item j sits at column j % ring (and again at j % ring + ring when
+ * j % ring < ring, i.e. the ring is stored twice over), so every run of up to `ring` consecutive items is
+ * contiguous from column c0 = a0 % ring. Each item is transposed into it once, when the windows (which only
+ * move forward: lo and hi grow with the query) first reach it. Per column: the item's position, the offset
+ * of its vectors, its R buckets, and its key (and, backward, value) as a column of an (E, 2 ring) array. */
 typedef struct {
     const int64_t *ord, *lo, *hi, *bk;
     int64_t heads, tp, e, rounds, s, base, h;
     REAL scale, self_score;
     const REAL *log_count;
-    /* the block: union band [a0, a0 + L), its positions and vector offsets, its transposed keys / values */
-    int64_t i0, i1, a0, L, lp;
-    int64_t *pos, *off;
+    int64_t i0, i1, a0, L, lp, c0; /* the block, its union band [a0, a0 + L) (lp: L in whole vectors) */
+    int64_t ring, filled;          /* ring width (columns), first item not yet in the ring */
+    int64_t *pos, *off, *col_bk;   /* (2 ring), (2 ring), (2 ring, R) */
+    const REAL *sources[2];        /* keys, values */
+    REAL *columns[2];              /* (E, 2 ring) each */
+    int n_sources;
 } row_t;
 
-static inline int64_t offset(const row_t *r, int64_t item) { return ((r->base + r->ord[item] % r->tp) * r->heads + r->h) * r->e; }
+static inline int64_t offset(const row_t *r, int64_t item) { return ((r->base + r->ord[item] % r->tp) * r->heads + r->h) * DIM(r->e); }
 
-/* bias of the pair (query item i at position pi, key at position pj of item j): -log(number of rounds sharing
- * a bucket) with the correction, and the self score on the query's own item */
-static inline REAL pair_bias(const row_t *r, int64_t pi, int64_t pj, int self) {
+/* bias of a pair with buckets (R each) bq and bk: -log(number of rounds sharing a bucket) with the
+ * correction (bq NULL: without), and the self score on the query's own item */
+static inline REAL pair_bias(const row_t *r, const int64_t *bq, const int64_t *bk, int self) {
     REAL bias = self ? r->self_score : 0;
-    if (r->bk) {
+    if (bq) {
         int count = 0;
-        for (int64_t k = 0; k < r->rounds; k++) count += r->bk[pi * r->rounds + k] == r->bk[pj * r->rounds + k];
+        for (int64_t k = 0; k < r->rounds; k++) count += bq[k] == bk[k];
         bias -= r->log_count[count];
     }
     return bias;
@@ -95,28 +129,31 @@ static int64_t widest_block(const int64_t *lo, const int64_t *hi, int64_t s, int
     return widest;
 }
 
-/* Start the block [i0, i1): its union band, positions and offsets, and the transposed (E, Lp) copies of
- * the given token tensors (keys, and values in the backward pass). */
-static void begin_block(row_t *r, int64_t i0, int64_t i1, const REAL *const *tensors, REAL *const *transposed, int n) {
+/* Start the block [i0, i1): its union band, and the ring filled up to its last item. */
+static void begin_block(row_t *r, int64_t i0, int64_t i1) {
     int64_t a = r->lo[i0], b = r->hi[i0];
     for (int64_t i = i0; i < i1; i++) a = min64(a, r->lo[i]), b = max64(b, r->hi[i]);
-    r->i0 = i0, r->i1 = i1, r->a0 = a, r->L = b - a + 1, r->lp = round_up(r->L, VL);
-    for (int64_t j = 0; j < r->L; j++) r->pos[j] = r->ord[a + j] % r->tp, r->off[j] = offset(r, a + j);
-    for (int t = 0; t < n; t++) {
-        REAL *dst = transposed[t];
-        for (int64_t j = 0; j < r->L; j++) {
-            const REAL *src = tensors[t] + r->off[j];
-            for (int64_t x = 0; x < r->e; x++) dst[x * r->lp + j] = src[x];
+    r->i0 = i0, r->i1 = i1, r->a0 = a, r->L = b - a + 1, r->lp = round_up(r->L, VL), r->c0 = a % r->ring;
+    const int64_t e = DIM(r->e), ld = 2 * r->ring, rounds = r->rounds;
+    for (int64_t j = max64(r->filled, a); j <= b; j++) {
+        const int64_t col = j % r->ring, at = offset(r, j), p = r->ord[j] % r->tp;
+        for (int64_t copy = col; copy < ld; copy += r->ring) { /* the column and its second copy */
+            r->pos[copy] = p, r->off[copy] = at;
+            if (r->bk) memcpy(r->col_bk + copy * rounds, r->bk + p * rounds, rounds * sizeof(int64_t));
+            for (int t = 0; t < r->n_sources; t++) {
+                const REAL *src = r->sources[t] + at;
+                REAL *dst = r->columns[t] + copy;
+                for (int64_t x = 0; x < e; x++) dst[x * ld] = src[x];
+            }
         }
-        for (int64_t x = 0; x < r->e; x++)
-            for (int64_t j = r->L; j < r->lp; j++) dst[x * r->lp + j] = 0;
     }
+    r->filled = max64(r->filled, b + 1);
 }
 
-/* out[t][j] = rows[t] . T[:, j] for the block's queries t and, per group of 4 queries, the vectors of keys
- * covering the group's bands (4 independent accumulators, no horizontal sums). out is (QB, Lp). */
-static void block_products(const row_t *r, const REAL *const *rows, const REAL *T, REAL *out) {
-    const int64_t n = r->i1 - r->i0, lp = r->lp, e = r->e;
+/* out[t][j] = rows[t] . columns[:, c0 + j] for the block's queries t and, per group of 4 queries, the
+ * vectors of keys covering the group's bands (4 independent accumulators, no horizontal sums). out is (QB, Lp). */
+static void block_products(const row_t *r, const REAL *const *rows, const REAL *columns, REAL *out) {
+    const int64_t n = r->i1 - r->i0, lp = r->lp, e = DIM(r->e), ld = 2 * r->ring;
     for (int64_t t0 = 0; t0 < n; t0 += 4) {
         const int64_t m = min64(4, n - t0);
         int64_t a = r->lo[r->i0 + t0], b = r->hi[r->i0 + t0];
@@ -124,9 +161,9 @@ static void block_products(const row_t *r, const REAL *const *rows, const REAL *
         const REAL *q0 = rows[t0], *q1 = rows[t0 + (m > 1)], *q2 = rows[t0 + 2 * (m > 2)], *q3 = rows[t0 + 3 * (m > 3)];
         for (int64_t ch = (a - r->a0) / VL; ch <= (b - r->a0) / VL; ch++) {
             vec_t s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0};
-            const REAL *col = T + ch * VL;
+            const REAL *col = columns + r->c0 + ch * VL;
             for (int64_t x = 0; x < e; x++) {
-                const vec_t kx = *(const vec_t *)(col + x * lp);
+                const vec_t kx = *(const uvec_t *)(col + x * ld);
                 s0 += q0[x] * kx, s1 += q1[x] * kx, s2 += q2[x] * kx, s3 += q3[x] * kx;
             }
             const vec_t sums[4] = {s0, s1, s2, s3};
@@ -137,15 +174,40 @@ static void block_products(const row_t *r, const REAL *const *rows, const REAL *
 
 /* scores of block query t (item i) over its band, with bias, into score[0 .. hi - lo]; returns their maximum */
 static inline REAL band_scores(const row_t *r, const REAL *products, int64_t t, REAL *score) {
-    const int64_t i = r->i0 + t, la = r->lo[i] - r->a0, lb = r->hi[i] - r->a0, pi = r->ord[i] % r->tp;
+    const int64_t i = r->i0 + t, la = r->lo[i] - r->a0, lb = r->hi[i] - r->a0;
+    const int64_t *bq = r->bk ? r->bk + (r->ord[i] % r->tp) * r->rounds : NULL;
     REAL m = -INFINITY;
     for (int64_t j = la; j <= lb; j++) {
-        const REAL s = products[t * r->lp + j] * r->scale + pair_bias(r, pi, r->pos[j], r->a0 + j == i);
+        const int64_t *bk = r->col_bk + (r->c0 + j) * r->rounds;
+        const REAL s = products[t * r->lp + j] * r->scale + pair_bias(r, bq, bk, r->a0 + j == i);
         score[j - la] = s;
         m = s > m ? s : m;
     }
     return m;
 }
+
+/* The ring's storage for one thread, sized for the widest block of its rows (zeroed: the vectors past a
+ * window's end are read, never used). */
+typedef struct {
+    int64_t width;
+    int64_t *pos, *off, *bk;
+    const REAL *sources[2];
+    REAL *columns[2];
+    int n_sources;
+} ring_t;
+
+static int ring_alloc(ring_t *ring, int64_t widest, int64_t e, int64_t rounds, const REAL *keys, const REAL *values) {
+    const int64_t w = round_up(widest, VL) + VL, n = 2 * w;
+    *ring = (ring_t){w, calloc(n, sizeof(int64_t)), calloc(n, sizeof(int64_t)), calloc(n * rounds, sizeof(int64_t)),
+                     {keys, values}, {NULL, NULL}, values ? 2 : 1};
+    for (int t = 0; t < ring->n_sources; t++) {
+        ring->columns[t] = aligned(e * n);
+        if (ring->columns[t]) memset(ring->columns[t], 0, e * n * sizeof(REAL));
+    }
+    return ring->pos && ring->off && ring->bk && ring->columns[0] && (!values || ring->columns[1]) ? 0 : -1;
+}
+
+static void ring_free(ring_t *ring) { free(ring->pos), free(ring->off), free(ring->bk), free(ring->columns[0]), free(ring->columns[1]); }
 
 static REAL *log_counts(int64_t rounds) {
     REAL *table = malloc((rounds + 1) * sizeof(REAL));
@@ -157,11 +219,12 @@ static REAL *log_counts(int64_t rounds) {
 
 static row_t start_row(const int64_t *order, const int64_t *lo, const int64_t *hi, const int64_t *buckets,
                        int64_t row, int64_t heads, int64_t tp, int64_t e, int64_t rounds, double scale,
-                       double self_score, const REAL *log_count, int64_t *pos, int64_t *off) {
+                       double self_score, const REAL *log_count, const ring_t *ring) {
     const int64_t s = rounds * tp;
     row_t r = {order + row * s, lo + row * s, hi + row * s, buckets ? buckets + row * tp * rounds : NULL,
                heads, tp, e, rounds, s, (row / heads) * tp, row % heads, (REAL)scale, (REAL)self_score,
-               log_count, 0, 0, 0, 0, 0, pos, off};
+               log_count, 0, 0, 0, 0, 0, 0, ring->width, 0, ring->pos, ring->off, ring->bk,
+               {ring->sources[0], ring->sources[1]}, {ring->columns[0], ring->columns[1]}, ring->n_sources};
     return r;
 }
 
@@ -178,33 +241,31 @@ int lsh_band_forward(const REAL *q, const REAL *k, const REAL *v, const int64_t 
                      const int64_t *hi, const int64_t *buckets, REAL *y, REAL *lse, int64_t heads, int64_t tp,
                      int64_t e, int64_t rounds, int64_t row_begin, int64_t row_end, double scale,
                      double self_score) {
+    e = DIM(e);
     const int64_t s = rounds * tp, width = round_up(widest_block(lo, hi, s, row_begin, row_end), VL);
     REAL *out = malloc(s * e * sizeof(REAL)); /* each item's round output, unsorted (r * Tp + p) order */
     REAL *lse_u = malloc(s * sizeof(REAL)), *score = malloc(width * sizeof(REAL));
-    REAL *kt = aligned(e * width), *products = aligned(QB * width), *log_count = log_counts(rounds);
-    int64_t *pos = malloc(width * sizeof(int64_t)), *off = malloc(width * sizeof(int64_t));
-    int status = (out && lse_u && score && kt && products && log_count && pos && off) ? 0 : -1;
+    REAL *products = aligned(QB * width), *log_count = log_counts(rounds);
+    ring_t ring;
+    int status = (ring_alloc(&ring, width, e, rounds, k, NULL) == 0 && out && lse_u && score && products && log_count) ? 0 : -1;
+    const int64_t *off = ring.off;
     for (int64_t row = row_begin; row < row_end && status == 0; row++) {
-        row_t r = start_row(order, lo, hi, buckets, row, heads, tp, e, rounds, scale, self_score, log_count, pos, off);
+        row_t r = start_row(order, lo, hi, buckets, row, heads, tp, e, rounds, scale, self_score, log_count, &ring);
         for (int64_t i0 = 0; i0 < s; i0 += QB) {
             const int64_t i1 = min64(i0 + QB, s);
             const REAL *queries[QB];
             for (int64_t i = i0; i < i1; i++) queries[i - i0] = q + offset(&r, i);
-            begin_block(&r, i0, i1, (const REAL *const[]){k}, (REAL *const[]){kt}, 1);
-            block_products(&r, queries, kt, products);
+            begin_block(&r, i0, i1);
+            block_products(&r, queries, ring.columns[0], products);
             for (int64_t i = i0; i < i1; i++) {
                 if (i + QB < s) prefetch_row(k + offset(&r, i + QB), e); /* the next block's keys */
                 if (i + AHEAD < s) prefetch_row(v + offset(&r, i + AHEAD), e), prefetch_row(out + r.ord[i + AHEAD] * e, e);
                 const int64_t la = r.lo[i] - r.a0, lb = r.hi[i] - r.a0;
                 const REAL m = band_scores(&r, products, i - i0, score);
                 REAL *o = out + r.ord[i] * e, sum = 0;
-                memset(o, 0, e * sizeof(REAL));
-                for (int64_t j = la; j <= lb; j++) {
-                    const REAL p = exp(score[j - la] - m);
-                    sum += p;
-                    axpy(o, p, v + off[j], e);
-                }
-                for (int64_t x = 0; x < e; x++) o[x] /= sum;
+                for (int64_t j = 0; j <= lb - la; j++) sum += score[j] = exp(score[j] - m);
+                weighted_sum(o, score, off + r.c0 + la, lb - la + 1, v, e);
+                for (int64_t x = 0; x < DIM(e); x++) o[x] /= sum;
                 lse[row * s + i] = lse_u[r.ord[i]] = m + log(sum);
             }
         }
@@ -215,7 +276,7 @@ int lsh_band_forward(const REAL *q, const REAL *k, const REAL *v, const int64_t 
             for (int64_t j = 0; j < rounds; j++) axpy(yp, exp(lse_u[j * tp + p] - m) / total, out + (j * tp + p) * e, e);
         }
     }
-    free(out), free(lse_u), free(score), free(kt), free(products), free(log_count), free(pos), free(off);
+    free(out), free(lse_u), free(score), free(products), free(log_count), ring_free(&ring);
     return status;
 }
 
@@ -226,21 +287,23 @@ int lsh_band_backward(const REAL *q, const REAL *k, const REAL *v, const REAL *g
                       const int64_t *order, const int64_t *lo, const int64_t *hi, const int64_t *buckets,
                       const REAL *lse, REAL *gq, REAL *gk, REAL *gv, int64_t heads, int64_t tp, int64_t e,
                       int64_t rounds, int64_t row_begin, int64_t row_end, double scale, double self_score) {
+    e = DIM(e);
     const int64_t s = rounds * tp, width = round_up(widest_block(lo, hi, s, row_begin, row_end), VL);
     REAL *lse_u = malloc(s * sizeof(REAL)), *score = malloc(width * sizeof(REAL));
     /* per position: the largest of its rounds' lse and the sum of exp(lse - largest), the weights' denominator.
      * The weights are formed exactly as in the forward pass: near SELF_SCORE, m + log(total) would be rounded */
     REAL *lse_max = malloc(tp * sizeof(REAL)), *lse_sum = malloc(tp * sizeof(REAL));
-    REAL *kt = aligned(e * width), *vt = aligned(e * width), *products = aligned(QB * width);
+    REAL *products = aligned(QB * width);
     REAL *g_dot_v = aligned(QB * width), *g = aligned(QB * e), *g_dot_y = malloc(QB * sizeof(REAL));
     REAL *gq_i = malloc(e * sizeof(REAL)), *log_count = log_counts(rounds);
-    int64_t *pos = malloc(width * sizeof(int64_t)), *off = malloc(width * sizeof(int64_t));
-    int status = (lse_u && lse_max && lse_sum && score && kt && vt && products && g_dot_v && g && g_dot_y && gq_i && log_count &&
-                  pos && off)
+    ring_t ring;
+    int status = (ring_alloc(&ring, width, e, rounds, k, v) == 0 && lse_u && lse_max && lse_sum && score && products &&
+                  g_dot_v && g && g_dot_y && gq_i && log_count)
                      ? 0
                      : -1;
+    const int64_t *off = ring.off;
     for (int64_t row = row_begin; row < row_end && status == 0; row++) {
-        row_t r = start_row(order, lo, hi, buckets, row, heads, tp, e, rounds, scale, self_score, log_count, pos, off);
+        row_t r = start_row(order, lo, hi, buckets, row, heads, tp, e, rounds, scale, self_score, log_count, &ring);
         const REAL *lse_row = lse + row * s;
         for (int64_t i = 0; i < s; i++) lse_u[r.ord[i]] = lse_row[i];
         for (int64_t p = 0; p < tp; p++) lse_sum[p] = rounds_lse(lse_u, p, tp, rounds, lse_max + p);
@@ -255,9 +318,9 @@ int lsh_band_backward(const REAL *q, const REAL *k, const REAL *v, const REAL *g
                 g_dot_y[t] = dot(g + t * e, y + at, e);
                 queries[t] = q + at, gs[t] = g + t * e;
             }
-            begin_block(&r, i0, i1, (const REAL *const[]){k, v}, (REAL *const[]){kt, vt}, 2);
-            block_products(&r, queries, kt, products);
-            block_products(&r, gs, vt, g_dot_v);
+            begin_block(&r, i0, i1);
+            block_products(&r, queries, ring.columns[0], products);
+            block_products(&r, gs, ring.columns[1], g_dot_v);
             for (int64_t i = i0; i < i1; i++) {
                 if (i + QB < s) {
                     const int64_t next = offset(&r, i + QB);
@@ -270,21 +333,22 @@ int lsh_band_backward(const REAL *q, const REAL *k, const REAL *v, const REAL *g
                 }
                 const int64_t t = i - i0, la = r.lo[i] - r.a0, lb = r.hi[i] - r.a0, at = offset(&r, i);
                 band_scores(&r, products, t, score);
-                memset(gq_i, 0, e * sizeof(REAL));
-                for (int64_t j = la; j <= lb; j++) {
+                const int64_t *off_band = off + r.c0 + la;
+                for (int64_t j = 0; j <= lb - la; j++) {
                     /* a band of the query alone: weight 1 exactly (score and lse are near SELF_SCORE, where
                      * float32 steps are 0.008 apart, so their difference would be off by that much) */
-                    const REAL p = la == lb ? 1 : exp(score[j - la] - lse_row[i]);
-                    const REAL ds = p * (g_dot_v[t * r.lp + j] - g_dot_y[t]) * r.scale;
-                    axpy(gq_i, ds, k + off[j], e);
-                    axpy(gk + off[j], ds, q + at, e);
-                    axpy(gv + off[j], p, g + t * e, e);
+                    const REAL p = la == lb ? 1 : exp(score[j] - lse_row[i]);
+                    const REAL ds = p * (g_dot_v[t * r.lp + la + j] - g_dot_y[t]) * r.scale;
+                    axpy(gk + off_band[j], ds, q + at, e);
+                    axpy(gv + off_band[j], p, g + t * e, e);
+                    score[j] = ds;
                 }
+                weighted_sum(gq_i, score, off_band, lb - la + 1, k, e);
                 axpy(gq + at, 1, gq_i, e);
             }
         }
     }
-    free(lse_u), free(lse_max), free(lse_sum), free(score), free(kt), free(vt), free(products), free(g_dot_v), free(g);
-    free(g_dot_y), free(gq_i), free(log_count), free(pos), free(off);
+    free(lse_u), free(lse_max), free(lse_sum), free(score), free(products), free(g_dot_v), free(g);
+    free(g_dot_y), free(gq_i), free(log_count), ring_free(&ring);
     return status;
 }
