@@ -218,6 +218,34 @@ def test_native_kernel_builds_where_a_c_compiler_exists():
     assert LSHAttention.native  # and it is the default
 
 
+def test_native_kernel_build_falls_back_to_a_private_temporary_folder(monkeypatch, tmp_path):
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("no C compiler on this machine")
+    blocked = tmp_path / "file"
+    blocked.write_text("a file, not a folder: the cache cannot be created under it")
+    monkeypatch.setenv("LONGRANGE_CACHE", str(blocked))
+    monkeypatch.setattr(lsh_native.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+    lsh_native._library.cache_clear()
+    try:
+        assert lsh_native.available(torch.float32, 12)
+        (folder,) = (tmp_path / "tmp").iterdir()
+        assert folder.stat().st_mode & 0o077 == 0  # private: nobody else can plant a library there
+    finally:
+        lsh_native._library.cache_clear()
+
+
+def test_a_broken_compiler_warns_and_the_pytorch_kernel_is_used(monkeypatch, tmp_path):
+    monkeypatch.setenv("CC", "false")  # a "compiler" that always fails
+    monkeypatch.setenv("LONGRANGE_CACHE", str(tmp_path))
+    monkeypatch.setattr(lsh_native.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+    lsh_native._library.cache_clear()
+    try:
+        with pytest.warns(UserWarning, match="could not be built"):
+            assert not lsh_native.available(torch.float32, 12)
+    finally:
+        lsh_native._library.cache_clear()
+
+
 def test_without_the_native_kernel_the_pytorch_kernel_runs_the_same_attention(monkeypatch):
     monkeypatch.setenv("LONGRANGE_NATIVE", "0")
     lsh_native._library.cache_clear()

@@ -52,11 +52,13 @@ def available(dtype: torch.dtype = torch.float32, head_dim: int = 0) -> bool:
     return dtype in SCALARS and _library(SCALARS[dtype], head_dim) is not None
 
 
-def cache_dir() -> Path:
+def cache_dirs() -> list[Path]:
+    """Where compiled kernels are kept: $LONGRANGE_CACHE, else the user's cache folder; a private folder in
+    the temporary directory when that one cannot be written (a read-only home, say)."""
     root = os.environ.get("LONGRANGE_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "longrange"
     )
-    return Path(root) / "kernels"
+    return [Path(root) / "kernels", Path(tempfile.gettempdir()) / f"longrange-kernels-{os.getuid()}"]
 
 
 @cache
@@ -71,20 +73,19 @@ def _library(scalar: str, head_dim: int) -> ctypes.CDLL | None:
         return None
     flags = [*FLAGS, f"-DREAL={scalar}", f"-DHEAD_DIM={head_dim}"]
     key = hashlib.sha256(SOURCE.read_bytes() + " ".join([compiler, *flags]).encode() + _cpu().encode()).hexdigest()
-    target = cache_dir() / f"lsh_band_{scalar}_e{head_dim}_{key[:16]}.so"
-    try:
-        if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=target.parent) as scratch:  # then an atomic rename: parallel
-                built = Path(scratch) / target.name  # processes never load a half-written library
-                subprocess.run(
-                    [compiler, *flags, str(SOURCE), "-o", str(built), "-lm"], check=True, capture_output=True, text=True
-                )
-                os.replace(built, target)
-        library = ctypes.CDLL(str(target))
-    except (OSError, subprocess.CalledProcessError) as error:
-        detail = getattr(error, "stderr", "") or error
-        warnings.warn(f"the native LSH kernel could not be built ({detail}); using the PyTorch kernel", stacklevel=3)
+    errors = []
+    for folder in cache_dirs():
+        target = folder / f"lsh_band_{scalar}_e{head_dim}_{key[:16]}.so"
+        try:
+            if not target.exists():
+                _compile(compiler, flags, target)
+            library = ctypes.CDLL(str(target))
+            break
+        except (OSError, subprocess.CalledProcessError) as error:
+            errors.append(getattr(error, "stderr", "") or str(error))
+    else:
+        reason = "; ".join(errors)
+        warnings.warn(f"the native LSH kernel could not be built ({reason}); using the PyTorch kernel", stacklevel=3)
         return None
     pointer, integer, number = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
     library.lsh_band_forward.argtypes = [pointer] * 9 + [integer] * 6 + [number] * 2
@@ -92,6 +93,19 @@ def _library(scalar: str, head_dim: int) -> ctypes.CDLL | None:
     for function in (library.lsh_band_forward, library.lsh_band_backward):
         function.restype = ctypes.c_int
     return library
+
+
+def _compile(compiler: str, flags: list[str], target: Path) -> None:
+    """Build into a scratch folder beside target, then rename: parallel processes (test workers) never load a
+    half-written library. Folders are private (0700): a library another user could replace is never loaded."""
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if target.parent.stat().st_uid != os.getuid():
+        raise OSError(f"{target.parent} belongs to another user")
+    with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+        built = Path(scratch) / target.name
+        command = [compiler, *flags, str(SOURCE), "-o", str(built), "-lm"]
+        subprocess.run(command, check=True, capture_output=True, text=True)
+        os.replace(built, target)
 
 
 def _cpu() -> str:
