@@ -345,3 +345,23 @@ def test_fused_kernel_is_the_same_whatever_the_group_size(monkeypatch, elements)
     fused, plain = _both_paths(attn, x)
     for a, b in zip(fused, plain, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_hashing_in_blocks_of_positions_gives_the_same_buckets(monkeypatch):
+    import longrange.attention.lsh as lsh_module
+
+    attn = _lsh(3, 8, [4, 6], seed=3)
+    qk = torch.randn(2, H, 50, D // H)
+    whole = attn.hash(qk, 24)
+    monkeypatch.setattr(lsh_module, "HASH_BLOCK", 7)  # ragged blocks
+    assert torch.equal(attn.hash(qk, 24), whole)
+    assert whole.shape == (2, H, 3, 50) and whole.max() < 24 and whole.unique().numel() > 12
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_fused_kernel_handles_a_zero_query_whose_norm_is_clamped(kernel):
+    attn = _use(_lsh(2, 8, 4, seed=1, causal=False).double(), kernel)
+    x = torch.randn(1, 24, D, dtype=torch.double)
+    x[0, 5] = 0  # no bias in the projections: a zero query, its key norm clamped as F.normalize clamps it
+    for a, b in zip(*_both_paths(attn, x), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)

@@ -67,6 +67,7 @@ from longrange.memory.state import LayerState
 SELF_SCORE = -1e5  # a token sees itself only when nothing else is visible
 MASKED = -1e9
 GROUP_ELEMENTS = 2**24  # score-block elements (batch x head rows x S x W) computed at once
+HASH_BLOCK = 1024  # positions hashed at once
 
 
 class LSHAttention(AttentionModule):
@@ -201,17 +202,10 @@ class LSHAttention(AttentionModule):
             return qk.new_zeros((qk.shape[0], qk.shape[1], self.n_hashes, qk.shape[2]), dtype=torch.long)
         factors = self.bucket_factors(n_buckets)
         rot = self.rotations(qk.shape[-1], sum(f // 2 for f in factors), qk.device, qk.dtype)  # (E, R, sum K_i / 2)
-        r, k = rot.shape[1:]
-        # (B, H, R, sum K_i / 2, Tp): positions innermost, so the maxima over rotations are vectorised across them
-        rotated = (rot.permute(1, 2, 0).reshape(r * k, -1) @ qk.transpose(-1, -2)).view(*qk.shape[:2], r, k, -1)
-        buckets, scale, start = 0, 1, 0
-        for f in factors:
-            part = rotated[..., start : start + f // 2, :]
-            # argmax over [x ; -x] without building it: the largest |x_i|, in the second half when that x_i < 0
-            negative = part.amin(-2).neg_() > part.amax(-2)
-            index = part.abs_().max(-2).indices + (f // 2) * negative
-            buckets, scale, start = buckets + scale * index, scale * f, start + f // 2
-        return buckets
+        # blocks of positions: the rotated vectors of one block stay in cache between the product and the
+        # maxima (the whole (B, H, R, sum K_i / 2, Tp) tensor is 400 MB at 64K: 1.3x slower)
+        blocks = [_bucket_ids(rot, part, factors) for part in qk.split(HASH_BLOCK, dim=2)]
+        return blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=-1)
 
     def forward(self, x: Tensor, *, state=None, doc_start=None, pad_mask=None, carry=None) -> AttentionOutput:
         self.check_input(x, self.causal)
@@ -324,6 +318,21 @@ class LSHAttention(AttentionModule):
             dropout=self.dropout if self.training else 0.0,
         )
         return AttentionOutput(self.out(merge_heads(y[:, :, :t])), None)
+
+
+def _bucket_ids(rot: Tensor, qk: Tensor, factors: list[int]) -> Tensor:
+    """rot (E, R, sum K_i / 2) rotations, qk (B, H, T, E) -> buckets (B, H, R, T), bucket = b1 + K1 * b2 + ..."""
+    r, k = rot.shape[1:]
+    # (B, H, R, sum K_i / 2, T): positions innermost, so the maxima over rotations are vectorised across them
+    rotated = (rot.permute(1, 2, 0).reshape(r * k, -1) @ qk.transpose(-1, -2)).view(*qk.shape[:2], r, k, -1)
+    buckets, scale, start = 0, 1, 0
+    for f in factors:
+        part = rotated[..., start : start + f // 2, :]
+        # argmax over [x ; -x] without building it: the largest |x_i|, in the second half when that x_i < 0
+        negative = part.amin(-2).neg_() > part.amax(-2)
+        index = part.abs_().max(-2).indices + (f // 2) * negative
+        buckets, scale, start = buckets + scale * index, scale * f, start + f // 2
+    return buckets
 
 
 def _product(xs: list[int]) -> int:

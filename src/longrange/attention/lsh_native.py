@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from longrange.attention.lsh_sorted import NORM_EPS, SELF_SCORE, normalize_backward
+from longrange.attention.lsh_sorted import NORM_EPS, SELF_SCORE
 
 SOURCE = Path(__file__).with_name("csrc") / "lsh_band.c"
 FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-ffp-contract=fast", "-fno-strict-aliasing", "-fPIC", "-shared"]
@@ -88,8 +88,8 @@ def _library(scalar: str, head_dim: int) -> ctypes.CDLL | None:
         warnings.warn(f"the native LSH kernel could not be built ({reason}); using the PyTorch kernel", stacklevel=3)
         return None
     pointer, integer, number = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
-    library.lsh_band_forward.argtypes = [pointer] * 9 + [integer] * 6 + [number] * 2
-    library.lsh_band_backward.argtypes = [pointer] * 13 + [integer] * 6 + [number] * 2
+    library.lsh_band_forward.argtypes = [pointer] * 9 + [integer] * 6 + [number] * 3
+    library.lsh_band_backward.argtypes = [pointer] * 12 + [integer] * 6 + [number] * 3
     for function in (library.lsh_band_forward, library.lsh_band_backward):
         function.restype = ctypes.c_int
     return library
@@ -127,16 +127,18 @@ def band_attention(qk: Tensor, v: Tensor, order: Tensor, lo: Tensor, hi: Tensor,
 
 
 class BandLSHAttention(torch.autograd.Function):
+    """Keeps the inputs, the output, the norms of the queries and one logsumexp per item; the kernel makes the
+    unit keys from the queries and their norms as it goes, so no key tensor is ever stored."""
+
     @staticmethod
     def forward(ctx, qk, v, order, lo, hi, by_pos):
         qk, v = qk.contiguous(), v.contiguous()
         index = [z.contiguous().long() for z in (order, lo, hi)]
         index.append(None if by_pos is None else by_pos.contiguous().long())
-        norm = torch.linalg.vector_norm(qk, dim=-1, keepdim=True)  # (batch, Tp, H, 1)
-        keys = qk / norm.clamp_min(NORM_EPS)
+        norm = torch.linalg.vector_norm(qk, dim=-1)  # (batch, Tp, H)
         y = torch.empty_like(qk)
         lse = qk.new_empty(order.shape)  # (BH, S) sorted order
-        _run("lsh_band_forward", qk, [qk, keys, v, *index, y, lse], index[0])
+        _run("lsh_band_forward", qk, [qk, norm, v, *index, y, lse], index[0])
         ctx.save_for_backward(qk, v, y, lse, norm, *index[:3])
         ctx.by_pos = index[3]
         return y
@@ -144,16 +146,10 @@ class BandLSHAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y):
         qk, v, y, lse, norm, order, lo, hi = ctx.saved_tensors
-        keys = qk / norm.clamp_min(NORM_EPS)
-        grad_q, grad_keys, grad_v = (torch.zeros_like(qk) for _ in range(3))
-        _run(
-            "lsh_band_backward",
-            qk,
-            [qk, keys, v, grad_y.contiguous(), y, order, lo, hi, ctx.by_pos, lse, grad_q, grad_keys, grad_v],
-            order,
-        )
-        grad_q += normalize_backward(keys, norm, grad_keys)
-        return grad_q, grad_v, None, None, None, None
+        grad_qk, grad_v = torch.empty_like(qk), torch.empty_like(v)  # every vector is written by the kernel
+        tensors = [qk, norm, v, grad_y.contiguous(), y, order, lo, hi, ctx.by_pos, lse, grad_qk, grad_v]
+        _run("lsh_band_backward", qk, tensors, order)
+        return grad_qk, grad_v, None, None, None, None
 
 
 def _run(name: str, like: Tensor, tensors: list[Tensor | None], order: Tensor) -> None:
@@ -167,7 +163,7 @@ def _run(name: str, like: Tensor, tensors: list[Tensor | None], order: Tensor) -
     function = getattr(library, name)
 
     def rows(bounds: tuple[int, int]) -> int:
-        return function(*pointers, *sizes, *bounds, e**-0.5, SELF_SCORE)
+        return function(*pointers, *sizes, *bounds, e**-0.5, SELF_SCORE, NORM_EPS)
 
     n = max(1, min(torch.get_num_threads(), bh))
     splits = [(int(r[0]), int(r[-1]) + 1) for r in torch.arange(bh).tensor_split(n)]

@@ -89,7 +89,8 @@ static void *aligned(int64_t n) { return aligned_alloc(64, round_up(n * (int64_t
  * j % ring < ring, i.e. the ring is stored twice over), so every run of up to `ring` consecutive items is
  * contiguous from column c0 = a0 % ring. Each item is transposed into it once, when the windows (which only
  * move forward: lo and hi grow with the query) first reach it. Per column: the item's position, the offset
- * of its vectors, its R buckets, and its key (and, backward, value) as a column of an (E, 2 ring) array. */
+ * of its vectors, its R buckets, 1 / its key's norm, and its unit key (and, backward, value) as a column of an
+ * (E, 2 ring) array. Keys are the queries divided by their norms (clamped to eps, as F.normalize does). */
 typedef struct {
     const int64_t *ord, *lo, *hi, *bk;
     int64_t heads, tp, e, rounds, s, base, h;
@@ -98,7 +99,10 @@ typedef struct {
     int64_t i0, i1, a0, L, lp, c0; /* the block, its union band [a0, a0 + L) (lp: L in whole vectors) */
     int64_t ring, filled;          /* ring width (columns), first item not yet in the ring */
     int64_t *pos, *off, *col_bk;   /* (2 ring), (2 ring), (2 ring, R) */
-    const REAL *sources[2];        /* keys, values */
+    REAL *inv;                     /* (2 ring) */
+    const REAL *norm;              /* (batch, Tp, H) the queries' norms */
+    REAL eps;
+    const REAL *sources[2];        /* queries (made unit keys), values */
     REAL *columns[2];              /* (E, 2 ring) each */
     int n_sources;
 } row_t;
@@ -137,13 +141,15 @@ static void begin_block(row_t *r, int64_t i0, int64_t i1) {
     const int64_t e = DIM(r->e), ld = 2 * r->ring, rounds = r->rounds;
     for (int64_t j = max64(r->filled, a); j <= b; j++) {
         const int64_t col = j % r->ring, at = offset(r, j), p = r->ord[j] % r->tp;
+        const REAL norm = r->norm[at / e], inv = 1 / (norm > r->eps ? norm : r->eps);
         for (int64_t copy = col; copy < ld; copy += r->ring) { /* the column and its second copy */
-            r->pos[copy] = p, r->off[copy] = at;
-            if (r->bk) memcpy(r->col_bk + copy * rounds, r->bk + p * rounds, rounds * sizeof(int64_t));
+            r->pos[copy] = p, r->off[copy] = at, r->inv[copy] = inv;
+            if (r->bk)
+                for (int64_t k = 0; k < rounds; k++) r->col_bk[copy * rounds + k] = r->bk[p * rounds + k];
             for (int t = 0; t < r->n_sources; t++) {
-                const REAL *src = r->sources[t] + at;
+                const REAL *src = r->sources[t] + at, factor = t == 0 ? inv : 1;
                 REAL *dst = r->columns[t] + copy;
-                for (int64_t x = 0; x < e; x++) dst[x * ld] = src[x];
+                for (int64_t x = 0; x < e; x++) dst[x * ld] = src[x] * factor;
             }
         }
     }
@@ -191,23 +197,26 @@ static inline REAL band_scores(const row_t *r, const REAL *products, int64_t t, 
 typedef struct {
     int64_t width;
     int64_t *pos, *off, *bk;
+    REAL *inv;
     const REAL *sources[2];
     REAL *columns[2];
     int n_sources;
 } ring_t;
 
-static int ring_alloc(ring_t *ring, int64_t widest, int64_t e, int64_t rounds, const REAL *keys, const REAL *values) {
+static int ring_alloc(ring_t *ring, int64_t widest, int64_t e, int64_t rounds, const REAL *queries, const REAL *values) {
     const int64_t w = round_up(widest, VL) + VL, n = 2 * w;
     *ring = (ring_t){w, calloc(n, sizeof(int64_t)), calloc(n, sizeof(int64_t)), calloc(n * rounds, sizeof(int64_t)),
-                     {keys, values}, {NULL, NULL}, values ? 2 : 1};
+                     calloc(n, sizeof(REAL)), {queries, values}, {NULL, NULL}, values ? 2 : 1};
     for (int t = 0; t < ring->n_sources; t++) {
         ring->columns[t] = aligned(e * n);
         if (ring->columns[t]) memset(ring->columns[t], 0, e * n * sizeof(REAL));
     }
-    return ring->pos && ring->off && ring->bk && ring->columns[0] && (!values || ring->columns[1]) ? 0 : -1;
+    return ring->pos && ring->off && ring->bk && ring->inv && ring->columns[0] && (!values || ring->columns[1]) ? 0 : -1;
 }
 
-static void ring_free(ring_t *ring) { free(ring->pos), free(ring->off), free(ring->bk), free(ring->columns[0]), free(ring->columns[1]); }
+static void ring_free(ring_t *ring) {
+    free(ring->pos), free(ring->off), free(ring->bk), free(ring->inv), free(ring->columns[0]), free(ring->columns[1]);
+}
 
 static REAL *log_counts(int64_t rounds) {
     REAL *table = malloc((rounds + 1) * sizeof(REAL));
@@ -218,12 +227,12 @@ static REAL *log_counts(int64_t rounds) {
 }
 
 static row_t start_row(const int64_t *order, const int64_t *lo, const int64_t *hi, const int64_t *buckets,
-                       int64_t row, int64_t heads, int64_t tp, int64_t e, int64_t rounds, double scale,
-                       double self_score, const REAL *log_count, const ring_t *ring) {
+                       const REAL *norm, double eps, int64_t row, int64_t heads, int64_t tp, int64_t e,
+                       int64_t rounds, double scale, double self_score, const REAL *log_count, const ring_t *ring) {
     const int64_t s = rounds * tp;
     row_t r = {order + row * s, lo + row * s, hi + row * s, buckets ? buckets + row * tp * rounds : NULL,
                heads, tp, e, rounds, s, (row / heads) * tp, row % heads, (REAL)scale, (REAL)self_score,
-               log_count, 0, 0, 0, 0, 0, 0, ring->width, 0, ring->pos, ring->off, ring->bk,
+               log_count, 0, 0, 0, 0, 0, 0, ring->width, 0, ring->pos, ring->off, ring->bk, ring->inv, norm, (REAL)eps,
                {ring->sources[0], ring->sources[1]}, {ring->columns[0], ring->columns[1]}, ring->n_sources};
     return r;
 }
@@ -237,20 +246,20 @@ static inline REAL rounds_lse(const REAL *lse_u, int64_t p, int64_t tp, int64_t 
     return total;
 }
 
-int lsh_band_forward(const REAL *q, const REAL *k, const REAL *v, const int64_t *order, const int64_t *lo,
+int lsh_band_forward(const REAL *q, const REAL *norm, const REAL *v, const int64_t *order, const int64_t *lo,
                      const int64_t *hi, const int64_t *buckets, REAL *y, REAL *lse, int64_t heads, int64_t tp,
                      int64_t e, int64_t rounds, int64_t row_begin, int64_t row_end, double scale,
-                     double self_score) {
+                     double self_score, double eps) {
     e = DIM(e);
     const int64_t s = rounds * tp, width = round_up(widest_block(lo, hi, s, row_begin, row_end), VL);
     REAL *out = malloc(s * e * sizeof(REAL)); /* each item's round output, unsorted (r * Tp + p) order */
     REAL *lse_u = malloc(s * sizeof(REAL)), *score = malloc(width * sizeof(REAL));
     REAL *products = aligned(QB * width), *log_count = log_counts(rounds);
     ring_t ring;
-    int status = (ring_alloc(&ring, width, e, rounds, k, NULL) == 0 && out && lse_u && score && products && log_count) ? 0 : -1;
+    int status = (ring_alloc(&ring, width, e, rounds, q, NULL) == 0 && out && lse_u && score && products && log_count) ? 0 : -1;
     const int64_t *off = ring.off;
     for (int64_t row = row_begin; row < row_end && status == 0; row++) {
-        row_t r = start_row(order, lo, hi, buckets, row, heads, tp, e, rounds, scale, self_score, log_count, &ring);
+        row_t r = start_row(order, lo, hi, buckets, norm, eps, row, heads, tp, e, rounds, scale, self_score, log_count, &ring);
         for (int64_t i0 = 0; i0 < s; i0 += QB) {
             const int64_t i1 = min64(i0 + QB, s);
             const REAL *queries[QB];
@@ -258,7 +267,7 @@ int lsh_band_forward(const REAL *q, const REAL *k, const REAL *v, const int64_t 
             begin_block(&r, i0, i1);
             block_products(&r, queries, ring.columns[0], products);
             for (int64_t i = i0; i < i1; i++) {
-                if (i + QB < s) prefetch_row(k + offset(&r, i + QB), e); /* the next block's keys */
+                if (i + QB < s) prefetch_row(q + offset(&r, i + QB), e); /* the next block's keys */
                 if (i + AHEAD < s) prefetch_row(v + offset(&r, i + AHEAD), e), prefetch_row(out + r.ord[i + AHEAD] * e, e);
                 const int64_t la = r.lo[i] - r.a0, lb = r.hi[i] - r.a0;
                 const REAL m = band_scores(&r, products, i - i0, score);
@@ -280,13 +289,18 @@ int lsh_band_forward(const REAL *q, const REAL *k, const REAL *v, const int64_t 
     return status;
 }
 
-/* Gradients, accumulated into gq (query role), gk (unit-norm keys) and gv, zeroed by the caller.
+/* Gradients with respect to the queries (both roles: the keys are the queries made unit, so the key
+ * gradients go through that normalisation, as F.normalize's backward does) and the values, written to gq
+ * and gv (every vector once: the caller need not zero them).
+ *
  * With G = w_r dL/dy (the round's share of the output gradient) and y the merged output,
- * dL/dscore_ij = P_ij (G . v_j - G . y): the round merge's logsumexp path included (lsh_sorted.py). */
-int lsh_band_backward(const REAL *q, const REAL *k, const REAL *v, const REAL *grad_y, const REAL *y,
+ * dL/dscore_ij = P_ij (G . v_j - G . y): the round merge's logsumexp path included (lsh_sorted.py).
+ * A row's gradients are summed in scratch of its own (Tp, E) (compact: the random updates stay in a
+ * sixteenth of the memory of the (batch, Tp, H, E) layout) and written out once at the end of the row. */
+int lsh_band_backward(const REAL *q, const REAL *norm, const REAL *v, const REAL *grad_y, const REAL *y,
                       const int64_t *order, const int64_t *lo, const int64_t *hi, const int64_t *buckets,
-                      const REAL *lse, REAL *gq, REAL *gk, REAL *gv, int64_t heads, int64_t tp, int64_t e,
-                      int64_t rounds, int64_t row_begin, int64_t row_end, double scale, double self_score) {
+                      const REAL *lse, REAL *gq, REAL *gv, int64_t heads, int64_t tp, int64_t e, int64_t rounds,
+                      int64_t row_begin, int64_t row_end, double scale, double self_score, double eps) {
     e = DIM(e);
     const int64_t s = rounds * tp, width = round_up(widest_block(lo, hi, s, row_begin, row_end), VL);
     REAL *lse_u = malloc(s * sizeof(REAL)), *score = malloc(width * sizeof(REAL));
@@ -296,17 +310,21 @@ int lsh_band_backward(const REAL *q, const REAL *k, const REAL *v, const REAL *g
     REAL *products = aligned(QB * width);
     REAL *g_dot_v = aligned(QB * width), *g = aligned(QB * e), *g_dot_y = malloc(QB * sizeof(REAL));
     REAL *gq_i = malloc(e * sizeof(REAL)), *log_count = log_counts(rounds);
+    REAL *gq_row = aligned(tp * e), *gk_row = aligned(tp * e), *gv_row = aligned(tp * e); /* (Tp, E) each */
     ring_t ring;
-    int status = (ring_alloc(&ring, width, e, rounds, k, v) == 0 && lse_u && lse_max && lse_sum && score && products &&
-                  g_dot_v && g && g_dot_y && gq_i && log_count)
+    int status = (ring_alloc(&ring, width, e, rounds, q, v) == 0 && lse_u && lse_max && lse_sum && score && products &&
+                  g_dot_v && g && g_dot_y && gq_i && log_count && gq_row && gk_row && gv_row)
                      ? 0
                      : -1;
-    const int64_t *off = ring.off;
+    const int64_t *off = ring.off, *pos = ring.pos;
+    const REAL *inv = ring.inv;
     for (int64_t row = row_begin; row < row_end && status == 0; row++) {
-        row_t r = start_row(order, lo, hi, buckets, row, heads, tp, e, rounds, scale, self_score, log_count, &ring);
+        row_t r = start_row(order, lo, hi, buckets, norm, eps, row, heads, tp, e, rounds, scale, self_score, log_count, &ring);
         const REAL *lse_row = lse + row * s;
         for (int64_t i = 0; i < s; i++) lse_u[r.ord[i]] = lse_row[i];
         for (int64_t p = 0; p < tp; p++) lse_sum[p] = rounds_lse(lse_u, p, tp, rounds, lse_max + p);
+        memset(gq_row, 0, tp * e * sizeof(REAL)), memset(gk_row, 0, tp * e * sizeof(REAL));
+        memset(gv_row, 0, tp * e * sizeof(REAL));
         for (int64_t i0 = 0; i0 < s; i0 += QB) {
             const int64_t i1 = min64(i0 + QB, s);
             const REAL *queries[QB], *gs[QB];
@@ -324,31 +342,37 @@ int lsh_band_backward(const REAL *q, const REAL *k, const REAL *v, const REAL *g
             for (int64_t i = i0; i < i1; i++) {
                 if (i + QB < s) {
                     const int64_t next = offset(&r, i + QB);
-                    prefetch_row(k + next, e), prefetch_row(v + next, e), prefetch_row(q + next, e);
-                    prefetch_row(grad_y + next, e), prefetch_row(y + next, e);
-                }
-                if (i + AHEAD < s) {
-                    const int64_t ahead = offset(&r, i + AHEAD);
-                    prefetch_row(gq + ahead, e), prefetch_row(gk + ahead, e), prefetch_row(gv + ahead, e);
+                    prefetch_row(q + next, e), prefetch_row(v + next, e), prefetch_row(grad_y + next, e);
+                    prefetch_row(y + next, e);
                 }
                 const int64_t t = i - i0, la = r.lo[i] - r.a0, lb = r.hi[i] - r.a0, at = offset(&r, i);
                 band_scores(&r, products, t, score);
-                const int64_t *off_band = off + r.c0 + la;
+                const int64_t band = r.c0 + la; /* ring column of the band's first key */
                 for (int64_t j = 0; j <= lb - la; j++) {
                     /* a band of the query alone: weight 1 exactly (score and lse are near SELF_SCORE, where
                      * float32 steps are 0.008 apart, so their difference would be off by that much) */
                     const REAL p = la == lb ? 1 : exp(score[j] - lse_row[i]);
                     const REAL ds = p * (g_dot_v[t * r.lp + la + j] - g_dot_y[t]) * r.scale;
-                    axpy(gk + off_band[j], ds, q + at, e);
-                    axpy(gv + off_band[j], p, g + t * e, e);
-                    score[j] = ds;
+                    axpy(gk_row + pos[band + j] * e, ds, q + at, e);
+                    axpy(gv_row + pos[band + j] * e, p, g + t * e, e);
+                    score[j] = ds * inv[band + j]; /* the query's gradient, over the key rows q_j / |q_j| */
                 }
-                weighted_sum(gq_i, score, off_band, lb - la + 1, k, e);
-                axpy(gq + at, 1, gq_i, e);
+                weighted_sum(gq_i, score, off + band, lb - la + 1, q, e);
+                axpy(gq_row + (r.ord[i] % tp) * e, 1, gq_i, e);
+            }
+        }
+        for (int64_t p = 0; p < tp; p++) { /* write the row out; key gradients through the normalisation */
+            const int64_t at = ((r.base + p) * heads + r.h) * e;
+            const REAL n = norm[at / e], factor = 1 / (n > eps ? n : eps), *gk_p = gk_row + p * e;
+            /* (g - k (k . g)) / |q| with k = q / |q|; where the norm was clamped to eps only g / eps */
+            const REAL along = n < eps ? 0 : dot(q + at, gk_p, e) * factor * factor;
+            for (int64_t x = 0; x < e; x++) {
+                gq[at + x] = gq_row[p * e + x] + (gk_p[x] - q[at + x] * along) * factor;
+                gv[at + x] = gv_row[p * e + x];
             }
         }
     }
     free(lse_u), free(lse_max), free(lse_sum), free(score), free(products), free(g_dot_v), free(g);
-    free(g_dot_y), free(gq_i), free(log_count), ring_free(&ring);
+    free(g_dot_y), free(gq_i), free(log_count), free(gq_row), free(gk_row), free(gv_row), ring_free(&ring);
     return status;
 }
