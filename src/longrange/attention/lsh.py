@@ -21,11 +21,13 @@ R hash rounds, K buckets, S = R * Tp sorted items, N = S / C chunks, W = 2C keys
    of a pair that shares a bucket in several rounds are divided by that count (the paper's
    correction, counting shared buckets as a proxy for shared chunks).
 
-Speed: on CPU the attention of the sorted chunks runs in a fused kernel (`longrange.attention.lsh_sorted`:
-band bounds instead of per-score bucket comparisons, one additive bias, PyTorch's flash-attention CPU
-kernel, exact gradients through the round merge; it reads the projections and writes its output in their
-natural (B, Tp, H, E) layout, so no head transposes are copied). The plain masked-softmax path below serves
-attention dropout in training, other devices, and is the kernel's test twin (``fused = False``).
+Speed: on CPU the attention of the sorted items runs in a fused kernel that computes exactly this
+mechanism. Where a C compiler is available it is the native one (`longrange.attention.lsh_native`, C source
+in ``csrc/lsh_band.c``: each query visits exactly its band of sorted items, rows are read in place, no score
+tensors, gradients summed in place); otherwise the PyTorch one (`longrange.attention.lsh_sorted`: band
+bounds, one additive bias, PyTorch's flash-attention CPU kernel). Both use exact gradients through the round
+merge and read the projections in their natural (B, Tp, H, E) layout. The plain masked-softmax path below
+serves attention dropout in training and other devices, and is the kernels' test twin (``fused = False``).
 
 Rotations are drawn fresh from torch's RNG in training (so the reversible block, which records
 and restores the RNG state, re-hashes identically when it recomputes) and from a generator seeded

@@ -7,11 +7,13 @@ It computes exactly what the fused PyTorch kernel (`lsh_sorted`) computes, and t
 each sorted query sees the keys of its band [lo, hi] of sorted items (its own bucket, at most C items
 away, not after it when causal), its own key at q.k/sqrt(E) + SELF_SCORE, minus log(number of rounds the
 pair shares a bucket) with the correction; the rounds are merged with weights softmax(logsumexp). The
-difference is how: `csrc/lsh_band.c` loops over exactly each query's band (a few tens of keys on average,
-where a block layout scores C + C / 2), reads the rows of the projections in place and accumulates the
-gradients in place, so there are no gathered copies, no score bias tensors and no scatters. It keeps for
-the backward pass the inputs, the output and one logsumexp per item (memory O(S) beyond the inputs), and
-recomputes the scores, as the fused kernel does.
+difference is how: `csrc/lsh_band.c` loops over exactly each query's band (27 keys on average at 64K with
+C = 64, where a block layout scores C + C / 2 = 96), reads the rows of the projections in place, makes the
+unit keys from the queries and their norms as it goes, and sums each row's gradients in its own compact
+scratch: no gathered copies, no score or bias tensors, no scatters, no key tensor. It keeps for the
+backward pass the inputs, the output, the norms and one logsumexp per item (memory O(S) beyond the
+inputs), and recomputes the scores, as the fused kernel does. Measured (2 threads, d 512, 8 heads, 4
+rounds, forward + backward of the whole layer): 64K tokens in about 8 s against 15 s for `lsh_sorted`.
 
 Why C and not a PyTorch op: no PyTorch operator visits a variable band per query; every composition of
 dense ones pays for the whole window and the copies around it (`lsh_sorted` is the best one found).

@@ -1,4 +1,7 @@
-"""Fused kernel of the causal-exact LSH attention (`longrange.attention.lsh`, convention "longrange").
+"""Fused PyTorch kernel of the causal-exact LSH attention (`longrange.attention.lsh`, convention "longrange").
+
+The native C kernel (`lsh_native`) computes the same attention faster and is used where it builds; this
+one runs everywhere PyTorch does (no compiler needed) and shares `band_bounds` and the constants with it.
 
 Shape legend: BH rows (batch x heads), G rows of one group, Tp padded tokens, H heads, R hash rounds,
 S = R * Tp sorted items, C chunk length, B kernel query block (C / SPLIT), n query blocks of a group,
