@@ -148,6 +148,13 @@ class ModelConfig:
     head_bias: bool = False  # a bias on the LM head (Hugging Face Reformer checkpoints have one)
     ff_activation: Literal["gelu", "gelu_tanh", "relu", "silu"] = "gelu"  # feed-forward non-linearity
     norm_eps: float = 1e-5  # LayerNorm epsilon (Hugging Face Reformer: 1e-12)
+    # evaluation without memories: an input longer than eval_pad_min tokens whose length is not a multiple of
+    # eval_pad_multiple is padded with pad_token (masked, never attended) to that multiple, and the padding's
+    # outputs dropped. Hugging Face Reformer checkpoints need it: transformers pads to the least common
+    # multiple of the chunk lengths, and the padding's hashes move LSH chunk boundaries. 1: never pad
+    eval_pad_multiple: int = 1
+    eval_pad_min: int = 0
+    pad_token: int = 0
     axial_dims: list[int] | None = None  # widths of the two axial embeddings (sum d_model); None: d/2 each
     ff_chunks: int = 1  # feed-forward applied in this many chunks along time
     head_chunks: int = 1  # LM head + loss applied in this many chunks along time
@@ -171,8 +178,21 @@ class ModelConfig:
             _check_choice(f"layers[{i}]", kind, ATTENTION_KINDS)
         if not self.layers:
             raise ConfigError("layers must name at least one attention kind")
-        for key in ("vocab_size", "d_model", "n_heads", "d_ff", "segment_len", "ff_chunks", "head_chunks"):
+        for key in (
+            "vocab_size",
+            "d_model",
+            "n_heads",
+            "d_ff",
+            "segment_len",
+            "ff_chunks",
+            "head_chunks",
+            "eval_pad_multiple",
+        ):
             _check_positive(key, getattr(self, key))
+        if not 0 <= self.pad_token < self.vocab_size:
+            raise ConfigError(f"pad_token={self.pad_token} must be a token id in [0, vocab_size={self.vocab_size})")
+        if self.eval_pad_min < 0:
+            raise ConfigError(f"eval_pad_min={self.eval_pad_min} must be >= 0")
         if self.d_model % self.n_heads:
             raise ConfigError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
         if not 0.0 <= self.dropout < 1.0:

@@ -78,6 +78,23 @@ def test_logits_match_transformers(tmp_path, name, overrides, length):
     assert ours.config.lsh.convention == "hf" or "lsh" not in ours.config.layers
 
 
+@pytest.mark.parametrize(
+    "overrides, length",
+    [
+        ({"attn_layers": ["local", "lsh"], "local_attn_chunk_length": 8}, 29),  # lcm 8: padded to 32
+        ({"attn_layers": ["local", "lsh"], "local_attn_chunk_length": 6}, 14),  # lcm 12: padded to 24, not 16
+        ({"attn_layers": ["lsh", "local", "lsh"], "local_attn_chunk_length": 6, "num_hashes": 3}, 26),
+        ({"attn_layers": ["local", "lsh"], "local_attn_chunk_length": 8}, 7),  # within the shortest chunk: no padding
+    ],
+    ids=["mixed", "lcm-12", "lcm-12-three-layers", "shorter-than-a-chunk"],
+)
+def test_logits_match_transformers_at_lengths_transformers_pads(tmp_path, overrides, length):
+    """transformers pads such inputs to the least common multiple of the chunk lengths; the padding's hashes
+    move LSH chunk boundaries, so the converted model must pad the same way to give the same logits."""
+    hf_model, path = hf_checkpoint(tmp_path, **overrides)
+    assert_same_logits(hf_model, path, length)
+
+
 def test_axial_positions_follow_the_hf_grid(tmp_path):
     hf_model, path = hf_checkpoint(tmp_path)
     ours = load_hf_reformer(path)

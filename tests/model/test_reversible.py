@@ -23,6 +23,32 @@ def test_reversible_equals_plain_twin_with_gradients(dropout):
         assert (grads_rev[name] - grad).abs().max() / scale <= 1e-5, name
 
 
+def test_reversible_with_a_padding_mask_equals_plain_twin_and_ignores_the_padding():
+    torch.manual_seed(0)
+    model = lr.build_model(lr.ModelConfig.from_name("reformer-tiny", segment_len=64, layers=["local", "lsh"]))
+    tokens = torch.randint(0, 256, (2, 40))
+    real = torch.arange(40)[None] < torch.tensor([[40], [29]])  # row 1: 11 padding tokens at the end
+    targets = tokens.masked_fill(~real, -100)
+    results = []
+    for custom in (True, False):
+        model.reversible_backward = custom
+        model.zero_grad()
+        torch.manual_seed(3)  # the same rotations
+        out = model(tokens, targets=targets, pad_mask=real)
+        out.loss.backward()
+        results.append((out.loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    (loss_rev, grads_rev), (loss_plain, grads_plain) = results
+    torch.testing.assert_close(loss_rev, loss_plain)
+    for a, b in zip(grads_rev, grads_plain, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    model.eval()
+    with torch.no_grad():  # other padding content changes nothing real (padding is never attended)
+        other = tokens.masked_fill(~real, 7)
+        torch.testing.assert_close(
+            model(tokens, pad_mask=real).logits[real], model(other, pad_mask=real).logits[real], rtol=1e-5, atol=1e-6
+        )
+
+
 def test_reversible_works_with_gradient_accumulation():
     torch.manual_seed(0)
     model = lr.build_model(lr.ModelConfig.from_name("reformer-tiny", segment_len=32))

@@ -21,10 +21,10 @@ differs from the default (``longrange``) convention of `longrange.attention.lsh`
 * A sequence no longer than one chunk skips hashing: plain shared-QK attention, one round.
 * Rounds are merged with weights softmax(logsumexp of each round), as in the default convention.
 
-Known difference: for a length that is not a multiple of the chunk lengths, transformers pads the
-whole model input to the least common multiple of the LSH and local chunk lengths, while this layer
-pads to its own chunk length. Causal outputs then match only when the padded lengths coincide
-(always when the LSH chunk length is that least common multiple).
+Padding: for a length that is not a multiple of the chunk lengths, transformers pads the whole model
+input to the least common multiple of the LSH and local chunk lengths with (masked) pad tokens; converted
+models do the same at the model level (ModelConfig.eval_pad_multiple, set by the converter), so this layer
+then sees whole chunks. Called on its own with another length, it pads to its own chunk length.
 
 Shape legend: B batch, H heads, Tp padded tokens, E head width, R rounds, S = R * Tp sorted items,
 C chunk length, N = S / C chunks, W = C * (before + 1 + after) keys per chunk, G batch x head rows.

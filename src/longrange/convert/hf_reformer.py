@@ -26,10 +26,13 @@ The LM-head bias is read from ``lm_head.decoder.bias`` (transformers 4.x files) 
 and added to the logits, as transformers 4.x and trax do (transformers 5.x keeps the parameter but
 no longer adds it; freshly initialised models have it at zero, so both agree on those).
 
-Known difference (documented in attention/lsh_hf.py): transformers pads an input whose length is
-not a multiple of the least common multiple of the chunk lengths; our layers pad to their own chunk
-length, so LSH outputs match for lengths that are multiples of the LSH chunk length when that is the
-least common multiple, or of the least common multiple otherwise.
+    pad_token_id, chunk lengths                eval_pad_multiple (their least common multiple),
+                                              eval_pad_min (the shortest), pad_token
+
+transformers pads an input longer than the shortest chunk whose length is not a multiple of the least
+common multiple of the chunk lengths, with pad tokens that are masked but still hashed (they move LSH
+chunk boundaries); the converted model pads the same way in evaluation (ModelConfig.eval_pad_multiple),
+so its logits match at every length.
 """
 
 from __future__ import annotations
@@ -129,6 +132,10 @@ def hf_reformer_config(hf: dict[str, Any], hash_seed: int | None = None) -> Mode
             "chunks_before": hf.get("local_num_chunks_before", 1),
             "chunks_after": 0,
         }
+    # transformers pads an input longer than the shortest chunk to a multiple of the chunk lengths' least
+    # common multiple with pad_token_id (ReformerModel._pad_to_mult_of_chunk_length); the same padding, masked
+    chunks = [hf["lsh_attn_chunk_length"] if kind == "lsh" else hf["local_attn_chunk_length"] for kind in set(layers)]
+    extra.update(eval_pad_multiple=math.lcm(*chunks), eval_pad_min=min(chunks), pad_token=hf.get("pad_token_id") or 0)
     max_len = hf.get("max_position_embeddings", 4096)
     if hf.get("axial_pos_embds", True):
         shape, dims = list(hf["axial_pos_shape"]), list(hf["axial_pos_embds_dim"])

@@ -68,5 +68,6 @@ def build_model(cfg: ModelConfig) -> LongRangeLM:
         readout=cfg.reversible_readout,
         head_bias=cfg.head_bias,
         norm_eps=cfg.norm_eps,
+        eval_padding=(cfg.eval_pad_multiple, cfg.eval_pad_min, cfg.pad_token),
         config=cfg,
     )

@@ -52,6 +52,7 @@ class LongRangeLM(nn.Module):
         readout: str = "mean",
         head_bias: bool = False,
         norm_eps: float = 1e-5,
+        eval_padding: tuple[int, int, int] = (1, 0, 0),
     ):
         super().__init__()
         self.config = config  # the ModelConfig it was built from (saved beside checkpoints)
@@ -72,6 +73,8 @@ class LongRangeLM(nn.Module):
         self.dropout, self.head_chunks = dropout, head_chunks
         self.reversible = reversible  # reversible residual stack (Reformer); see model/reversible.py
         self.reversible_backward = True  # False: the plain twin (same function, ordinary autograd)
+        # (multiple, minimum length, token): ModelConfig.eval_pad_multiple / eval_pad_min / pad_token
+        self.eval_padding = eval_padding
         if reversible and self.stateful:
             raise ValueError("reversible blocks cannot carry memories across segments; set reversible: false")
         self.apply(_init_weights)
@@ -102,6 +105,10 @@ class LongRangeLM(nn.Module):
     ) -> LMOutput:
         if tokens.dim() != 2:
             raise ValueError(f"tokens must be (batch, time) int64, got shape {tuple(tokens.shape)}")
+        multiple, shortest, pad_token = self.eval_padding
+        extra = -tokens.shape[1] % multiple
+        if extra and tokens.shape[1] > shortest and state is None and pad_mask is None and not self.training:
+            return self._forward_padded(tokens, extra, pad_token, doc_start, targets)
         b, t = tokens.shape
         if state is None:  # memories start empty; decode caches are built only for a given state
             state = self.init_state(b, tokens.device, caches=False)
@@ -128,6 +135,19 @@ class LongRangeLM(nn.Module):
         logits = self.head(h)
         return LMOutput(logits, new_state, aux_loss, aux_losses, lm_loss(logits, targets))
 
+    def _forward_padded(
+        self, tokens: Tensor, extra: int, pad_token: int, doc_start: Tensor | None, targets: Tensor | None
+    ) -> LMOutput:
+        """`forward` on tokens followed by `extra` masked pad tokens (ModelConfig.eval_pad_multiple), with the
+        padding's logits (and targets) dropped: only their effect on the real tokens' attention remains."""
+        b, t = tokens.shape
+        padded = F.pad(tokens, (0, extra), value=pad_token)
+        real = (torch.arange(t + extra, device=tokens.device) < t).expand(b, -1)
+        out = self.forward(padded, None, doc_start, None, real)
+        logits = out.logits[:, :t]
+        loss = None if targets is None else lm_loss(logits, targets)
+        return out._replace(logits=logits, loss=loss)
+
     def run_blocks(
         self, h: Tensor, state: ModelState, doc_start: Tensor | None, pad_mask: Tensor | None
     ) -> tuple[Tensor, list, dict[str, Tensor]]:
@@ -135,15 +155,13 @@ class LongRangeLM(nn.Module):
         if self.reversible:
             from longrange.model.reversible import plain_reversible, reversible, reversible_with_state
 
-            if pad_mask is not None:
-                raise ValueError("reversible blocks do not take padding masks; pass whole sequences")
             if not torch.is_grad_enabled() and any(s is not None for s in state.layers):
                 # streaming generation: thread each layer's decode cache (no backward pass to save memory for)
-                h, layers = reversible_with_state(self.blocks, h, state.layers, self.readout)
+                h, layers = reversible_with_state(self.blocks, h, state.layers, self.readout, pad_mask)
                 return h, layers, {}
             use_custom = self.reversible_backward and torch.is_grad_enabled()
             run = reversible if use_custom else plain_reversible
-            h = run(self.blocks, h, self.readout)
+            h = run(self.blocks, h, self.readout, pad_mask)
             return h, list(state.layers), {}
         return run_blocks(self.blocks, h, state.layers, doc_start, pad_mask)
 

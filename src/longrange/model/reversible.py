@@ -53,8 +53,8 @@ class _RecordedRNG:
         return ctx
 
 
-def _f(block: Block, x: Tensor) -> Tensor:
-    out = block.attention(block.attn_norm(x), state=None, doc_start=None).out
+def _f(block: Block, x: Tensor, pad_mask: Tensor | None = None) -> Tensor:
+    out = block.attention(block.attn_norm(x), state=None, doc_start=None, pad_mask=pad_mask).out
     return F.dropout(out, block.dropout, block.training)
 
 
@@ -72,16 +72,19 @@ def _read_out(y1: Tensor, y2: Tensor, readout: str) -> Tensor:
     return torch.cat([y1, y2], dim=-1) if readout == "concat" else (y1 + y2) / 2
 
 
-def plain_reversible(blocks: nn.ModuleList, h: Tensor, readout: str = "mean") -> Tensor:
-    """The reversible stack's function with ordinary autograd (stores every activation)."""
+def plain_reversible(blocks: nn.ModuleList, h: Tensor, readout: str = "mean", pad_mask: Tensor | None = None) -> Tensor:
+    """The reversible stack's function with ordinary autograd (stores every activation). pad_mask (B, T) True
+    for real tokens: padding is never attended (it only reaches the attention layers)."""
     x1 = x2 = h
     for block in blocks:
-        x1 = x1 + _f(block, x2)
+        x1 = x1 + _f(block, x2, pad_mask)
         x2 = x2 + _g(block, x1)
     return _read_out(x1, x2, readout)
 
 
-def reversible_with_state(blocks: nn.ModuleList, h: Tensor, states: list, readout: str = "mean") -> tuple[Tensor, list]:
+def reversible_with_state(
+    blocks: nn.ModuleList, h: Tensor, states: list, readout: str = "mean", pad_mask: Tensor | None = None
+) -> tuple[Tensor, list]:
     """`plain_reversible` threading each layer's attention state (Reformer decode caches).
 
     For streaming generation, under no_grad: there is no backward pass, so nothing needs to be
@@ -92,7 +95,7 @@ def reversible_with_state(blocks: nn.ModuleList, h: Tensor, states: list, readou
     x1 = x2 = h
     new_states = []
     for block, state in zip(blocks, states, strict=True):
-        a = block.attention(block.attn_norm(x2), state=state, doc_start=None)
+        a = block.attention(block.attn_norm(x2), state=state, doc_start=None, pad_mask=pad_mask)
         x1 = x1 + F.dropout(a.out, block.dropout, block.training)
         x2 = x2 + _g(block, x1)
         new_states.append(a.state)
@@ -124,13 +127,15 @@ def _add(a: Tensor | None, b: Tensor | None) -> Tensor | None:
 
 class _ReversibleStack(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h: Tensor, blocks: nn.ModuleList, readout: str, *params: Tensor) -> Tensor:
-        ctx.blocks, ctx.rng, ctx.readout = blocks, [], readout
+    def forward(
+        ctx, h: Tensor, blocks: nn.ModuleList, readout: str, pad_mask: Tensor | None, *params: Tensor
+    ) -> Tensor:
+        ctx.blocks, ctx.rng, ctx.readout, ctx.pad_mask = blocks, [], readout, pad_mask
         x1 = x2 = h.detach()
         with torch.no_grad():
             for block in blocks:
                 rng_f = _RecordedRNG()
-                x1 = x1 + _f(block, x2)
+                x1 = x1 + _f(block, x2, pad_mask)
                 rng_g = _RecordedRNG()
                 x2 = x2 + _g(block, x1)
                 ctx.rng.append((rng_f, rng_g))
@@ -146,17 +151,19 @@ class _ReversibleStack(torch.autograd.Function):
             params = list(block.parameters())
             trainable = [p for p in params if p.requires_grad]
             x2, dx1, dg = _undo_half(partial(_g, block), trainable, rng_g, y1, y2, dy2, dy1)  # X2 = Y2 - G(Y1)
-            x1, dx2, df = _undo_half(partial(_f, block), trainable, rng_f, x2, y1, dx1, dy2)  # X1 = Y1 - F(X2)
+            f = partial(_f, block, pad_mask=ctx.pad_mask)
+            x1, dx2, df = _undo_half(f, trainable, rng_f, x2, y1, dx1, dy2)  # X1 = Y1 - F(X2)
             y1, y2, dy1, dy2 = x1, x2, dx1, dx2
             d_trainable = iter([_add(a, b) for a, b in zip(df, dg, strict=True)])
             d_params.append([next(d_trainable) if p.requires_grad else None for p in params])
         # the outer autograd pass accumulates these into .grad, once per parameter
-        return (dy1 + dy2, None, None) + tuple(g for block_grads in reversed(d_params) for g in block_grads)
+        return (dy1 + dy2, None, None, None) + tuple(g for block_grads in reversed(d_params) for g in block_grads)
 
 
-def reversible(blocks: nn.ModuleList, h: Tensor, readout: str = "mean") -> Tensor:
-    """Run `blocks` as a reversible stack; activations are recomputed in the backward pass."""
+def reversible(blocks: nn.ModuleList, h: Tensor, readout: str = "mean", pad_mask: Tensor | None = None) -> Tensor:
+    """Run `blocks` as a reversible stack; activations are recomputed in the backward pass (pad_mask: as in
+    `plain_reversible`)."""
     if readout not in READOUTS:
         raise ValueError(f"reversible_readout={readout!r} is not allowed; choose one of {list(READOUTS)}")
     params = [p for b in blocks for p in b.parameters()]
-    return _ReversibleStack.apply(h, blocks, readout, *params)
+    return _ReversibleStack.apply(h, blocks, readout, pad_mask, *params)
