@@ -148,10 +148,12 @@ class ModelConfig:
     head_bias: bool = False  # a bias on the LM head (Hugging Face Reformer checkpoints have one)
     ff_activation: Literal["gelu", "gelu_tanh", "relu", "silu"] = "gelu"  # feed-forward non-linearity
     norm_eps: float = 1e-5  # LayerNorm epsilon (Hugging Face Reformer: 1e-12)
-    # evaluation without memories: an input longer than eval_pad_min tokens whose length is not a multiple of
-    # eval_pad_multiple is padded with pad_token (masked, never attended) to that multiple, and the padding's
-    # outputs dropped. Hugging Face Reformer checkpoints need it: transformers pads to the least common
-    # multiple of the chunk lengths, and the padding's hashes move LSH chunk boundaries. 1: never pad
+    # evaluation of models without memories, called without a state: an input longer than eval_pad_min tokens
+    # whose length is not a multiple of eval_pad_multiple is padded with pad_token (masked, never attended; a
+    # given pad_mask is extended) to that multiple, and the padding's outputs dropped. Hugging Face Reformer
+    # checkpoints need it: transformers pads to the least common multiple of the chunk lengths, and the
+    # padding's hashes move LSH chunk boundaries. Never in training, nor for models with memories (their state
+    # would keep the padding). 1: never pad
     eval_pad_multiple: int = 1
     eval_pad_min: int = 0
     pad_token: int = 0

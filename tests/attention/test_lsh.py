@@ -246,6 +246,44 @@ def test_a_broken_compiler_warns_and_the_pytorch_kernel_is_used(monkeypatch, tmp
         lsh_native._library.cache_clear()
 
 
+def test_a_kernel_folder_others_can_write_is_never_loaded_from(monkeypatch, tmp_path):
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("no C compiler on this machine")
+    folder = tmp_path / "kernels"
+    monkeypatch.setattr(lsh_native, "cache_dirs", lambda: [folder])
+    lsh_native._library.cache_clear()
+    try:
+        assert lsh_native.available(torch.float32, 12)  # built there, privately
+        folder.chmod(0o777)  # now anyone could replace the library in it
+        lsh_native._library.cache_clear()
+        with pytest.warns(UserWarning, match="not private"):
+            assert not lsh_native.available(torch.float32, 12)
+    finally:
+        folder.chmod(0o700)
+        lsh_native._library.cache_clear()
+
+
+def test_lsh_under_bfloat16_autocast_runs_and_matches_float32():
+    attn = _lsh(2, 8, 4, seed=1)
+    x = torch.randn(1, 40, D)
+    with torch.no_grad():
+        expected = attn(x, state=None, doc_start=None).out
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # the projections run in bf16: the PyTorch kernel
+            got = attn(x, state=None, doc_start=None).out
+    # bf16 rounding moves a few tokens to other buckets, so compare overall, not element by element
+    assert got.dtype == torch.bfloat16 and torch.isfinite(got).all()
+    assert torch.corrcoef(torch.stack([got.float().flatten(), expected.flatten()]))[0, 1] > 0.98
+
+
+def test_native_kernel_refuses_band_bounds_it_cannot_take():
+    qk, v = torch.randn(1, 8, 1, 4), torch.randn(1, 8, 1, 4)
+    order = torch.arange(8)[None]
+    lo, hi = torch.zeros(1, 8, dtype=torch.long), torch.arange(8)[None]
+    hi[0, 3] = 2  # below its own query
+    with pytest.raises(ValueError, match="band bounds"):
+        lsh_native.band_attention(qk, v, order, lo, hi, None)
+
+
 def test_without_the_native_kernel_the_pytorch_kernel_runs_the_same_attention(monkeypatch):
     monkeypatch.setenv("LONGRANGE_NATIVE", "0")
     lsh_native._library.cache_clear()

@@ -92,7 +92,12 @@ def test_logits_match_transformers_at_lengths_transformers_pads(tmp_path, overri
     """transformers pads such inputs to the least common multiple of the chunk lengths; the padding's hashes
     move LSH chunk boundaries, so the converted model must pad the same way to give the same logits."""
     hf_model, path = hf_checkpoint(tmp_path, **overrides)
-    assert_same_logits(hf_model, path, length)
+    ours = assert_same_logits(hf_model, path, length)
+    tokens = torch.randint(1, VOCAB, (2, length))
+    mask = torch.ones(2, length, dtype=torch.bool)  # transformers pads a given attention mask too
+    with torch.no_grad():
+        expected = hf_model(tokens, attention_mask=mask.long()).logits
+        torch.testing.assert_close(ours(tokens, pad_mask=mask).logits, expected, rtol=1e-4, atol=1e-5)
 
 
 def test_axial_positions_follow_the_hf_grid(tmp_path):

@@ -237,9 +237,9 @@ class LSHAttention(AttentionModule):
         n_chunks = r * tp // c
         window = (self.before, self.after) if n_chunks > 1 else (0, 0)  # one chunk: itself only
         if self.fused and x.device.type == "cpu" and r < 128 and not (self.training and self.dropout > 0):
-            # the fused kernel (lsh_sorted): the same attention without score blocks in memory; it has
-            # no attention dropout (and counts shared rounds in int8), so those cases take the plain path.
-            # It reads and writes the projections' own (B, Tp, H, E) layout: no head transposes are copied
+            # a fused kernel (lsh_native, or lsh_sorted): the same attention without score blocks in memory;
+            # neither has attention dropout (and lsh_sorted counts shared rounds in int8), so those cases take
+            # the plain path. Both read the projections' own (B, Tp, H, E) layout: no head transposes are copied
             kernel_inputs = (
                 qk_rows.view(b, tp, self.n_heads, e),
                 v_rows.view(b, tp, self.n_heads, e),
@@ -247,7 +247,8 @@ class LSHAttention(AttentionModule):
                 round_bucket.gather(2, order).flatten(0, 1),  # (BH, S) sorted (round, bucket) ids
                 buckets.transpose(2, 3).flatten(0, 1) if self.dedup and r > 1 else None,  # (BH, Tp, R)
             )
-            if self.native and lsh_native.available(x.dtype, e):  # the C kernel: exactly each query's band
+            # the C kernel: exactly each query's band (qk's dtype, not x's: under autocast they differ)
+            if self.native and lsh_native.available(qk_rows.dtype, e):
                 qk4, v4, order_flat, bucket_s, by_pos = kernel_inputs
                 lo, hi = band_bounds(bucket_s, c, window, self.causal)
                 y = lsh_native.band_attention(qk4, v4, order_flat, lo, hi, by_pos)

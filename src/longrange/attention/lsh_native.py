@@ -40,6 +40,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from longrange.attention.lsh_sorted import NORM_EPS, SELF_SCORE
 
@@ -63,6 +64,13 @@ def cache_dirs() -> list[Path]:
     return [Path(root) / "kernels", Path(tempfile.gettempdir()) / f"longrange-kernels-{os.getuid()}"]
 
 
+def _check_private(path: Path) -> None:
+    """Refuse a file or folder that another user owns or could write: a library there could be replaced."""
+    info = path.stat()
+    if info.st_uid != os.getuid() or info.st_mode & 0o022:
+        raise OSError(f"{path} is not private to this user (owner {info.st_uid}, mode {oct(info.st_mode & 0o777)})")
+
+
 @cache
 def _library(scalar: str, head_dim: int) -> ctypes.CDLL | None:
     """Compile (once per source, flags and CPU) and load the kernel for one scalar type and head width (loops
@@ -74,13 +82,18 @@ def _library(scalar: str, head_dim: int) -> ctypes.CDLL | None:
         warnings.warn("no C compiler found: LSH attention uses its PyTorch kernel (slower)", stacklevel=3)
         return None
     flags = [*FLAGS, f"-DREAL={scalar}", f"-DHEAD_DIM={head_dim}"]
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join([compiler, *flags]).encode() + _cpu().encode()).hexdigest()
     errors = []
-    for folder in cache_dirs():
-        target = folder / f"lsh_band_{scalar}_e{head_dim}_{key[:16]}.so"
+    try:  # a missing source file (a broken install) or a system without getuid: fall back, do not fail
+        key = hashlib.sha256(SOURCE.read_bytes() + " ".join([compiler, *flags]).encode() + _cpu().encode())
+        folders = cache_dirs()
+    except (OSError, AttributeError) as error:
+        folders, errors = [], [str(error)]
+    for folder in folders:
+        target = folder / f"lsh_band_{scalar}_e{head_dim}_{key.hexdigest()[:16]}.so"
         try:
             if not target.exists():
                 _compile(compiler, flags, target)
+            _check_private(target.parent), _check_private(target)
             library = ctypes.CDLL(str(target))
             break
         except (OSError, subprocess.CalledProcessError) as error:
@@ -99,10 +112,10 @@ def _library(scalar: str, head_dim: int) -> ctypes.CDLL | None:
 
 def _compile(compiler: str, flags: list[str], target: Path) -> None:
     """Build into a scratch folder beside target, then rename: parallel processes (test workers) never load a
-    half-written library. Folders are private (0700): a library another user could replace is never loaded."""
+    half-written library. Folders are made private (0700); `_library` loads only from a folder and a file that
+    this user owns and nobody else can write, so a library another user could plant is never loaded."""
     target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if target.parent.stat().st_uid != os.getuid():
-        raise OSError(f"{target.parent} belongs to another user")
+    _check_private(target.parent)
     with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
         built = Path(scratch) / target.name
         command = [compiler, *flags, str(SOURCE), "-o", str(built), "-lm"]
@@ -124,7 +137,20 @@ def band_attention(qk: Tensor, v: Tensor, order: Tensor, lo: Tensor, hi: Tensor,
 
     order (BH, S) unsorted index r * Tp + p of each sorted item of row b * H + h; lo / hi (BH, S) the first and
     last sorted item each query sees; by_pos (BH, Tp, R) every round's bucket of each position (None: no
-    duplicate-pair correction)."""
+    duplicate-pair correction).
+
+    The kernel relies on what `lsh_sorted.band_bounds` guarantees, and this checks it (a few cheap passes
+    over (BH, S) integers; a violation would make the C code read the wrong or out-of-range items):
+    0 <= lo_i <= i <= hi_i < S, and lo, hi non-decreasing along each row (its windows only move forward)."""
+    if qk.dtype not in SCALARS or v.dtype != qk.dtype or qk.shape != v.shape or qk.device.type != "cpu":
+        raise ValueError(f"native LSH kernel: float32/float64 CPU tensors of one shape, got {qk.dtype} {v.dtype}")
+    index = torch.arange(order.shape[1], device=order.device)
+    if not (
+        bool(((lo >= 0) & (lo <= index) & (index <= hi) & (hi < order.shape[1])).all())
+        and bool((lo.diff(dim=1) >= 0).all() and (hi.diff(dim=1) >= 0).all())
+        and 0 <= int(order.min()) <= int(order.max()) < order.shape[1]
+    ):
+        raise ValueError("native LSH kernel: band bounds must satisfy 0 <= lo <= i <= hi < S, non-decreasing")
     return BandLSHAttention.apply(qk, v, order, lo, hi, by_pos)
 
 
@@ -146,6 +172,7 @@ class BandLSHAttention(torch.autograd.Function):
         return y
 
     @staticmethod
+    @once_differentiable  # the kernel's backward is not itself differentiable
     def backward(ctx, grad_y):
         qk, v, y, lse, norm, order, lo, hi = ctx.saved_tensors
         grad_qk, grad_v = torch.empty_like(qk), torch.empty_like(v)  # every vector is written by the kernel

@@ -107,8 +107,8 @@ class LongRangeLM(nn.Module):
             raise ValueError(f"tokens must be (batch, time) int64, got shape {tuple(tokens.shape)}")
         multiple, shortest, pad_token = self.eval_padding
         extra = -tokens.shape[1] % multiple
-        if extra and tokens.shape[1] > shortest and state is None and pad_mask is None and not self.training:
-            return self._forward_padded(tokens, extra, pad_token, doc_start, targets)
+        if extra and tokens.shape[1] > shortest and state is None and not self.training and not self.stateful:
+            return self._forward_padded(tokens, extra, pad_token, doc_start, targets, pad_mask)
         b, t = tokens.shape
         if state is None:  # memories start empty; decode caches are built only for a given state
             state = self.init_state(b, tokens.device, caches=False)
@@ -136,17 +136,24 @@ class LongRangeLM(nn.Module):
         return LMOutput(logits, new_state, aux_loss, aux_losses, lm_loss(logits, targets))
 
     def _forward_padded(
-        self, tokens: Tensor, extra: int, pad_token: int, doc_start: Tensor | None, targets: Tensor | None
+        self,
+        tokens: Tensor,
+        extra: int,
+        pad_token: int,
+        doc_start: Tensor | None,
+        targets: Tensor | None,
+        pad_mask: Tensor | None,
     ) -> LMOutput:
-        """`forward` on tokens followed by `extra` masked pad tokens (ModelConfig.eval_pad_multiple), with the
-        padding's logits (and targets) dropped: only their effect on the real tokens' attention remains."""
+        """`forward` on tokens followed by `extra` masked pad tokens (ModelConfig.eval_pad_multiple; the caller's
+        pad_mask, if any, extended), their targets ignored and their logits dropped: only their effect on the
+        real tokens' attention remains (models without memories only, so no state keeps the padding)."""
         b, t = tokens.shape
-        padded = F.pad(tokens, (0, extra), value=pad_token)
-        real = (torch.arange(t + extra, device=tokens.device) < t).expand(b, -1)
-        out = self.forward(padded, None, doc_start, None, real)
-        logits = out.logits[:, :t]
-        loss = None if targets is None else lm_loss(logits, targets)
-        return out._replace(logits=logits, loss=loss)
+        real = torch.ones(b, t, dtype=torch.bool, device=tokens.device) if pad_mask is None else pad_mask.bool()
+        padded_targets = None if targets is None else F.pad(targets, (0, extra), value=IGNORE_INDEX)
+        out = self.forward(
+            F.pad(tokens, (0, extra), value=pad_token), None, doc_start, padded_targets, F.pad(real, (0, extra))
+        )
+        return out._replace(logits=None if out.logits is None else out.logits[:, :t])
 
     def run_blocks(
         self, h: Tensor, state: ModelState, doc_start: Tensor | None, pad_mask: Tensor | None

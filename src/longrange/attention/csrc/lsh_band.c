@@ -3,8 +3,10 @@
  *
  * Shape legend: rows b * H + h (batch x heads), Tp padded tokens, H heads, E head width, R hash rounds,
  * S = R * Tp sorted items per row, QB queries per block, L keys of a block's union band (Lp: rounded up
- * to whole vectors of VL lanes). Token tensors (queries q, unit-norm keys k, values v, output y and their
- * gradients) are (batch, Tp, H, E) contiguous: the vector of (b, p, h) starts at ((b * Tp + p) * H + h) * E.
+ * to whole vectors of VL lanes). Token tensors (queries q, values v, output y and their gradients) are
+ * (batch, Tp, H, E) contiguous: the vector of (b, p, h) starts at ((b * Tp + p) * H + h) * E; norm (batch,
+ * Tp, H) holds the queries' norms (the keys are the queries divided by them, clamped to eps, made here).
+ * The bands must satisfy 0 <= lo_i <= i <= hi_i < S and grow along a row (checked by the Python caller).
  * order (rows, S): unsorted index r * Tp + p of each sorted item; lo / hi (rows, S): the first and last sorted
  * item each query sees (its band, inclusive); buckets (rows, Tp, R) or NULL: every round's bucket of each
  * position, for the duplicate-pair correction.
@@ -85,8 +87,8 @@ static void *aligned(int64_t n) { return aligned_alloc(64, round_up(n * (int64_t
 
 /* One (batch, head) row, the block of queries [i0, i1) being processed and the window of keys around it.
  *
- * The window is a ring of columns: sorted item j sits at column j % ring (and again at j % ring + ring when
- * j % ring < ring, i.e. the ring is stored twice over), so every run of up to `ring` consecutive items is
+ * The window is a ring of columns: sorted item j sits at column j % ring and again at j % ring + ring (the
+ * ring is stored twice over), so every run of up to `ring` consecutive items is
  * contiguous from column c0 = a0 % ring. Each item is transposed into it once, when the windows (which only
  * move forward: lo and hi grow with the query) first reach it. Per column: the item's position, the offset
  * of its vectors, its R buckets, 1 / its key's norm, and its unit key (and, backward, value) as a column of an
@@ -192,8 +194,8 @@ static inline REAL band_scores(const row_t *r, const REAL *products, int64_t t, 
     return m;
 }
 
-/* The ring's storage for one thread, sized for the widest block of its rows (zeroed: the vectors past a
- * window's end are read, never used). */
+/* The ring's storage for one thread, sized for the widest block of its rows. The vectors past a window's end
+ * are read and never used (zero at first, stale items' values later: finite either way). */
 typedef struct {
     int64_t width;
     int64_t *pos, *off, *bk;
