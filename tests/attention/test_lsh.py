@@ -211,16 +211,19 @@ def _use(attn: LSHAttention, kernel: str) -> LSHAttention:
     return attn
 
 
-def test_native_kernel_builds_where_a_c_compiler_exists():
+def _needs_compiler() -> None:
     if shutil.which("cc") is None and shutil.which("gcc") is None:
         pytest.skip("no C compiler on this machine")
+
+
+def test_native_kernel_builds_where_a_c_compiler_exists():
+    _needs_compiler()
     assert lsh_native.available(torch.float32) and lsh_native.available(torch.float64)
     assert LSHAttention.native  # and it is the default
 
 
 def test_native_kernel_build_falls_back_to_a_private_temporary_folder(monkeypatch, tmp_path):
-    if shutil.which("cc") is None and shutil.which("gcc") is None:
-        pytest.skip("no C compiler on this machine")
+    _needs_compiler()
     blocked = tmp_path / "file"
     blocked.write_text("a file, not a folder: the cache cannot be created under it")
     monkeypatch.setenv("LONGRANGE_CACHE", str(blocked))
@@ -247,8 +250,7 @@ def test_a_broken_compiler_warns_and_the_pytorch_kernel_is_used(monkeypatch, tmp
 
 
 def test_a_kernel_folder_others_can_write_is_never_loaded_from(monkeypatch, tmp_path):
-    if shutil.which("cc") is None and shutil.which("gcc") is None:
-        pytest.skip("no C compiler on this machine")
+    _needs_compiler()
     folder = tmp_path / "kernels"
     monkeypatch.setattr(lsh_native, "cache_dirs", lambda: [folder])
     lsh_native._library.cache_clear()

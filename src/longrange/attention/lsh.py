@@ -240,20 +240,18 @@ class LSHAttention(AttentionModule):
             # a fused kernel (lsh_native, or lsh_sorted): the same attention without score blocks in memory;
             # neither has attention dropout (and lsh_sorted counts shared rounds in int8), so those cases take
             # the plain path. Both read the projections' own (B, Tp, H, E) layout: no head transposes are copied
-            kernel_inputs = (
-                qk_rows.view(b, tp, self.n_heads, e),
-                v_rows.view(b, tp, self.n_heads, e),
-                order.flatten(0, 1),  # (BH, S)
-                round_bucket.gather(2, order).flatten(0, 1),  # (BH, S) sorted (round, bucket) ids
-                buckets.transpose(2, 3).flatten(0, 1) if self.dedup and r > 1 else None,  # (BH, Tp, R)
-            )
+            qk_4d, v_4d = qk_rows.view(b, tp, self.n_heads, e), v_rows.view(b, tp, self.n_heads, e)
+            order_rows = order.flatten(0, 1)  # (BH, S)
+            bucket_s = round_bucket.gather(2, order).flatten(0, 1)  # (BH, S) sorted (round, bucket) ids
+            by_pos = buckets.transpose(2, 3).flatten(0, 1) if self.dedup and r > 1 else None  # (BH, Tp, R)
             # the C kernel: exactly each query's band (qk's dtype, not x's: under autocast they differ)
             if self.native and lsh_native.available(qk_rows.dtype, e):
-                qk4, v4, order_flat, bucket_s, by_pos = kernel_inputs
                 lo, hi = band_bounds(bucket_s, c, window, self.causal)
-                y = lsh_native.band_attention(qk4, v4, order_flat, lo, hi, by_pos)
+                y = lsh_native.band_attention(qk_4d, v_4d, order_rows, lo, hi, by_pos)
             else:
-                y = sorted_lsh_attention(*kernel_inputs, c=c, window=window, causal=self.causal)
+                y = sorted_lsh_attention(
+                    qk_4d, v_4d, order_rows, bucket_s, by_pos, c=c, window=window, causal=self.causal
+                )
             y = y.flatten(2)  # (B, Tp, D)
             return AttentionOutput(self.out(y[:, :t] if t < tp else y), None)  # a full slice would copy its gradient
         item_pos = order % tp  # original position of each sorted item

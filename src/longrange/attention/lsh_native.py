@@ -161,14 +161,14 @@ class BandLSHAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, qk, v, order, lo, hi, by_pos):
         qk, v = qk.contiguous(), v.contiguous()
-        index = [z.contiguous().long() for z in (order, lo, hi)]
-        index.append(None if by_pos is None else by_pos.contiguous().long())
+        order, lo, hi = (z.contiguous().long() for z in (order, lo, hi))
+        by_pos = None if by_pos is None else by_pos.contiguous().long()
         norm = torch.linalg.vector_norm(qk, dim=-1)  # (batch, Tp, H)
         y = torch.empty_like(qk)
         lse = qk.new_empty(order.shape)  # (BH, S) sorted order
-        _run("lsh_band_forward", qk, [qk, norm, v, *index, y, lse], index[0])
-        ctx.save_for_backward(qk, v, y, lse, norm, *index[:3])
-        ctx.by_pos = index[3]
+        _run("lsh_band_forward", qk, [qk, norm, v, order, lo, hi, by_pos, y, lse], order)
+        ctx.save_for_backward(qk, v, y, lse, norm, order, lo, hi)
+        ctx.by_pos = by_pos
         return y
 
     @staticmethod

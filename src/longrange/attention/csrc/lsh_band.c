@@ -95,7 +95,7 @@ static void *aligned(int64_t n) { return aligned_alloc(64, round_up(n * (int64_t
  * (E, 2 ring) array. Keys are the queries divided by their norms (clamped to eps, as F.normalize does). */
 typedef struct {
     const int64_t *ord, *lo, *hi, *bk;
-    int64_t heads, tp, e, rounds, s, base, h;
+    int64_t heads, tp, e, rounds, base, h;
     REAL scale, self_score;
     const REAL *log_count;
     int64_t i0, i1, a0, L, lp, c0; /* the block, its union band [a0, a0 + L) (lp: L in whole vectors) */
@@ -233,7 +233,7 @@ static row_t start_row(const int64_t *order, const int64_t *lo, const int64_t *h
                        int64_t rounds, double scale, double self_score, const REAL *log_count, const ring_t *ring) {
     const int64_t s = rounds * tp;
     row_t r = {order + row * s, lo + row * s, hi + row * s, buckets ? buckets + row * tp * rounds : NULL,
-               heads, tp, e, rounds, s, (row / heads) * tp, row % heads, (REAL)scale, (REAL)self_score,
+               heads, tp, e, rounds, (row / heads) * tp, row % heads, (REAL)scale, (REAL)self_score,
                log_count, 0, 0, 0, 0, 0, 0, ring->width, 0, ring->pos, ring->off, ring->bk, ring->inv, norm, (REAL)eps,
                {ring->sources[0], ring->sources[1]}, {ring->columns[0], ring->columns[1]}, ring->n_sources};
     return r;
