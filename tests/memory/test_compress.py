@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from longrange.memory.compress import KINDS, Compressor
+from longrange.memory.compress import KINDS, Compressor, dilated_stack
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -29,11 +29,35 @@ def test_hand_computed_convolutions():
         conv.conv.weight.copy_(torch.tensor([[[1.0, 10.0, 100.0, 1000.0]]]))
         conv.conv.bias.zero_()
     assert conv(states).flatten().tolist() == [3210.0, 7654.0]  # 0*1 + 1*10 + 2*100 + 3*1000, ...
-    dilated = Compressor("dilated_conv", 1, 4)  # taps at offsets 0 and 2 of each group of 4
+    dilated = Compressor("dilated_conv", 1, 4)  # two 2-tap layers, dilation 1 then 2: receptive field 4
     with torch.no_grad():
-        dilated.conv.weight.copy_(torch.tensor([[[1.0, 10.0]]]))
-        dilated.conv.bias.zero_()
-    assert dilated(states).flatten().tolist() == [20.0, 64.0]  # 0 + 2*10, 4 + 6*10
+        dilated.layers[0].weight.copy_(torch.tensor([[[1.0, 10.0]]]))  # a_i = x_i + 10 x_{i+1}
+        dilated.layers[1].weight.copy_(torch.tensor([[[1.0, 100.0]]]))  # y = a_0 + 100 a_2
+        for layer in dilated.layers:
+            layer.bias.zero_()
+    # group (0, 1, 2, 3): (0 + 10) + 100 (2 + 30) = 3210; group (4, 5, 6, 7): (4 + 50) + 100 (6 + 70) = 7654
+    assert dilated(states).flatten().tolist() == [3210.0, 7654.0]
+
+
+@pytest.mark.parametrize(("rate", "dilations"), [(1, []), (2, [1]), (3, [1, 1]), (5, [1, 2, 1]), (8, [1, 2, 4])])
+def test_dilated_stack_covers_exactly_one_group(rate, dilations):
+    assert dilated_stack(rate) == dilations and 1 + sum(dilations) == max(rate, 1)
+
+
+@pytest.mark.parametrize("rate", [2, 3, 4, 8])
+def test_dilated_conv_slot_depends_on_every_state_of_its_group_and_no_other(rate):
+    """The gradient of each compressed slot with respect to each evicted state: nonzero exactly within its group."""
+    torch.manual_seed(0)
+    compressor = Compressor("dilated_conv", 4, rate).double()
+    states = torch.randn(2, 3 * rate, 4, dtype=torch.float64)
+    jacobian = torch.autograd.functional.jacobian(compressor, states)  # (2, 3, 4, 2, 3 * rate, 4)
+    reach = jacobian.abs().sum(dim=(2, 5))  # (B, slot, B, state): does the slot depend on the state at all
+    group_of_state = torch.arange(3 * rate) // rate
+    for row in range(2):
+        for slot in range(3):
+            assert (reach[row, slot, row, group_of_state == slot] > 0).all(), (rate, slot)
+            assert (reach[row, slot, row, group_of_state != slot] == 0).all(), (rate, slot)
+            assert (reach[row, slot, 1 - row] == 0).all()
 
 
 def test_partial_groups_are_refused():

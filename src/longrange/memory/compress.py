@@ -8,8 +8,13 @@ Shape legend: B batch, N evicted states, D model width, c compression rate.
 - ``conv``: 1-D convolution, kernel = stride = c (the paper's best); computed as one matrix product over
   whole groups (the same parameters as ``nn.Conv1d``, a test checks the two agree), which is faster
   on CPU than the convolution kernel;
-- ``dilated_conv``: 1-D convolution with 2 taps ``c // 2`` apart and stride c: each slot mixes two
-  states of its group that are half a group apart (a sparse, wider-spaced kernel at the same cost);
+- ``dilated_conv``: a stack of 2-tap 1-D convolutions (WaveNet-style) with dilations 1, 2, 4, ...,
+  the last one shortened so the receptive field is exactly the group (1 + sum of dilations = c, for
+  any c: 3 -> 1, 1; 5 -> 1, 2, 1; 8 -> 1, 2, 4), applied to each group of c on its own: every state of
+  a group reaches its slot and none of another group does (rate 1: one 1-tap layer, a linear map).
+  Deliberate choices, the paper naming only "dilated convolutions": no nonlinearity between the
+  layers (like ``conv``, a linear map of the group, here factored into 2-tap layers), and no state
+  shared across groups (a dilated stack run over the whole sequence would mix neighbouring groups);
 - ``most_used``: keep the N // c states that received the most attention (average attention weight
   while they were in memory, `usage`), in their original order (no parameters).
 
@@ -36,8 +41,8 @@ class Compressor(nn.Module):
         if kind == "conv":
             self.conv = nn.Conv1d(d_model, d_model, kernel_size=rate, stride=rate)
         elif kind == "dilated_conv":
-            taps, dilation = (2, rate // 2) if rate >= 2 else (1, 1)
-            self.conv = nn.Conv1d(d_model, d_model, kernel_size=taps, stride=rate, dilation=dilation)
+            shapes = [(2, dilation) for dilation in dilated_stack(rate)] or [(1, 1)]  # (taps, dilation) per layer
+            self.layers = nn.ModuleList(nn.Conv1d(d_model, d_model, taps, dilation=dl) for taps, dl in shapes)
 
     @property
     def learned(self) -> bool:
@@ -57,11 +62,21 @@ class Compressor(nn.Module):
         if self.kind == "conv":  # kernel = stride = c: one matmul over whole groups, (B, N/c, c*D) @ (c*D, D)
             weight = self.conv.weight.permute(0, 2, 1).reshape(d, self.rate * d)  # (D_out, c*D_in), tap-major
             return F.linear(states.reshape(b, n // self.rate, self.rate * d), weight, self.conv.bias)
+        if self.kind == "dilated_conv":  # each group alone: (B * N/c, D, c) -> ... -> (B * N/c, D, 1)
+            y = states.reshape(b * (n // self.rate), self.rate, d).transpose(1, 2)
+            for layer in self.layers:  # valid (unpadded) convolutions: the length shrinks by the dilation
+                y = layer(y)
+            return y.view(b, n // self.rate, d)
         x = states.transpose(1, 2)  # (B, D, N)
-        if self.kind == "max":
-            y = F.max_pool1d(x, self.rate)
-        elif self.kind == "mean":
-            y = F.avg_pool1d(x, self.rate)
-        else:
-            y = self.conv(x)
+        y = F.max_pool1d(x, self.rate) if self.kind == "max" else F.avg_pool1d(x, self.rate)
         return y.transpose(1, 2)  # (B, N/c, D)
+
+
+def dilated_stack(rate: int) -> list[int]:
+    """Dilations 1, 2, 4, ... of the 2-tap layers whose receptive field is exactly `rate` (1 + sum = rate)."""
+    dilations, left, step = [], rate - 1, 1
+    while left > 0:
+        dilations.append(min(step, left))
+        left -= dilations[-1]
+        step *= 2
+    return dilations
