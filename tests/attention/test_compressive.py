@@ -1,5 +1,6 @@
 """Compressive Transformer: FIFO of both memories, gradient separation, c = 1 equals XL, generation."""
 
+import pytest
 import torch
 
 import longrange as lr
@@ -195,3 +196,10 @@ def test_compressive_presets_reach_as_far_as_the_transformer_xl_presets():
         comp = lr.ModelConfig.from_name(f"compressive-{size}").compressive
         assert comp.mem_len + comp.cmem_len * comp.rate == xl.mem_len
         assert comp.mem_len + comp.cmem_len < xl.mem_len  # fewer slots to attend over
+
+
+def test_padded_batches_are_refused_so_padding_never_enters_a_memory():
+    """Compression groups states of c consecutive slots; padding inside a group has no faithful treatment."""
+    attn = _attn()
+    with pytest.raises(ValueError, match="padded batches are not supported"):
+        attn(torch.randn(1, 4, D), state=None, doc_start=None, pad_mask=torch.ones(1, 4, dtype=torch.bool))

@@ -48,3 +48,21 @@ def test_memory_is_a_fifo_of_the_newest_inputs():
     expected = torch.cat(list(inputs), dim=1)[:, -5:]
     torch.testing.assert_close(state["mem"], expected)
     assert state["valid"].all()
+
+
+def test_padded_tokens_never_become_memory():
+    """Changing only the padded tokens of one segment leaves the next segment's output unchanged."""
+    torch.manual_seed(0)
+    model = _xl_model(mem_len=16)
+    first, second = torch.randint(0, 256, (2, 8)), torch.randint(0, 256, (2, 8))
+    pad_mask = torch.ones(2, 8, dtype=torch.bool)
+    pad_mask[0, 5:] = False  # row 0 ends its first segment with 3 padding tokens
+    other_padding = first.clone()
+    other_padding[0, 5:] = (first[0, 5:] + 17) % 256
+
+    def next_segment(tokens):
+        state = model(tokens, state=model.init_state(2), pad_mask=pad_mask).state
+        assert state.layers[0]["valid"][0, -3:].tolist() == [False] * 3 and state.layers[0]["valid"][1, -3:].all()
+        return model(second, state=state).logits
+
+    torch.testing.assert_close(next_segment(first), next_segment(other_padding), rtol=0, atol=0)

@@ -10,7 +10,8 @@ previous segments (the newest `mem_len` of them, FIFO). Scores follow the paper'
 
 with R sinusoidal encodings of the distance and u, v learned per head. The trainer detaches the
 state between segments (the paper's stop-gradient on the memory). Memory slots carry a validity
-mask so a per-row document reset empties exactly that row's memory.
+mask so a per-row document reset empties exactly that row's memory, and padded tokens (``pad_mask``)
+are stored as invalid slots, so no later segment attends to padding.
 """
 
 from __future__ import annotations
@@ -105,5 +106,7 @@ class XLAttention(AttentionModule):
         if pad_mask is not None:
             mask = mask & torch.cat([valid, pad_mask], dim=1)[:, None, None, :]
         y = relative_attention(q, k, v, self.rel(q, n_mem), mask, self.u_bias, self.dropout if self.training else 0.0)
-        new_mem, new_valid = fifo_append(mem, valid, x, self.mem_len)
+        # padded tokens enter the memory as invalid slots: the next segment must not attend to them
+        new_valid = pad_mask.bool() if pad_mask is not None else None
+        new_mem, new_valid = fifo_append(mem, valid, x, self.mem_len, new_valid)
         return AttentionOutput(self.out(merge_heads(y)), state.replace(mem=new_mem, valid=new_valid))
