@@ -203,3 +203,17 @@ def test_padded_batches_are_refused_so_padding_never_enters_a_memory():
     attn = _attn()
     with pytest.raises(ValueError, match="padded batches are not supported"):
         attn(torch.randn(1, 4, D), state=None, doc_start=None, pad_mask=torch.ones(1, 4, dtype=torch.bool))
+
+
+def test_most_used_validity_follows_the_selected_states():
+    """After a reset the evicted [empty, x0, x1] form one group of 3; most-used keeps x0 or x1: a valid slot."""
+    torch.manual_seed(0)
+    attn = _attn(mem_len=4, cmem_len=2, rate=3, compression="most_used")
+    state = attn.init_state(1, torch.device("cpu"), torch.float32)  # as after a document start: all invalid
+    first = torch.randn(1, 3, D)
+    state = attn(first, state=state, doc_start=None).state  # evicts 3 empty slots: one invalid slot
+    assert state["cmem_valid"][0].tolist() == [False, False]
+    state = attn(torch.randn(1, 3, D), state=state, doc_start=None).state  # evicts [empty, x0, x1]
+    assert state["cmem_valid"][0].tolist() == [False, True]
+    kept = state["cmem"][0, -1]
+    assert torch.equal(kept, first[0, 0]) or torch.equal(kept, first[0, 1])

@@ -18,7 +18,7 @@ the main attention uses is detached. Losses (`aux_loss`, weighted by `loss_weigh
 Compressions without parameters (max, mean, most-used) have no loss.
 
 Validity masks make per-row document resets exact; a compressed slot is valid when every state
-it was made from was valid (a group that straddles a reset is dropped).
+it was made from was valid (a group that straddles a reset is dropped; most-used: the state it keeps).
 """
 
 from __future__ import annotations
@@ -150,8 +150,10 @@ class CompressiveAttention(AttentionModule):
         group_usage = torch.cat([state["pending_usage"], evicted_usage], 1) if n_pending else evicted_usage
         n_full = (group.shape[1] // self.rate) * self.rate
         to_compress = group[:, :n_full].detach()  # stop-gradient: the LM loss never trains compression
-        compressed = self.compressor(to_compress, group_usage[:, :n_full])  # (B, n_full / c, D)
-        compressed_valid = group_valid[:, :n_full].view(b, -1, self.rate).all(-1) if n_full else group_valid[:, :0]
+        # (B, n_full / c, D) and (B, n_full / c)
+        compressed, compressed_valid = self.compressor.compress(
+            to_compress, group_valid[:, :n_full], group_usage[:, :n_full]
+        )
         aux = None
         if n_full and self.compressor.learned:
             # keys/values of the evicted states were computed for this segment's attention (keys [cmem ; mem ; x],

@@ -2,7 +2,8 @@
 
 Shape legend: B batch, N evicted states, D model width, c compression rate.
 
-``Compressor(kind, d_model, rate)(states (B, N, D), usage (B, N) | None) -> (B, N // c, D)``
+``Compressor(kind, d_model, rate)(states (B, N, D), usage (B, N) | None) -> (B, N // c, D)``;
+``Compressor.compress(states, valid (B, N), usage)`` also returns which slots are valid (B, N // c).
 
 - ``max`` / ``mean``: pooling over groups of c consecutive states (no parameters);
 - ``conv``: 1-D convolution, kernel = stride = c (the paper's best); computed as one matrix product over
@@ -48,6 +49,28 @@ class Compressor(nn.Module):
     def learned(self) -> bool:
         return self.kind in ("conv", "dilated_conv")
 
+    def compress(self, states: Tensor, valid: Tensor, usage: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(compressed (B, N/c, D), valid (B, N/c)): a slot is valid when every state it was made from was valid;
+        for most-used that is the one state it keeps (selected across all N, not per group of c)."""
+        b, n, _ = states.shape
+        if self.kind == "most_used":
+            keep = self._most_used(states, usage)
+            return self._gather(states, keep), valid.gather(1, keep)
+        return self(states, usage), valid.reshape(b, n // self.rate, self.rate).all(-1)
+
+    def _most_used(self, states: Tensor, usage: Tensor | None) -> Tensor:
+        """Indices (B, N/c) of the states that received the most attention, in their original order."""
+        b, n, _ = states.shape
+        if n % self.rate:
+            raise ValueError(f"{n} states cannot be compressed by rate {self.rate}; pass whole groups")
+        if usage is None:
+            raise ValueError("most_used compression needs the attention each state received")
+        return usage.topk(n // self.rate, dim=1).indices.sort(dim=1).values
+
+    @staticmethod
+    def _gather(states: Tensor, keep: Tensor) -> Tensor:
+        return states.gather(1, keep[..., None].expand(-1, -1, states.shape[-1]))
+
     def forward(self, states: Tensor, usage: Tensor | None = None) -> Tensor:
         b, n, d = states.shape
         if n % self.rate:
@@ -55,10 +78,7 @@ class Compressor(nn.Module):
         if n == 0:
             return states
         if self.kind == "most_used":
-            if usage is None:
-                raise ValueError("most_used compression needs the attention each state received")
-            keep = usage.topk(n // self.rate, dim=1).indices.sort(dim=1).values  # (B, N/c), original order
-            return states.gather(1, keep[..., None].expand(-1, -1, d))
+            return self._gather(states, self._most_used(states, usage))
         if self.kind == "conv":  # kernel = stride = c: one matmul over whole groups, (B, N/c, c*D) @ (c*D, D)
             weight = self.conv.weight.permute(0, 2, 1).reshape(d, self.rate * d)  # (D_out, c*D_in), tap-major
             return F.linear(states.reshape(b, n // self.rate, self.rate * d), weight, self.conv.bias)
