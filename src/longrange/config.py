@@ -12,6 +12,7 @@ A config error is a `ConfigError` (a `ValueError`) that names the bad key and th
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -309,14 +310,65 @@ def _check_literals(obj: Any, prefix: str = "") -> None:
             raise ConfigError(f"{prefix}{f.name}={getattr(obj, f.name)!r} must be an integer")
 
 
+# --------------------------------------------------------------------------- YAML
+
+MAX_CONFIG_BYTES = 1 << 20  # a config is a few hundred bytes; the cap keeps a hostile file from costing memory
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that refuses anchors and aliases and reads ``1e-3`` as a number.
+
+    Configs never need anchors: refusing them outright is what makes an alias bomb (nested aliases
+    expand exponentially when the document is constructed) cost nothing. PyYAML follows YAML 1.1,
+    where a float needs a dot (``1e-3`` is a string); YAML 1.2 and every user read it as a number.
+    """
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            mark = event.start_mark
+            raise _AnchorRefused(f"anchors and aliases (&, *) are not allowed (line {mark.line + 1})")
+        return super().compose_node(parent, index)
+
+
+class _AnchorRefused(yaml.YAMLError):
+    pass
+
+
+_ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def load_yaml_text(text: str, source: str = "YAML text") -> Any:
+    """Parse YAML `text` (a config file, a ``--set`` value) safely; `source` names it in errors.
+
+    Refuses texts over `MAX_CONFIG_BYTES`, anchors and aliases, and tags that build Python objects;
+    every refusal is one `ConfigError` line.
+    """
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{source} is {len(text)} bytes; a config holds at most {MAX_CONFIG_BYTES}")
+    try:
+        return yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{source} is not a valid config: {' '.join(str(err).split())}") from err
+
+
 def _read_yaml(path: str | Path) -> dict[str, Any]:
+    """The mapping in YAML file `path` (``--config``, a checkpoint's ``config.yaml``, ``train.yaml``)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {str(path)!r} is {size} bytes; a config holds at most {MAX_CONFIG_BYTES}")
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {err}") from err
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"cannot read config file {str(path)!r}: {err}") from err
+    data = load_yaml_text(text, f"config file {str(path)!r}")
     if not isinstance(data, dict):
         raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys to values")
     return data
