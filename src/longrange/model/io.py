@@ -2,6 +2,11 @@
 
 Weights are read with safetensors only, so loading a checkpoint from an untrusted source never
 runs code. A directory may be a run directory (we then use its ``checkpoint/``) or a checkpoint.
+
+`load` checks the file's tensor shapes (read from the safetensors header, no tensor data) against a
+model built on the meta device before it allocates anything, so a hostile or mistaken ``config.yaml``
+(``vocab_size: 100000000``) is refused in milliseconds instead of allocating gigabytes; and it refuses
+weights that are not finite (a diverged run), which would only ever produce NaN.
 """
 
 from __future__ import annotations
@@ -10,7 +15,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from safetensors import SafetensorError
+import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_model
 
 from longrange.config import ModelConfig
@@ -49,6 +55,48 @@ def load_config(path: str | Path) -> ModelConfig:
     return ModelConfig.from_file(checkpoint_dir(path) / CONFIG)
 
 
+def _weights_file(path: str | Path) -> Path:
+    file = Path(path)
+    return checkpoint_dir(file) / WEIGHTS if file.is_dir() else file
+
+
+def read_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape, read from the safetensors header only (no tensor data is loaded)."""
+    file = _weights_file(path)
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            return {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"cannot read weights {str(file)!r} (truncated or corrupt?): {err}") from err
+
+
+def check_shapes(cfg: ModelConfig, path: str | Path) -> None:
+    """Refuse (CheckpointError) a config whose model would not fit the weights' shapes, before building it.
+
+    The model is built on the meta device (shapes only, no memory), so the check costs milliseconds
+    whatever sizes the config claims.
+    """
+    shapes = read_shapes(path)
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in build_model(cfg).state_dict().items()}
+    wrong = [(k, shapes[k], expected[k]) for k in shapes if k in expected and shapes[k] != expected[k]]
+    if wrong:
+        raise CheckpointError(
+            f"weights {str(_weights_file(path))!r} do not fit {CONFIG} (name, file shape, config shape): "
+            f"{wrong[:3]}; was the config edited or saved from a different model?"
+        )
+
+
+def check_finite(model: LongRangeLM, path: str | Path) -> None:
+    """Refuse (CheckpointError) weights holding NaN or infinity, naming the first such tensors."""
+    bad = [name for name, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise CheckpointError(
+            f"weights {str(_weights_file(path))!r} hold NaN or infinite values in {len(bad)} tensor(s) "
+            f"{bad[:3]}; the run diverged before this checkpoint was written (lower the learning rate and retrain)"
+        )
+
+
 def load_weights(model: LongRangeLM, path: str | Path, strict: bool = True) -> list[str]:
     """Load safetensors weights into `model`; returns the names of model tensors the file lacked.
 
@@ -56,9 +104,7 @@ def load_weights(model: LongRangeLM, path: str | Path, strict: bool = True) -> l
     the model has no place for are skipped (both logged); used to start a memorizing model from a
     transformer-xl checkpoint. Mis-shaped tensors are always an error.
     """
-    file = Path(path)
-    if file.is_dir():
-        file = checkpoint_dir(file) / WEIGHTS
+    file = _weights_file(path)
     try:
         tensors = load_file(str(file))
     except (SafetensorError, OSError, ValueError) as err:
@@ -90,12 +136,19 @@ def _is_tied_alias(model: LongRangeLM, key: str) -> bool:
     return key == "head.weight" and model.head.weight is model.embed.weight
 
 
-def load(path: str | Path, **overrides: Any) -> LongRangeLM:
+def load(path: str | Path, *, allow_nonfinite: bool = False, **overrides: Any) -> LongRangeLM:
     """Build the model saved in `path` (config + weights). `overrides` change config keys that
-    do not affect weights, e.g. ``load(run, **{"knn.memory_size": 8192})``."""
+    do not affect weights, e.g. ``load(run, **{"knn.memory_size": 8192})``.
+
+    The weights' shapes are checked against the config before the model is allocated, and weights
+    that are not finite are refused unless ``allow_nonfinite`` (CheckpointError, one line each).
+    """
     cfg = load_config(path)
     if overrides:
         cfg = cfg.replace(**overrides)
+    check_shapes(cfg, path)
     model = build_model(cfg)
     load_weights(model, path)
+    if not allow_nonfinite:
+        check_finite(model, path)
     return model

@@ -1,0 +1,56 @@
+"""The runtime every command shares: which device, which precision, whether to compile.
+
+`resolve_device` turns a ``--device`` string into a `torch.device` (or one clear error line),
+`autocast_dtype` maps ``--precision`` to the dtype of `torch.autocast` (None: plain fp32), and
+`maybe_compile` wraps a model in `torch.compile` when asked. The commands (train, eval, generate, ...)
+call these instead of each interpreting the options itself.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+DEVICE_CHOICES = "cpu, cuda, cuda:N or auto"
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(spec: str) -> torch.device:
+    """``"cpu" | "cuda" | "cuda:N" | "auto"`` -> a device that exists here; ValueError (one line) otherwise.
+
+    ``auto`` picks the first CUDA device when there is one, else the CPU.
+    """
+    text = str(spec).strip().lower()
+    if text == "auto":
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    kind, _, index = text.partition(":")
+    if kind == "cpu" and not index:
+        return torch.device("cpu")
+    if kind != "cuda" or (index and not index.isdigit()):
+        raise ValueError(f"--device {spec!r} is not one of {DEVICE_CHOICES}")
+    if not torch.cuda.is_available():
+        why = "this PyTorch build has no CUDA" if torch.version.cuda is None else "no CUDA device is visible"
+        raise ValueError(f"--device {spec!r}: {why}; use --device cpu (or auto)")
+    count = torch.cuda.device_count()
+    if index and int(index) >= count:
+        raise ValueError(f"--device {spec!r}: only {count} CUDA device(s) here (cuda:0 .. cuda:{count - 1})")
+    return torch.device("cuda", int(index) if index else 0)
+
+
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    """The autocast dtype of ``--precision`` ("fp32": None, no autocast; "bf16"; "fp16")."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"--precision {precision!r} is not one of {sorted(PRECISIONS)}")
+    return PRECISIONS[precision]
+
+
+def autocast(device: torch.device, precision: str):
+    """A `torch.autocast` context for `precision` on `device` (disabled for fp32)."""
+    dtype = autocast_dtype(precision)
+    return torch.autocast(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
+def maybe_compile(model: nn.Module, enabled: bool) -> nn.Module:
+    """`torch.compile(model)` when `enabled`, else `model` itself. The compiled wrapper shares the
+    parameters and forwards attribute reads to the model, so callers may keep using either."""
+    return torch.compile(model) if enabled else model
