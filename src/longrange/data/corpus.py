@@ -11,6 +11,14 @@
 - any other file: one text file, documents separated by form feeds (``\\f``) if any, else one document.
 
 Text must be UTF-8; a file that does not decode is an error naming the file (we never guess).
+A file (a ``.jsonl`` line) larger than ``max_document_bytes`` (1 GiB by default) is an error naming the file
+and the cap: reading stops at the cap, so a device such as ``/dev/zero`` or an endless pipe cannot exhaust
+memory.
+
+`Corpus.held_out(split)` is the split an evaluation reads: a corpus of fewer than 3 documents has no
+valid/test documents, and it says so and how to fix it. `corpus_change(recorded, corpus)` compares a run's
+recorded manifest (``corpus.json``) with the corpus loaded now, so an evaluation notices when adding or
+editing files moved documents between splits.
 """
 
 from __future__ import annotations
@@ -26,6 +34,8 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "valid", "test")
+MAX_DOCUMENT_BYTES = 1 << 30  # 1 GiB: larger files are almost always a mistake (a device, a binary dump)
+MIN_DOCUMENTS_FOR_HELD_OUT = 3
 _STDLIB_SKIP = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__", "lib2to3"}
 
 
@@ -48,21 +58,36 @@ class Corpus:
         """Rank documents by a hash of (seed, content) so the split ignores file order."""
         n = len(self.documents)
         order = sorted(range(n), key=lambda i: hashlib.sha256(b"%d:" % self.seed + self.documents[i]).digest())
-        n_valid = max(1, round(n * self.valid_fraction)) if n >= 3 else 0
-        n_test = max(1, round(n * self.test_fraction)) if n >= 3 else 0
+        held_out = n >= MIN_DOCUMENTS_FOR_HELD_OUT
+        n_valid = max(1, round(n * self.valid_fraction)) if held_out else 0
+        n_test = max(1, round(n * self.test_fraction)) if held_out else 0
         return {
             "valid": sorted(order[:n_valid]),
             "test": sorted(order[n_valid : n_valid + n_test]),
             "train": sorted(order[n_valid + n_test :]),
         }
 
+    def held_out(self, name: str) -> list[bytes]:
+        """Documents of split `name` for an evaluation; a ValueError saying how to fix it when there are none."""
+        documents = self.split(name)
+        if not documents and name != "train" and len(self.documents) < MIN_DOCUMENTS_FOR_HELD_OUT:
+            raise ValueError(
+                f"corpus {self.name!r} has {len(self.documents)} document(s), so it has no {name!r} split "
+                f"(held-out splits need at least {MIN_DOCUMENTS_FOR_HELD_OUT} documents); add documents (files of a "
+                "directory, lines of a .jsonl, or form-feed-separated parts of one file) or evaluate --split train"
+            )
+        return documents
+
     @property
     def num_bytes(self) -> int:
         return sum(len(d) for d in self.documents)
 
 
-def load_corpus(spec: str | Path | None = None, text_field: str = "text") -> Corpus:
-    """Load the corpus named by `spec` (see module docstring); raises ValueError when it is empty."""
+def load_corpus(
+    spec: str | Path | None = None, text_field: str = "text", max_document_bytes: int = MAX_DOCUMENT_BYTES
+) -> Corpus:
+    """Load the corpus named by `spec` (see module docstring); raises ValueError when it is empty or a
+    file is larger than `max_document_bytes`."""
     if spec is None or str(spec) == "stdlib":
         corpus = stdlib_corpus()
     else:
@@ -70,11 +95,11 @@ def load_corpus(spec: str | Path | None = None, text_field: str = "text") -> Cor
         if not path.exists():
             raise ValueError(f"corpus {str(spec)!r} does not exist (give a directory, a text/.jsonl file or 'stdlib')")
         if path.is_dir():
-            corpus = Corpus(path.name, _directory_documents(path))
+            corpus = Corpus(path.name, _directory_documents(path, max_document_bytes))
         elif path.suffix == ".jsonl":
-            corpus = Corpus(path.stem, _jsonl_documents(path, text_field))
+            corpus = Corpus(path.stem, _jsonl_documents(path, text_field, max_document_bytes))
         else:
-            text = _read_text(path)
+            text = _read_text(path, max_document_bytes)
             corpus = Corpus(path.stem, [d.encode() for d in text.split("\f") if d.strip()])
     corpus.documents = [d for d in corpus.documents if len(d) >= 2]
     if not corpus.documents:
@@ -83,6 +108,24 @@ def load_corpus(spec: str | Path | None = None, text_field: str = "text") -> Cor
     corpus.manifest.setdefault("bytes", corpus.num_bytes)
     corpus.manifest.setdefault("sha256", _digest(corpus.documents))
     return corpus
+
+
+def corpus_change(recorded: dict, corpus: Corpus) -> str | None:
+    """What changed between a run's recorded manifest (``corpus.json``) and `corpus` as loaded now, in one
+    line; None when the content hash is the same (or the record has none to compare)."""
+    old, new = recorded.get("sha256"), corpus.manifest.get("sha256")
+    if not old or old == new:
+        return None
+    changes = [
+        f"{key} {recorded[key]} -> {corpus.manifest[key]}"
+        for key in ("documents", "bytes", "python")
+        if key in recorded and key in corpus.manifest and recorded[key] != corpus.manifest[key]
+    ]
+    changes.append(f"sha256 {old[:12]} -> {str(new)[:12]}")
+    return (
+        f"corpus {recorded.get('spec', corpus.name)!r} changed since the run was trained ({', '.join(changes)}); "
+        "its train/valid/test split may now hold documents the model was trained on"
+    )
 
 
 def stdlib_corpus() -> Corpus:
@@ -105,31 +148,54 @@ def stdlib_corpus() -> Corpus:
     return Corpus("stdlib", documents, manifest)
 
 
-def _directory_documents(path: Path) -> list[bytes]:
+def _directory_documents(path: Path, cap: int) -> list[bytes]:
     files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
-    return [_read_text(p).encode() for p in files]
+    return [_read_text(p, cap).encode() for p in files]
 
 
-def _jsonl_documents(path: Path, text_field: str) -> list[bytes]:
+def _jsonl_documents(path: Path, text_field: str, cap: int) -> list[bytes]:
     documents = []
-    for line_no, line in enumerate(_read_text(path).splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{line_no} is not valid JSON: {err}") from err
-        if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
-            raise ValueError(f"{path}:{line_no} has no string field {text_field!r}")
-        documents.append(record[text_field].encode())
+    with open(path, "rb") as f:  # line by line, each read capped: the file as a whole may be larger than one document
+        for line_no, raw in enumerate(iter(lambda: f.readline(cap + 1), b""), 1):
+            if len(raw) > cap:
+                raise ValueError(_too_large(f"{path}:{line_no}", cap))
+            line = _decode(raw, f"{path}:{line_no}")
+            if not line.strip():
+                continue
+            documents.append(_jsonl_record(line, path, line_no, text_field))
     return documents
 
 
-def _read_text(path: Path) -> str:
+def _jsonl_record(line: str, path: Path, line_no: int, text_field: str) -> bytes:
     try:
-        return path.read_bytes().decode("utf-8")
+        record = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}:{line_no} is not valid JSON: {err}") from err
+    if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
+        raise ValueError(f"{path}:{line_no} has no string field {text_field!r}")
+    return record[text_field].encode()
+
+
+def _too_large(where: str, cap: int) -> str:
+    return (
+        f"{where} is larger than the document size cap of {cap:,} bytes ({cap / 2**30:g} GiB); "
+        "split it into smaller documents or raise load_corpus(max_document_bytes=...)"
+    )
+
+
+def _read_text(path: Path, cap: int = MAX_DOCUMENT_BYTES) -> str:
+    with open(path, "rb") as f:  # read at most cap + 1 bytes: a device or an endless pipe stops at the cap
+        data = f.read(cap + 1)
+    if len(data) > cap:
+        raise ValueError(_too_large(str(path), cap))
+    return _decode(data, str(path))
+
+
+def _decode(data: bytes, where: str) -> str:
+    try:
+        return data.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise ValueError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start}); convert or remove it") from err
+        raise ValueError(f"{where} is not UTF-8 text ({err.reason} at byte {err.start}); convert or remove it") from err
 
 
 def _digest(items: list[bytes]) -> str:
