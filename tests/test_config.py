@@ -103,3 +103,95 @@ def test_yaml_reads_exponent_floats_as_numbers():
     from longrange.config import load_yaml_text
 
     assert load_yaml_text("lr: 1e-3\nx: 2E+2\nname: e5\n") == {"lr": 1e-3, "x": 200.0, "name": "e5"}
+
+
+# --------------------------------------------------------------------------- types (issue 14, item 13)
+
+
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        ({"reversible": "abc"}, r"reversible='abc' must be true or false"),
+        ({"tie_embeddings": "no"}, r"tie_embeddings='no' must be true or false"),
+        ({"tie_embeddings": 1}, r"tie_embeddings=1 must be true or false"),
+        ({"dropout": "abc"}, r"dropout='abc' must be a number"),
+        ({"dropout": True}, r"dropout=True must be a number"),
+        ({"d_ff": "abc"}, r"d_ff='abc' must be an integer or null"),
+        ({"d_model": 64.0}, r"d_model=64.0 must be an integer"),
+        ({"d_model": True}, r"d_model=True must be an integer"),
+        ({"norm_eps": "abc"}, r"norm_eps='abc' must be a number"),
+        ({"layers": "xl"}, r"layers='xl' must be a list of strings"),
+        ({"layers": ["xl", 3]}, r"layers=\['xl', 3\] must be a list of strings"),
+        ({"axial_shape": [8, "x"]}, r"axial_shape=\[8, 'x'\] must be a list of integers or null"),
+        ({"name": 5}, r"name=5 must be a string"),
+        ({"lsh.n_buckets": "many"}, r"lsh.n_buckets='many' must be an integer or a list of integers or null"),
+        ({"lsh.n_buckets": [4, 2.5]}, r"lsh.n_buckets=\[4, 2.5\] must be an integer or a list of integers or null"),
+        ({"lsh.dedup": "yes"}, r"lsh.dedup='yes' must be true or false"),
+        ({"knn.storage_dir": 3}, r"knn.storage_dir=3 must be a string or null"),
+        ({"compressive.loss_weight": "x"}, r"compressive.loss_weight='x' must be a number"),
+        ({"luna.activation": "relu"}, r"luna.activation='relu' is not allowed; choose one of \['elu', 'softplus'\]"),
+    ],
+)
+def test_every_field_is_checked_against_its_declared_type(bad, match):
+    with pytest.raises(ConfigError, match=match) as err:
+        lr.ModelConfig.from_name("transformer-xl-tiny").replace(**bad)
+    assert "\n" not in str(err.value)
+
+
+def test_types_are_checked_from_yaml_overrides_and_the_constructor():
+    from longrange.config import load_yaml_text
+
+    # `--set tie_embeddings="no"` reaches the config as the string "no"; unquoted `no` is YAML's false
+    with pytest.raises(ConfigError, match="tie_embeddings='no'"):
+        lr.ModelConfig.from_name("transformer-tiny", tie_embeddings=load_yaml_text('"no"'))
+    assert lr.ModelConfig.from_name("transformer-tiny", tie_embeddings=load_yaml_text("no")).tie_embeddings is False
+    with pytest.raises(ConfigError, match="reversible='abc'"):
+        lr.ModelConfig(reversible="abc")
+    with pytest.raises(ConfigError, match=r"xl.mem_len='8' must be an integer"):
+        lr.ModelConfig(layers=["xl"], xl={"mem_len": "8"})
+
+
+def test_good_values_pass_and_ints_become_floats():
+    cfg = lr.ModelConfig.from_name(
+        "reformer-tiny", dropout=0, norm_eps=1, axial_shape=(256, 256), **{"lsh.n_buckets": [4, 8]}
+    )
+    assert cfg.dropout == 0.0 and isinstance(cfg.dropout, float) and isinstance(cfg.norm_eps, float)
+    assert cfg.axial_shape == [256, 256] and cfg.lsh.n_buckets == [4, 8]
+    assert lr.ModelConfig.from_name("reformer-tiny", **{"lsh.n_buckets": None}).lsh.n_buckets is None
+
+
+def test_a_trainer_like_dataclass_gets_the_same_checks():
+    """The trainer's `TrainConfig` uses `_check_literals` / `_from_dict`; any dataclass does."""
+    from dataclasses import dataclass, field
+    from typing import Literal
+
+    from longrange.config import _check_literals, _from_dict
+
+    @dataclass
+    class Train:
+        steps: int = 10
+        lr: float = 1e-3
+        bf16: bool = False
+        betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+        threads: int | None = None
+        optimizer: Literal["adamw", "adam"] = "adamw"
+
+        def __post_init__(self):
+            _check_literals(self)
+
+    assert _from_dict(Train, {"lr": 1, "betas": [1, 0.5]}, prefix="train.") == Train(lr=1.0, betas=[1.0, 0.5])
+    for bad, match in [
+        ({"steps": "10"}, r"train.steps='10' must be an integer"),
+        ({"steps": 1.5}, r"train.steps=1.5 must be an integer"),
+        ({"lr": "fast"}, r"train.lr='fast' must be a number"),
+        ({"bf16": "true"}, r"train.bf16='true' must be true or false"),
+        ({"betas": 0.9}, r"train.betas=0.9 must be a list of numbers"),
+        ({"betas": ["a", 1]}, r"train.betas=\['a', 1\] must be a list of numbers"),
+        ({"threads": "4"}, r"train.threads='4' must be an integer or null"),
+        ({"optimizer": "sgd"}, r"train.optimizer='sgd' is not allowed; choose one of \['adamw', 'adam'\]"),
+        ({"stpes": 3}, r"unknown key 'train.stpes'"),
+    ]:
+        with pytest.raises(ConfigError, match=match):
+            _from_dict(Train, bad, prefix="train.")
+    with pytest.raises(ConfigError, match=r"^bf16=1 must be true or false$"):
+        Train(bf16=1)

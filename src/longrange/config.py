@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -175,6 +176,7 @@ class ModelConfig:
             value = getattr(self, key)
             if isinstance(value, dict):
                 setattr(self, key, _from_dict(cls, value, prefix=f"{key}."))
+        _check_literals(self)  # types first: the checks below compare and compute with the values
         if self.d_ff is None:
             self.d_ff = 4 * self.d_model
         for i, kind in enumerate(self.layers):
@@ -200,7 +202,6 @@ class ModelConfig:
             raise ConfigError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout={self.dropout} must be in [0, 1)")
-        _check_literals(self)
         if self.reversible_readout == "concat" and not self.reversible:
             raise ConfigError("reversible_readout='concat' needs reversible: true (it reads out the two halves)")
         if self.reversible_readout == "concat" and self.tie_embeddings:
@@ -291,23 +292,101 @@ def _set_dotted(data: dict, key: str, value: Any) -> None:
 
 
 def _from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """An instance of dataclass `cls` from a mapping: unknown keys and values of the wrong type are refused."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{prefix or 'config'} must be a mapping, got {type(data).__name__}")
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {type(data).__name__}")
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    unknown = sorted(set(data) - names, key=str)
     if unknown:
-        raise ConfigError(f"unknown key {prefix}{unknown[0]!r}; allowed keys: {sorted(names)}")
-    return cls(**data)
+        raise ConfigError(f"unknown key {prefix + str(unknown[0])!r}; allowed keys: {sorted(names)}")
+    hints = typing.get_type_hints(cls)
+    # checked here too (not only in __post_init__) so the message carries the section's prefix
+    return cls(**{key: _checked(prefix + key, value, hints[key]) for key, value in data.items()})
 
 
 def _check_literals(obj: Any, prefix: str = "") -> None:
+    """Check every field of dataclass `obj` against its declared type (see `_checked`); fix ints given for floats.
+
+    Dataclasses call it first in ``__post_init__``, before any check that compares or computes with a value.
+    """
     hints = typing.get_type_hints(type(obj))
     for f in dataclasses.fields(obj):
-        hint = hints[f.name]
-        if typing.get_origin(hint) is Literal:
-            _check_choice(prefix + f.name, getattr(obj, f.name), get_args(hint))
-        elif hint is int and not isinstance(getattr(obj, f.name), int):
-            raise ConfigError(f"{prefix}{f.name}={getattr(obj, f.name)!r} must be an integer")
+        value = getattr(obj, f.name)
+        checked = _checked(prefix + f.name, value, hints[f.name])
+        if checked is not value:
+            object.__setattr__(obj, f.name, checked)
+
+
+def _checked(key: str, value: Any, hint: Any) -> Any:
+    """`value` if it has type `hint` (an int given for a float becomes a float), else one `ConfigError` line.
+
+    Types: bool, int, float, str, None, ``Literal``, ``list[...]`` (a tuple becomes a list; a bare string is
+    not a list), ``X | Y`` and nested dataclasses; other hints (``Any``, ``dict``) are not checked.
+    """
+    ok, out = _match(value, hint)
+    if ok:
+        return out
+    if typing.get_origin(hint) is Literal:
+        raise ConfigError(f"{key}={value!r} is not allowed; choose one of {list(get_args(hint))}")
+    raise ConfigError(f"{key}={value!r} must be {_describe(hint)}")
+
+
+def _match(value: Any, hint: Any) -> tuple[bool, Any]:
+    if hint is Any:
+        return True, value
+    if hint is type(None) or hint is None:
+        return value is None, value
+    if hint is bool:  # YAML's true/false only: "no", "abc" or 1 are not booleans
+        return isinstance(value, bool), value
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if hint is float:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return True, float(value)
+        return isinstance(value, float), value
+    if hint is str:
+        return isinstance(value, str), value
+    origin = typing.get_origin(hint)
+    if origin is Literal:  # the type too: True == 1 must not pass for a Literal[1]
+        return any(value == c and type(value) is type(c) for c in get_args(hint)), value
+    if origin in (typing.Union, types.UnionType):
+        for arm in get_args(hint):
+            ok, out = _match(value, arm)
+            if ok:
+                return True, out
+        return False, value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            return False, value
+        (arg,) = get_args(hint) or (Any,)
+        items = [_match(v, arg) for v in value]
+        if not all(ok for ok, _ in items):
+            return False, value
+        out = [v for _, v in items]
+        return True, value if isinstance(value, list) and all(a is b for a, b in zip(out, value, strict=True)) else out
+    if dataclasses.is_dataclass(hint) and isinstance(hint, type):  # a section: its instance or its mapping
+        return isinstance(value, (hint, dict)), value
+    return True, value
+
+
+def _describe(hint: Any) -> str:
+    """English for a type hint, as error messages use it: ``int | None`` -> "an integer or null"."""
+    if hint is type(None) or hint is None:
+        return "null"
+    words = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    if hint in words:
+        return words[hint]
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        return f"one of {list(get_args(hint))}"
+    if origin in (typing.Union, types.UnionType):
+        arms = sorted(get_args(hint), key=lambda a: a is type(None))  # null last
+        return " or ".join(_describe(a) for a in arms)
+    if origin is list:
+        (arg,) = get_args(hint) or (Any,)
+        plural = {bool: "booleans", int: "integers", float: "numbers", str: "strings"}
+        return f"a list of {plural.get(arg, _describe(arg))}"
+    return getattr(hint, "__name__", str(hint))
 
 
 # --------------------------------------------------------------------------- YAML
