@@ -195,3 +195,36 @@ def test_a_trainer_like_dataclass_gets_the_same_checks():
             _from_dict(Train, bad, prefix="train.")
     with pytest.raises(ConfigError, match=r"^bf16=1 must be true or false$"):
         Train(bf16=1)
+
+
+# --------------------------------------------------------------------------- mistakes (issue 14, item 14)
+
+
+def test_a_misspelt_run_config_section_is_named():
+    from longrange.config import check_run_config_sections
+
+    check_run_config_sections({"model": {}, "train": {}, "data": "stdlib"})
+    with pytest.raises(ConfigError, match=r"unknown section 'trian' in config file \(did you mean 'train'\?\)"):
+        check_run_config_sections({"model": {}, "trian": {"steps": 3}})
+    with pytest.raises(ConfigError, match=r"unknown section 'eval' in x.yaml; allowed sections: \['model'\]"):
+        check_run_config_sections({"eval": {}}, allowed=("model",), source="x.yaml")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        check_run_config_sections(["model"])
+
+
+def test_settings_of_a_section_no_layer_uses_warn(caplog):
+    cfg = lr.ModelConfig.from_name("transformer-xl-tiny")
+    with caplog.at_level("WARNING", logger="longrange.config"):
+        assert cfg.replace(**{"xl.mem_len": 8}).xl.mem_len == 8  # used: no warning
+        assert not caplog.records
+        assert cfg.replace(**{"lsh.n_hashes": 8}).lsh.n_hashes == 8
+    assert len(caplog.records) == 1 and "section 'lsh' is set but no layer uses it" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="longrange.config"):
+        lr.ModelConfig.from_dict({"layers": ["full"], "knn": {"topk": 4}})
+        lr.ModelConfig.from_dict({"layers": ["full"], "knn": {}})  # defaults only: nothing to warn about
+        cfg.replace(**{"lsh.n_hashes": 8}).replace(d_model=32)  # warned once, where the section was set
+    assert [r.getMessage().split(" is set")[0] for r in caplog.records] == [
+        "config section 'knn'",
+        "config section 'lsh'",
+    ]

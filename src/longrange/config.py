@@ -12,6 +12,8 @@ A config error is a `ConfigError` (a `ValueError`) that names the bad key and th
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import logging
 import re
 import types
 import typing
@@ -20,6 +22,8 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
+
+log = logging.getLogger(__name__)
 
 AttentionKind = Literal["full", "xl", "lsh", "local", "luna", "compressive", "knn"]
 ATTENTION_KINDS: tuple[str, ...] = get_args(AttentionKind)
@@ -238,7 +242,9 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        return _from_dict(cls, data)
+        cfg = _from_dict(cls, data)
+        _warn_unused_sections(cfg, data)
+        return cfg
 
     @classmethod
     def from_file(cls, path: str | Path) -> ModelConfig:
@@ -266,7 +272,33 @@ class ModelConfig:
         data = dataclasses.asdict(self)
         for key, value in overrides.items():
             _set_dotted(data, key, value)
-        return ModelConfig.from_dict(data)
+        cfg = _from_dict(ModelConfig, data)  # not from_dict: warn about the sections changed here, not older ones
+        _warn_unused_sections(cfg, {key.partition(".")[0] for key in overrides})
+        return cfg
+
+
+def _warn_unused_sections(cfg: ModelConfig, keys: Any) -> None:
+    """Warn about sections among `keys` that were changed from their defaults although no layer uses them."""
+    for key in keys:
+        if key in _SECTIONS and key not in cfg.layers and getattr(cfg, key) != _SECTIONS[key]():
+            log.warning(
+                "config section %r is set but no layer uses it (layers: %s); its settings have no effect",
+                key,
+                sorted(set(cfg.layers)),
+            )
+
+
+def check_run_config_sections(
+    data: Any, allowed: tuple[str, ...] = ("model", "train", "data"), source: str = "config file"
+) -> None:
+    """Refuse a run config (``--config``) whose top level is not a mapping of known sections (``trian:``)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source} must hold a mapping with sections {list(allowed)}, got {type(data).__name__}")
+    for key in data:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), allowed, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"unknown section {key!r} in {source}{hint}; allowed sections: {list(allowed)}")
 
 
 def _prod(xs: list[int]) -> int:
