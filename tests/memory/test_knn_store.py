@@ -159,7 +159,8 @@ def test_disk_storage_gives_the_same_results_fifo_and_reset(tmp_path, backend):
 def test_disk_storage_writes_through_to_its_files_and_round_trips(tmp_path):
     disk = KNNMemory(1, 4, 1, 2, storage="disk", directory=tmp_path)
     disk.add(torch.ones(1, 1, 3, 2), torch.full((1, 1, 3, 2), 2.0))
-    (folder,) = tmp_path.iterdir()
+    (process_folder,) = tmp_path.iterdir()  # one folder per process, one inside it per store
+    (folder,) = process_folder.iterdir()
     on_file = np.fromfile(folder / "keys.f32", dtype=np.float32).reshape(1, 1, 4, 2)
     assert on_file[0, 0, :3].tolist() == [[1.0, 1.0]] * 3 and on_file[0, 0, 3].tolist() == [0.0, 0.0]
     disk.save(tmp_path / "memory.safetensors")  # a checkpoint of a disk memory loads into either storage
@@ -171,7 +172,7 @@ def test_disk_storage_writes_through_to_its_files_and_round_trips(tmp_path):
     assert other.keys.untyped_storage().nbytes() == 4 * 2 * 4  # still the mapped file after loading
     del disk, other
     gc.collect()
-    assert not folder.exists()  # files go with the store
+    assert not folder.exists() and not process_folder.exists()  # files go with the store
 
 
 def test_disk_storage_refuses_an_accelerator():

@@ -87,6 +87,7 @@ class KNNAttention(AttentionModule):
                 device=device,
                 storage=self.storage,
                 directory=self.storage_dir,
+                dtype=dtype,  # the model's (a float64 model gets a float64 store; see KNNMemory)
             )
         return LayerState(
             {
@@ -118,9 +119,11 @@ class KNNAttention(AttentionModule):
             q * scale, k, v, attn_mask=local_bias, scale=1.0, dropout_p=self.dropout if self.training else 0.0
         )
 
-        # memory attention over the top-k retrieved pairs (searched before this segment is added)
+        # memory attention over the top-k retrieved pairs (searched before this segment is added). Always run
+        # when there is a store: asking whether it is empty would synchronise with the host, and an empty
+        # row's gate is multiplied by 0 (its parameters still get a gradient, 0, as DDP expects)
         store: KNNMemory | None = state.store
-        if store is not None and bool((store.count > 0).any()):
+        if store is not None:
             mem_keys, mem_values, _, found = store.search(q.detach(), self.topk)  # (B, H, T, k, E), mask (B, H, T, k)
             # one (1 x E) @ (E x k) product per query; gradient reaches q only (the store is detached)
             scores = (q.unsqueeze(-2) @ mem_keys.transpose(-1, -2)).squeeze(-2) * scale  # (B, H, T, k)
@@ -139,13 +142,16 @@ class KNNAttention(AttentionModule):
         else:
             y = local
 
-        # the segment enters the memory only now: no token can retrieve itself or its future
+        # the segment enters the memory only now: no token can retrieve itself or its future. Padding
+        # (pad_mask False) is stored as invalid, in the kNN store and in the XL cache, so no later
+        # segment attends to it; positions count real tokens only
         new_keys, new_values = k[:, :, n_mem:], v[:, :, n_mem:]
+        real = None if pad_mask is None else pad_mask.bool()
+        n_real = torch.full_like(state["pos"], t) if real is None else real.sum(1)
         if store is not None:
-            positions = state["pos"][:, None] + torch.arange(t, device=x.device)
-            if pad_mask is not None:
-                raise ValueError("knn attention does not support padded batches; pass whole segments")
-            store.add(new_keys.detach(), new_values.detach(), positions)
-        new_mem, new_valid = fifo_append(mem, valid, x, self.mem_len)
-        next_state = state.replace(mem=new_mem, valid=new_valid, pos=state["pos"] + t)
+            offsets = torch.arange(t, device=x.device) if real is None else real.long().cumsum(1) - 1
+            positions = state["pos"][:, None] + offsets
+            store.add(new_keys.detach(), new_values.detach(), positions, valid=real)
+        new_mem, new_valid = fifo_append(mem, valid, x, self.mem_len, new_valid=real)
+        next_state = state.replace(mem=new_mem, valid=new_valid, pos=state["pos"] + n_real)
         return AttentionOutput(self.out(merge_heads(y)), next_state)

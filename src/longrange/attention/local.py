@@ -104,7 +104,8 @@ class LocalAttention(AttentionModule):
         if not self.decode_cache:
             raise ValueError("a local-attention decode cache needs causal attention (a decoder); pass state=None")
         if self.training:  # the cache serves streaming generation; training reads whole sequences
-            if bool(state["valid"].any()):
+            # a misuse check, made only on the CPU where reading the mask back costs no device round trip
+            if x.device.type == "cpu" and bool(state["valid"].any()):
                 raise ValueError("the local-attention decode cache is filled in evaluation mode; call model.eval()")
             return AttentionOutput(self.forward(x, state=None, pad_mask=pad_mask).out, state)
         b, t, _ = x.shape
@@ -115,10 +116,9 @@ class LocalAttention(AttentionModule):
         keys, values = torch.cat([state["key"], k], 2), torch.cat([state["value"], v], 2)  # (B, H, W + T, E)
         key_pos = torch.cat([state["key_pos"], q_pos], 1)  # (B, W + T)
         key_valid = torch.cat([state["valid"], real], 1)
-        if pad_mask is None and not bool(state["valid"].any()) and not bool(state["pos"].any()):
-            out = self.forward(x, state=None).out  # fresh rows from position 0: the chunked one pass is the same
-        else:
-            out = self._attend_cached(q, keys, values, key_pos, key_valid, q_pos, padded=pad_mask is not None)
+        # always the cached form, also for fresh rows (where the chunked one pass gives the same): choosing by
+        # whether the cache is empty would read it back from the device
+        out = self._attend_cached(q, keys, values, key_pos, key_valid, q_pos, padded=pad_mask is not None)
 
         # keep the newest entries a future query can still see: chunk >= chunk of the next position - before
         next_pos = state["pos"] + real.sum(1)  # (B,)

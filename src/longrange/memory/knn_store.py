@@ -8,7 +8,14 @@ memory). Each row is a FIFO ring buffer of capacity M: when full, the *oldest* e
 overwritten one by one (never the whole memory; the public port resets its index on overflow).
 ``reset(rows)`` empties exactly those rows (a new document). Entries are stored detached, so no
 gradient ever reaches the memory. Keys are stored as given; the kNN attention layer L2-normalises
-keys and queries before adding and searching, as in the paper.
+keys and queries before adding and searching, as in the paper. ``add(..., valid=mask)`` marks
+padded entries: they take their ring slots (rows stay in step) but are never found.
+
+Device and dtype: the store lives on the model's device in the model's dtype (``dtype``); queries
+and entries of another dtype are converted on the way in, results are returned in the queries'
+dtype. The exact search runs on that device (GPU, CPU, or the meta device) without synchronising
+with the host: the counters a search needs (entries ever added, whether some slot may be stale)
+are mirrored in Python, so ``add``/``search``/``reset`` never read a tensor value back.
 
 Backends:
 - ``exact``: torch matmul + top-k, chunked over the memory so a million entries fit (the oracle);
@@ -17,18 +24,26 @@ Backends:
 faiss indexes hold the ring buffer's entries under ids = insertion number; an id is live while it
 is among the newest M of its row (and after the row's last reset). Searches ask faiss for enough
 extra neighbours to skip stale ids, and an index is rebuilt from the live entries once stale ones
-outnumber live ones, so FIFO eviction and per-row reset hold for every backend.
+outnumber live ones, so FIFO eviction and per-row reset hold for every backend. faiss runs on the
+CPU: queries go there and results come back to the store's device (a host round trip by nature).
 
 Storage: ``"memory"`` keeps keys and values in RAM (or on the GPU); ``"disk"`` keeps them in two
-memory-mapped files (numpy ``memmap`` viewed as torch tensors) in a fresh folder under ``directory``,
-so a memory larger than RAM pages in and out as searched. Both run the same code on the same
-tensors, so results are identical; the files are deleted when the store is garbage-collected.
-Positions and counters stay in RAM (8 bytes per slot vs 2 x 4 x H x E for keys and values).
+memory-mapped files (numpy ``memmap`` viewed as torch tensors), so a memory larger than RAM pages
+in and out as searched. Both run the same code on the same tensors, so results are identical.
+The files live in a fresh folder inside a per-process folder ``knn-memory-<host>-<pid>-<start>``
+under ``directory`` (the trainer passes one, e.g. inside the run folder; default the system
+temporary folder). They are deleted when the store is garbage-collected; after a crash, the next
+store made under the same ``directory`` on the same host removes the folders of processes that
+are no longer running (`reclaim_stale`). Positions and counters stay in RAM.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import shutil
+import socket
+import stat
 import tempfile
 import weakref
 from pathlib import Path
@@ -39,6 +54,64 @@ from torch import Tensor
 
 BACKENDS = ("exact", "faiss-flat", "faiss-hnsw", "faiss-ivf")
 STORAGES = ("memory", "disk")
+PREFIX = "knn-memory-"
+# numpy types of the memory-mapped files; bfloat16 has none, so its 2-byte words are stored as int16 and viewed back
+_NUMPY = {torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16, torch.bfloat16: np.int16}
+
+_SUFFIX = {torch.float32: "f32", torch.float64: "f64", torch.float16: "f16", torch.bfloat16: "bf16"}
+
+log = logging.getLogger(__name__)
+
+
+def _start_time(pid: int) -> str:
+    """The start time of process `pid` (Linux: field 22 of /proc/PID/stat), so a reused pid is not taken for
+    the process that made a folder; "0" where it cannot be read."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return "0"
+
+
+def _process_folder_name(pid: int | None = None) -> str:
+    pid = os.getpid() if pid is None else pid
+    host = socket.gethostname().replace("-", "_") or "host"
+    return f"{PREFIX}{host}-{pid}-{_start_time(pid)}"
+
+
+def _alive(pid: int, start: str) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return start == "0" or _start_time(pid) in (start, "0")
+
+
+def reclaim_stale(directory: str | Path) -> list[Path]:
+    """Remove the per-process folders under `directory` left by dead processes of this host and user (a
+    crash skips the store's own clean-up); returns the folders removed. Folders of live processes, of other
+    hosts (a shared file system), of other users, and symbolic links are left alone."""
+    root, removed = Path(directory), []
+    host = socket.gethostname().replace("-", "_") or "host"
+    try:
+        entries = list(root.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        parts = entry.name[len(PREFIX) :].rsplit("-", 2)
+        if not entry.name.startswith(PREFIX) or len(parts) != 3 or parts[0] != host or not parts[1].isdigit():
+            continue
+        try:
+            info = os.lstat(entry)
+        except OSError:
+            continue
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or _alive(int(parts[1]), parts[2]):
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        log.info("removed the kNN memory files of a process that is no longer running: %s", entry)
+        removed.append(entry)
+    return removed
 
 
 class KNNMemory:
@@ -58,6 +131,7 @@ class KNNMemory:
         ef_search: int = 64,
         ivf_lists: int | None = None,
         ivf_probe: int | None = None,
+        dtype: torch.dtype = torch.float32,
     ):
         if backend not in BACKENDS:
             raise ValueError(f"knn.backend={backend!r} is not one of {list(BACKENDS)}")
@@ -67,8 +141,10 @@ class KNNMemory:
             raise ValueError(f"knn.storage='disk' maps files into CPU memory; use device 'cpu', not {device!r}")
         if capacity < 1:
             raise ValueError(f"knn.memory_size={capacity} must be >= 1")
+        if dtype not in _NUMPY:
+            raise ValueError(f"a kNN memory holds floating-point entries ({list(_NUMPY)}), not {dtype}")
         self.batch_size, self.capacity, self.n_heads, self.dim = batch_size, capacity, n_heads, dim
-        self.backend, self.search_chunk, self.storage = backend, search_chunk, storage
+        self.backend, self.search_chunk, self.storage, self.dtype = backend, search_chunk, storage, dtype
         # approximate-index settings (see `longrange bench knn` for the recall/speed they give)
         self.hnsw_m, self.ef_construction, self.ef_search = hnsw_m, ef_construction, ef_search
         self.ivf_lists = ivf_lists or max(1, 4 * int(capacity**0.5))  # faiss guideline: 4 sqrt(N) lists
@@ -77,33 +153,45 @@ class KNNMemory:
         if storage == "disk":
             root = Path(directory if directory is not None else tempfile.gettempdir())
             root.mkdir(parents=True, exist_ok=True)
-            self.directory = Path(tempfile.mkdtemp(prefix="knn-memory-", dir=root))
-            weakref.finalize(self, shutil.rmtree, str(self.directory), True)
+            reclaim_stale(root)
+            mine = root / _process_folder_name()
+            mine.mkdir(mode=0o700, exist_ok=True)
+            self.directory = Path(tempfile.mkdtemp(prefix="store-", dir=mine))
+            weakref.finalize(self, _remove_store_folder, str(self.directory))
         shape = (batch_size, n_heads, capacity, dim)
         self.keys = self._allocate("keys", shape, device)  # (B, H, M, E)
         self.values = self._allocate("values", shape, device)  # (B, H, M, E)
         self.position = torch.full((batch_size, capacity), -1, dtype=torch.long, device=device)  # token index
+        self.real = torch.ones(batch_size, capacity, dtype=torch.bool, device=device)  # False: a padded entry
         self.added = torch.zeros(batch_size, dtype=torch.long, device=device)  # entries ever added (per row)
         self.live_from = torch.zeros(batch_size, dtype=torch.long, device=device)  # first id after last reset
+        # host mirrors of the counters (no device read-back in add/search): the rows' common `added` (None when
+        # rows differ, after loading such a state), the largest `added`, and until which `added` some written
+        # slot may be stale (reset rows, padded entries), so the search must apply the live mask
+        self._added_host: int | None = 0
+        self._max_added_host = 0
+        self._stale_until = 0
         self._faiss: list[list] | None = None  # [row][head] -> faiss index (faiss backends)
         self._keepalive: list = []
 
     def _allocate(self, name: str, shape: tuple[int, ...], device) -> Tensor:
         if self.storage == "memory":
-            return torch.zeros(shape, device=device)
-        array = np.memmap(self.directory / f"{name}.f32", dtype=np.float32, mode="w+", shape=shape)  # zero-filled
-        return torch.from_numpy(array)  # shares the mapping: writes go to the file
+            return torch.zeros(shape, device=device, dtype=self.dtype)
+        file = self.directory / f"{name}.{_SUFFIX[self.dtype]}"
+        array = np.memmap(file, dtype=_NUMPY[self.dtype], mode="w+", shape=shape)  # zero-filled
+        return torch.from_numpy(array).view(self.dtype)  # shares the mapping: writes go to the file
 
     # ------------------------------------------------------------------ bookkeeping
     @property
     def count(self) -> Tensor:
-        """(B,) live entries per row."""
-        return (self.added - self.live_from).clamp(max=self.capacity)
+        """(B,) live entries per row (padded entries not counted)."""
+        return self.valid().sum(1)
 
     def valid(self) -> Tensor:
-        """(B, M) bool: slots holding a live entry."""
+        """(B, M) bool: slots holding a live, real entry."""
         slot_id = self._slot_ids()
-        return (slot_id >= self.live_from[:, None]) & (slot_id >= self.added[:, None] - self.capacity) & (slot_id >= 0)
+        live = (slot_id >= self.live_from[:, None]) & (slot_id >= self.added[:, None] - self.capacity)
+        return live & (slot_id >= 0) & self.real
 
     def _slot_ids(self) -> Tensor:
         """(B, M) insertion id of the entry in each slot (-1 when never written)."""
@@ -116,16 +204,17 @@ class KNNMemory:
     def to(self, device) -> KNNMemory:
         if self.storage == "disk" and torch.device(device).type != "cpu":
             raise ValueError("a knn.storage='disk' memory stays on the CPU; use knn.storage='memory' on an accelerator")
-        for name in ("keys", "values", "position", "added", "live_from"):
+        for name in ("keys", "values", "position", "real", "added", "live_from"):
             setattr(self, name, getattr(self, name).to(device))
         return self
 
     # ------------------------------------------------------------------ the three operations
     @torch.no_grad()
-    def add(self, keys: Tensor, values: Tensor, positions: Tensor | None = None) -> None:
+    def add(self, keys: Tensor, values: Tensor, positions: Tensor | None = None, valid: Tensor | None = None) -> None:
         """Append keys/values (B, H, N, E) to every row (oldest entries evicted at capacity).
 
-        ``positions`` (B, N) are the tokens' indices in their documents (kept for inspection).
+        ``positions`` (B, N) are the tokens' indices in their documents (kept for inspection); ``valid`` (B, N)
+        bool marks real entries (False: padding, stored in its slot but never found; default all real).
         """
         b, h, n, e = keys.shape
         if (b, h, e) != (self.batch_size, self.n_heads, self.dim) or values.shape != keys.shape:
@@ -133,38 +222,59 @@ class KNNMemory:
             raise ValueError(
                 f"keys {tuple(keys.shape)} / values {tuple(values.shape)} do not fit a memory of shape {expected}"
             )
+        keys, values = keys.to(self.keys.device, self.dtype), values.to(self.keys.device, self.dtype)
         if positions is None:
             positions = torch.full((b, n), -1, dtype=torch.long, device=keys.device)
+        real = torch.ones(b, n, dtype=torch.bool, device=keys.device) if valid is None else valid.to(keys.device)
         if n > self.capacity:  # only the newest M can survive
-            keys, values, positions = (
+            keys, values, positions, real = (
                 keys[:, :, -self.capacity :],
                 values[:, :, -self.capacity :],
                 positions[:, -self.capacity :],
+                real[:, -self.capacity :],
             )
             self.added += n - self.capacity
+            self._advance(n - self.capacity)
             n = self.capacity
         first_id = self.added.clone()
-        if bool((first_id == first_id[0]).all()):  # rows in step (always, unless loaded otherwise): <= 2 slices
-            start = int(first_id[0]) % self.capacity
+        if self._added_host is not None:  # rows in step (always, unless loaded otherwise): <= 2 slices
+            start = self._added_host % self.capacity
             head = min(n, self.capacity - start)  # up to the end of the ring, the rest wraps to slot 0
-            self._write(start, 0, head, keys, values, positions)
+            self._write(start, 0, head, keys, values, positions, real)
             if head < n:
-                self._write(0, head, n - head, keys, values, positions)
+                self._write(0, head, n - head, keys, values, positions, real)
         else:
             slot = (first_id[:, None] + torch.arange(n, device=keys.device)) % self.capacity  # (B, N)
             index = slot[:, None, :, None].expand(b, h, n, e)
-            self.keys.scatter_(2, index, keys.to(self.keys.dtype))
-            self.values.scatter_(2, index, values.to(self.values.dtype))
+            self.keys.scatter_(2, index, keys)
+            self.values.scatter_(2, index, values)
             self.position.scatter_(1, slot, positions)
+            self.real.scatter_(1, slot, real)
         self.added += n
+        self._advance(n)
+        if valid is not None:  # padded entries are stale slots until overwritten
+            self._mark_stale()
         if self._faiss is not None:
-            self._faiss_add(keys, first_id)
+            self._faiss_add(keys, first_id, real)
 
-    def _write(self, slot: int, offset: int, n: int, keys: Tensor, values: Tensor, positions: Tensor) -> None:
+    def _advance(self, n: int) -> None:
+        self._max_added_host += n
+        if self._added_host is not None:
+            self._added_host += n
+
+    def _mark_stale(self) -> None:
+        """Some written slot may now be stale (a reset, padding): searches mask by `valid()` until every slot
+        has been overwritten since (M more entries in every row)."""
+        self._stale_until = self._max_added_host + self.capacity
+
+    def _write(
+        self, slot: int, offset: int, n: int, keys: Tensor, values: Tensor, positions: Tensor, real: Tensor
+    ) -> None:
         """Copy entries offset .. offset + n of the new keys/values/positions into slots slot .. slot + n."""
         self.keys[:, :, slot : slot + n] = keys[:, :, offset : offset + n]
         self.values[:, :, slot : slot + n] = values[:, :, offset : offset + n]
         self.position[:, slot : slot + n] = positions[:, offset : offset + n]
+        self.real[:, slot : slot + n] = real[:, offset : offset + n]
 
     @torch.no_grad()
     def search(self, queries: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -181,7 +291,8 @@ class KNNMemory:
         flat = (slots.clamp(min=0) + rows).view(-1)  # index into the (B * H * M, E) view
         keys = self.keys.view(-1, self.dim).index_select(0, flat).view(b, h, q, k, self.dim)
         values = self.values.view(-1, self.dim).index_select(0, flat).view(b, h, q, k, self.dim)
-        return keys, values, scores.masked_fill(~mask, 0.0), mask
+        out = queries.dtype  # results in the queries' dtype (an fp16/bf16 layer over a float32 store, say)
+        return keys.to(out), values.to(out), scores.masked_fill(~mask, 0.0).to(out), mask
 
     @torch.no_grad()
     def search_slots(self, queries: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -198,6 +309,7 @@ class KNNMemory:
         rows = rows.to(self.added.device)
         self.live_from = torch.where(rows, self.added, self.live_from)
         self.position.masked_fill_(rows[:, None], -1)
+        self._mark_stale()  # whether any row was reset is not read back from the device
         if self._faiss is not None:
             for r in torch.nonzero(rows).flatten().tolist():
                 self._faiss[r] = [self._new_index() for _ in range(self.n_heads)]
@@ -211,15 +323,17 @@ class KNNMemory:
         chunk) of at most ~16M floats, which also bounds peak memory at a million entries.
         """
         b, h, q, _ = queries.shape
-        queries = queries.to(self.keys.dtype)
-        used = min(int(self.added.max()), self.capacity)  # slots >= used were never written
-        scores = torch.full((b, h, q, k), float("-inf"), device=queries.device)
-        slots = torch.zeros((b, h, q, k), dtype=torch.long, device=queries.device)
+        device = self.keys.device
+        queries = queries.to(device, self.dtype)
+        used = min(self._max_added_host, self.capacity)  # slots >= used were never written
+        scores = torch.full((b, h, q, k), float("-inf"), device=device, dtype=self.dtype)
+        slots = torch.zeros((b, h, q, k), dtype=torch.long, device=device)
         if used == 0:
             return scores, slots
-        stale = None if bool((self.count == used).all()) else ~self.valid()[:, None, None, :used]  # (B, 1, 1, used)
+        maybe_stale = self._added_host is None or self._max_added_host < self._stale_until
+        stale = ~self.valid()[:, None, None, :used] if maybe_stale else None  # (B, 1, 1, used)
         chunk = max(1, min(self.search_chunk, used, max(1024, (1 << 24) // (b * h * q))))
-        buffer = torch.empty((b, h, q, chunk), device=queries.device)
+        buffer = torch.empty((b, h, q, chunk), device=device, dtype=self.dtype)
         best_scores, best_slots = [], []
         for start in range(0, used, chunk):  # (Q x chunk) score blocks per (row, head)
             end = min(start + chunk, used)
@@ -270,18 +384,19 @@ class KNNMemory:
         import faiss
 
         index = self._faiss[r][h]
-        x = np.ascontiguousarray(keys.float().cpu().numpy())
+        x = np.ascontiguousarray(keys.detach().float().cpu().numpy())
         base = faiss.downcast_index(index.index)
         if not base.is_trained:  # IVF: learn the coarse clusters from the first entries
             base.train(x if x.shape[0] >= base.nlist else np.repeat(x, -(-base.nlist // x.shape[0]), axis=0))
         index.add_with_ids(x, np.ascontiguousarray(ids.cpu().numpy().astype(np.int64)))
 
-    def _faiss_add(self, keys: Tensor, first_id: Tensor) -> None:
+    def _faiss_add(self, keys: Tensor, first_id: Tensor, real: Tensor) -> None:
         n = keys.shape[2]
+        real = real.cpu()
         for r in range(self.batch_size):
-            ids = first_id[r].cpu() + torch.arange(n)
+            ids = (first_id[r].cpu() + torch.arange(n))[real[r]]  # padded entries never enter an index
             for h in range(self.n_heads):
-                self._index_add(r, h, keys[r, h], ids)
+                self._index_add(r, h, keys[r, h][real[r].to(keys.device)], ids)
             if self._faiss[r][0].ntotal >= 2 * self.capacity:  # stale entries dominate: rebuild from live ones
                 self._rebuild(r)
 
@@ -294,7 +409,7 @@ class KNNMemory:
     def _faiss_topk(self, queries: Tensor, k: int) -> tuple[Tensor, Tensor]:
         self._ensure_faiss()
         b, h, q, _ = queries.shape
-        scores = torch.full((b, h, q, k), float("-inf"))
+        scores = torch.full((b, h, q, k), float("-inf"), dtype=self.dtype)  # on the CPU, where faiss works
         slots = torch.zeros((b, h, q, k), dtype=torch.long)
         oldest_live = torch.maximum(self.live_from, self.added - self.capacity)
         for r in range(b):
@@ -311,13 +426,13 @@ class KNNMemory:
                 top = d.topk(min(k, want), dim=-1)
                 scores[r, hh, :, : top.values.shape[-1]] = top.values
                 slots[r, hh, :, : top.values.shape[-1]] = i.gather(-1, top.indices).clamp(min=0) % self.capacity
-        return scores.to(queries.device), slots.to(queries.device)
+        return scores.to(self.keys.device), slots.to(self.keys.device)
 
     # ------------------------------------------------------------------ persistence
     def state_dict(self) -> dict[str, Tensor]:
         """Copies of the store's tensors; with disk storage, keys and values are the mapped files
         themselves (not copied into RAM): write them out before the next `add`, as checkpoints do."""
-        names = ("keys", "values", "position", "added", "live_from")
+        names = ("keys", "values", "position", "real", "added", "live_from")
         mapped = ("keys", "values") if self.storage == "disk" else ()
         return {name: getattr(self, name) if name in mapped else getattr(self, name).clone() for name in names}
 
@@ -326,8 +441,13 @@ class KNNMemory:
             current = getattr(self, name)
             if current.shape != value.shape:
                 raise ValueError(f"kNN memory {name} has shape {tuple(value.shape)}, expected {tuple(current.shape)}")
-            current.copy_(value)  # in place: a disk memory keeps its files
+            current.copy_(value)  # in place: a disk memory keeps its files (and converts to its dtype)
         self._faiss = None  # rebuilt lazily from the restored entries
+        # the host mirrors, read back once here (loading is not a forward pass)
+        added = self.added.cpu()
+        self._added_host = int(added[0]) if bool((added == added[0]).all()) else None
+        self._max_added_host = int(added.max())
+        self._mark_stale()  # loaded rows may hold reset or padded slots
 
     def save(self, path) -> None:
         from safetensors.torch import save_file
@@ -338,3 +458,12 @@ class KNNMemory:
         from safetensors.torch import load_file
 
         self.load_state_dict(load_file(str(path)))
+
+
+def _remove_store_folder(folder: str) -> None:
+    """Delete a store's files, and its process folder once no other store of this process uses it."""
+    shutil.rmtree(folder, ignore_errors=True)
+    try:
+        os.rmdir(Path(folder).parent)  # fails (and is left) while another store's folder is inside
+    except OSError:
+        pass

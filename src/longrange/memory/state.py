@@ -39,8 +39,11 @@ class LayerState:
         return LayerState({k: v.detach() for k, v in self.tensors.items()}, self.store)
 
     def reset(self, where: Tensor | None) -> LayerState:
-        """Clear the rows `where` (B,) bool; out of place for the tensors (autograd-safe)."""
-        if where is None or not bool(where.any()):
+        """Clear the rows `where` (B,) bool; out of place for the tensors (autograd-safe).
+
+        Always applied when `where` is given, even if it holds no True: asking the device whether any row
+        starts a document would synchronise with the host in every forward pass."""
+        if where is None:
             return self
         tensors = {}
         for key, value in self.tensors.items():
@@ -75,7 +78,7 @@ class ModelState:
         return ModelState([s.detach() if s is not None else None for s in self.layers], self.pos.detach())
 
     def reset(self, where: Tensor | None) -> ModelState:
-        if where is None or not bool(where.any()):
+        if where is None:  # (no host read of `where`: see LayerState.reset)
             return self
         layers = [s.reset(where) if s is not None else None for s in self.layers]
         return ModelState(layers, self.pos.masked_fill(where, 0))
