@@ -179,14 +179,29 @@ def test_attention_reconstruction_loss_reuses_the_segment_keys_exactly():
     """The evicted states' keys/values come from the segment's attention; recomputing them gives the same loss."""
     attn = _attn(mem_len=4, cmem_len=3, rate=2, compression="conv").train()
     old, q = torch.randn(2, 6, D), split_heads(torch.randn(2, 3, D), H)
-    valid = torch.ones(2, 6, dtype=torch.bool)
-    valid[1, :4] = False
+    valid = torch.ones(2, 3, dtype=torch.bool)
+    valid[1, :2] = False  # row 1: the first two compressed slots are invalid
     compressed = attn.compressor(old)
     k, v = (split_heads(z, H) for z in attn.kv(old).chunk(2, dim=-1))
-    recomputed = attn._compression_loss(old, valid, compressed, q, None)
-    torch.testing.assert_close(attn._compression_loss(old, valid, compressed, q, (k, v)), recomputed)
+    recomputed = attn._compression_loss(old, compressed, valid, q, None)
+    torch.testing.assert_close(attn._compression_loss(old, compressed, valid, q, (k, v)), recomputed)
     # and it is a real loss: a compression equal to the exact attention target would have a lower value
     assert recomputed > 0
+
+
+@pytest.mark.parametrize("loss", ["attention", "autoencoding"])
+def test_reconstruction_loss_ignores_invalid_compressed_slots(loss):
+    """The main attention masks invalid slots; so does the loss: changing them (and their states) changes nothing."""
+    torch.manual_seed(0)
+    attn = _attn(mem_len=4, cmem_len=3, rate=2, compression="conv", loss=loss).train()
+    old, q = torch.randn(2, 6, D), split_heads(torch.randn(2, 3, D), H)
+    valid = torch.tensor([[True, True, True], [False, True, True]])  # one invalid slot, from old[1, :2]
+    changed = old.clone()
+    changed[1, :2] = 10 * torch.randn(2, D)
+    losses = [attn._compression_loss(x, attn.compressor(x), valid, q, None) for x in (old, changed)]
+    torch.testing.assert_close(losses[0], losses[1], rtol=0, atol=0)
+    no_slot = torch.zeros_like(valid)  # a row with no valid slot: no NaN, no loss
+    assert attn._compression_loss(old, attn.compressor(old), no_slot, q, None) == 0
 
 
 def test_compressive_presets_reach_as_far_as_the_transformer_xl_presets():

@@ -15,6 +15,8 @@ the main attention uses is detached. Losses (`aux_loss`, weighted by `loss_weigh
 - ``attention``: the attention of the current segment's queries over the evicted states vs over
   their compression (content attention with the layer's own projections, all detached);
 - ``autoencoding``: a learned linear decoder reconstructs the evicted states from the compression.
+Both see only what the main attention sees: invalid compressed slots are masked (and, in the target, the
+states they were made from), so the first segments after a document start train on real states only.
 Compressions without parameters (max, mean, most-used) have no loss.
 
 Validity masks make per-row document resets exact; a compressed slot is valid when every state
@@ -159,7 +161,7 @@ class CompressiveAttention(AttentionModule):
             # keys/values of the evicted states were computed for this segment's attention (keys [cmem ; mem ; x],
             # the evicted ones at [S, S + T)); reuse them when no pending state precedes them (always in training)
             old_kv = (k[:, :, s : s + n_full], v[:, :, s : s + n_full]) if n_pending == 0 else None
-            aux = self._compression_loss(to_compress, group_valid[:, :n_full], compressed, q, old_kv)
+            aux = self._compression_loss(to_compress, compressed, compressed_valid, q, old_kv)
 
         cmem, cmem_valid = fifo_append(
             state["cmem"], state["cmem_valid"], compressed.detach(), self.cmem_len, compressed_valid
@@ -178,13 +180,23 @@ class CompressiveAttention(AttentionModule):
         return next_state, aux
 
     def _compression_loss(
-        self, old: Tensor, old_valid: Tensor, compressed: Tensor, q: Tensor, old_kv: tuple[Tensor, Tensor] | None
+        self,
+        old: Tensor,
+        compressed: Tensor,
+        compressed_valid: Tensor,
+        q: Tensor,
+        old_kv: tuple[Tensor, Tensor] | None,
     ) -> Tensor:
-        """The reconstruction loss of one compression; ``old_kv``: the evicted states' (B, H, N, E) keys/values."""
+        """The reconstruction loss of one compression of old (B, N, D) into compressed (B, N/c, D).
+
+        ``compressed_valid`` (B, N/c): the slots the main attention may read; an invalid slot (and the states it
+        was made from) takes no part, as in the main attention. ``old_kv``: the old states' (B, H, N, E) keys/values.
+        """
+        kept = compressed_valid.repeat_interleave(self.rate, dim=1)  # (B, N) states behind a valid slot
         if self.loss_kind == "autoencoding":
             b, n, d = old.shape
             decoded = self.decoder(compressed).view(b, n, d)
-            error = (decoded - old).square().mean(-1)  # (B, N)
+            error, weight = (decoded - old).square().mean(-1), kept.float()  # (B, N)
         else:  # attention reconstruction with the layer's own (detached) projections, content only
             q = q.detach()
             w_k, w_v = (w.detach() for w in self.kv.weight.chunk(2, dim=0))
@@ -194,13 +206,17 @@ class CompressiveAttention(AttentionModule):
                     F.linear(memory, w_v), self.n_heads
                 )
 
+            # a row with no valid slot attends to all (finite values, no fully masked softmax) and weighs 0
+            empty = ~compressed_valid.any(-1, keepdim=True)  # (B, 1)
             old_k, old_v = (z.detach() for z in old_kv) if old_kv is not None else project(old)
-            target = F.scaled_dot_product_attention(q, old_k, old_v, attn_mask=old_valid[:, None, None, :])
+            target = F.scaled_dot_product_attention(q, old_k, old_v, attn_mask=(kept | empty)[:, None, None, :])
+            mask = (compressed_valid | empty)[:, None, None, :]
             error = (
-                (F.scaled_dot_product_attention(q, *project(compressed)) - target).square().mean(dim=(1, 3))
+                (F.scaled_dot_product_attention(q, *project(compressed), attn_mask=mask) - target)
+                .square()
+                .mean(dim=(1, 3))
             )  # (B, T)
-            old_valid = old_valid.any(-1, keepdim=True).expand_as(error)  # rows with no old memory: no loss
-        weight = old_valid.float()
+            weight = (~empty).float().expand_as(error)
         return self.loss_weight * (error * weight).sum() / weight.sum().clamp(min=1)
 
 
