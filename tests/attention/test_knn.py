@@ -124,3 +124,38 @@ def test_disk_storage_option_gives_the_same_model_outputs(tmp_path):
             outs = [m(tokens[:, start : start + 16], state=s) for m, s in zip((ram, disk), states, strict=True)]
             states = [o.state for o in outs]
             torch.testing.assert_close(outs[0].logits, outs[1].logits, rtol=0, atol=0)
+
+
+def test_a_float64_model_runs_once_the_memory_has_entries_and_matches_float32():
+    attn = _attn(mem_len=T)
+    wide = _attn(mem_len=T).double()
+    wide.load_state_dict(attn.state_dict())
+    x = torch.randn(3, 1, T, D)
+    state, wide_state = attn.init_state(1, "cpu", torch.float32), wide.init_state(1, "cpu", torch.float64)
+    assert wide_state.store.keys.dtype == torch.float64  # the store follows the model's dtype
+    for segment in x:  # the second and third segments search a non-empty memory
+        out, state = attn(segment, state=state, doc_start=None)[:2]
+        wide_out, wide_state = wide(segment.double(), state=wide_state, doc_start=None)[:2]
+        assert wide_out.dtype == torch.float64
+        torch.testing.assert_close(wide_out.float(), out, rtol=1e-5, atol=1e-5)
+
+
+def test_padding_with_a_state_is_never_stored_as_memory():
+    """Changing only the padded tokens of one segment moves nothing in the next segment (kNN store and XL cache),
+    and the positions count real tokens only."""
+    attn = _attn(mem_len=T)
+    first, second = torch.randn(2, 2, T, D)
+    pad = torch.ones(2, T, dtype=torch.bool)
+    pad[0, 5:] = False  # row 0: 5 real tokens, then padding
+    other = first.clone()
+    other[0, 5:] = 100 * torch.randn(T - 5, D)  # a different padding
+    outs = []
+    for x in (first, other):
+        state = attn(x, state=attn.init_state(2, "cpu", torch.float32), doc_start=None, pad_mask=pad).state
+        assert state["pos"].tolist() == [5, T] and state["valid"][0].tolist() == [True] * 5 + [False] * (T - 5)
+        assert state.store.count.tolist() == [5, T]
+        outs.append(attn(second, state=state, doc_start=None).out)
+    torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
+    # the real tokens alone (no padding at all) give the same next segment
+    alone = attn(first[:1, :5], state=attn.init_state(1, "cpu", torch.float32), doc_start=None).state
+    torch.testing.assert_close(attn(second[:1], state=alone, doc_start=None).out, outs[0][:1], rtol=1e-5, atol=1e-5)

@@ -180,3 +180,49 @@ def test_disk_storage_refuses_an_accelerator():
         KNNMemory(1, 4, 1, 2, storage="disk", device="meta")
     with pytest.raises(ValueError, match="knn.storage"):
         KNNMemory(1, 4, 1, 2, storage="tape")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("storage", ["memory", "disk"])
+def test_the_store_follows_its_dtype_and_converts_on_the_way_in_and_out(tmp_path, dtype, storage):
+    memory = KNNMemory(B, 8, H, E, storage=storage, directory=tmp_path, dtype=dtype)
+    keys = F.normalize(torch.randn(B, H, 6, E), dim=-1)
+    memory.add(keys, keys * 2)  # float32 in: converted to the store's dtype
+    assert memory.keys.dtype == dtype
+    found_keys, values, scores, mask = memory.search(keys[:, :, :2].to(torch.float32), 1)
+    assert found_keys.dtype == scores.dtype == torch.float32  # out in the queries' dtype
+    tolerance = 1e-12 if dtype == torch.float64 else 1e-2
+    torch.testing.assert_close(found_keys[..., 0, :], keys[:, :, :2], rtol=0, atol=tolerance)  # each finds itself
+    assert memory.search(keys.to(dtype), 1)[0].dtype == dtype
+
+
+def test_padded_entries_take_slots_but_are_never_found():
+    memory = KNNMemory(1, 4, 1, 2)
+    memory.add(torch.ones(1, 1, 3, 2), torch.ones(1, 1, 3, 2), valid=torch.tensor([[True, False, True]]))
+    assert memory.count.tolist() == [2]
+    _, _, scores, mask = memory.search(torch.ones(1, 1, 1, 2), 4)
+    assert mask.sum().item() == 2
+    memory.add(torch.ones(1, 1, 4, 2), torch.ones(1, 1, 4, 2))  # the padded slot is overwritten: all live again
+    assert memory.count.tolist() == [4] and memory.search(torch.ones(1, 1, 1, 2), 4)[3].all()
+
+
+def test_files_of_a_dead_process_are_reclaimed_at_the_next_start(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    from longrange.memory.knn_store import PREFIX, _process_folder_name
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / _process_folder_name(int(dead.stdout))  # the pid of an exited process
+    (stale / "store-x").mkdir(parents=True)
+    (stale / "store-x" / "keys.f32").write_bytes(b"\0" * 64)
+    host = socket.gethostname().replace("-", "_")
+    other_host = tmp_path / f"{PREFIX}elsewhere-{dead.stdout.strip()}-0"  # another machine on a shared disk
+    other_host.mkdir()
+    live = tmp_path / _process_folder_name()  # this process: alive
+    live.mkdir()
+    assert host != "elsewhere"
+    memory = KNNMemory(1, 4, 1, 2, storage="disk", directory=tmp_path)
+    assert not stale.exists() and other_host.exists() and live.exists()
+    assert memory.directory.parent == live

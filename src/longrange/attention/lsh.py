@@ -386,18 +386,18 @@ def _sorted_chunk_attention(
     scores = (q_s @ k_w.transpose(-1, -2)) * q_s.shape[-1] ** -0.5  # (G, N, C, W)
     scores = scores.masked_fill(~visible, MASKED).masked_fill(ki == qi, SELF_SCORE)
     if by_pos is not None:
-        scores = scores - _duplicate_log_counts(
-            by_pos, pos_s, look_around(pos_s[:, None, ..., None], before, after, 0)[:, 0, ..., 0]
-        )
+        pos_k = look_around(pos_s[:, None, ..., None], before, after, 0)[:, 0, ..., 0]
+        scores = scores - _duplicate_log_counts(by_pos, pos_s, pos_k, scores.dtype)
     lse = scores.logsumexp(dim=-1, keepdim=True)
     weights = F.dropout((scores - lse).exp(), dropout, dropout > 0)
     return weights @ v_w, lse
 
 
-def _duplicate_log_counts(by_pos: Tensor, pos_q: Tensor, pos_k: Tensor) -> Tensor:
-    """log(number of rounds in which query and key share a bucket), (G, N, C, W).
+def _duplicate_log_counts(by_pos: Tensor, pos_q: Tensor, pos_k: Tensor, dtype: torch.dtype) -> Tensor:
+    """log(number of rounds in which query and key share a bucket), (G, N, C, W), in `dtype`.
 
-    by_pos (G, Tp, R) buckets of each position in every round; pos_q (G, N, C), pos_k (G, N, W).
+    by_pos (G, Tp, R) buckets of each position in every round; pos_q (G, N, C), pos_k (G, N, W). The logarithm
+    is taken in the scores' dtype, as the fused kernels do (in float32 a float64 layer would differ by 1e-8).
     """
     r = by_pos.shape[-1]
 
@@ -405,4 +405,4 @@ def _duplicate_log_counts(by_pos: Tensor, pos_q: Tensor, pos_k: Tensor) -> Tenso
         return by_pos.gather(1, p.flatten(1)[..., None].expand(-1, -1, r)).view(*p.shape, r)
 
     shared = (rounds_of(pos_q)[..., :, None, :] == rounds_of(pos_k)[..., None, :, :]).sum(-1)
-    return shared.clamp(min=1).float().log()
+    return shared.clamp(min=1).to(dtype).log()

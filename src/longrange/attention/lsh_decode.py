@@ -64,7 +64,8 @@ def cached_lsh_attention(
         scores = (q[:, :, s:stop] @ keys[:, :, :m].transpose(-1, -2)) * e**-0.5  # (B, H, Q, M)
         scores = scores[:, :, None].masked_fill(~visible, MASKED).masked_fill(k_item == q_item, SELF_SCORE)
         if dedup and r > 1:
-            scores = scores - same.sum(-1).clamp(min=1).float().log()[:, :, None]
+            # the log count in the scores' dtype (float32 would cost a float64 layer 1e-8 against the one pass)
+            scores = scores - same.sum(-1).clamp(min=1).to(scores.dtype).log()[:, :, None]
         lse = scores.logsumexp(-1, keepdim=True)  # (B, H, R, Q, 1)
         weights = ((scores - lse).exp() * lse.softmax(dim=2)).sum(2)  # rounds merged: (B, H, Q, M)
         outs.append(weights @ values[:, :, :m])
