@@ -1,51 +1,146 @@
 """Evaluate a run: bits per byte over whole held-out documents, loss by position.
 
-Example: longrange eval runs/xl --split test --out runs/xl/eval.json
+Example: longrange eval runs/xl --split test
          longrange eval runs/mem --set knn.memory_size=8192      # memory ablation
+The result is printed first, then written as strict JSON to RUN/eval-SPLIT.json, or with settings that change
+the result (--set, --data, --docs, --segment-len, --precision) to RUN/eval-SPLIT-<hash of the settings>.json,
+so an ablation never replaces the baseline; --output PATH names the file. A run folder that cannot be written
+gives a warning, not an error. The corpus is compared with the one the run was trained on (corpus.json):
+a changed corpus is an error unless --allow-corpus-change.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import logging
+import sys
 from pathlib import Path
 
 import torch
 
 from longrange.commands.train import parse_overrides
-from longrange.data.corpus import load_corpus
-from longrange.eval.evaluate import evaluate
+from longrange.data.corpus import Corpus, corpus_change, load_corpus
+from longrange.eval.evaluate import check_result, evaluate
 from longrange.model.io import load
+from longrange.train.runtime import PRECISIONS, resolve_device
+
+log = logging.getLogger(__name__)
+
+
+def _at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from err
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is less than {minimum}")
+        return value
+
+    return parse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", type=Path, help="run or checkpoint directory")
     parser.add_argument("--data", default=None, help="corpus (default: the one the run was trained on)")
     parser.add_argument("--split", default="test", choices=["train", "valid", "test"])
-    parser.add_argument("--docs", type=int, default=None, help="evaluate only the first N documents")
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--segment-len", type=int, default=None)
+    parser.add_argument("--docs", type=_at_least(1), default=None, help="evaluate only the first N (>= 1) documents")
+    parser.add_argument("--batch-size", type=_at_least(1), default=4)
+    parser.add_argument("--segment-len", type=_at_least(1), default=None, help="default: the model's")
     parser.add_argument(
         "--set", "--override", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides (e.g. memory)"
     )
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument("--out", type=Path, default=None, help="JSON file (default: RUN/eval-SPLIT.json)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    parser.add_argument("--precision", default="fp32", choices=sorted(PRECISIONS), help="autocast dtype")
+    parser.add_argument("--compile", action="store_true", help="run the model through torch.compile")
+    parser.add_argument("--threads", type=_at_least(1), default=None, help="torch threads (default: torch's)")
+    parser.add_argument(
+        "--output",
+        "--out",
+        dest="output",
+        type=Path,
+        default=None,
+        help="JSON file (default: RUN/eval-SPLIT[-SETTINGS].json)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--allow-corpus-change",
+        action="store_true",
+        help="evaluate although the corpus differs from the one the run was trained on (a warning)",
+    )
+    parser.add_argument(
+        "--allow-worse-than-uniform",
+        action="store_true",
+        help="report a result worse than a uniform guess (text unlike the training data) instead of refusing it",
+    )
 
 
-def corpus_of_run(run: Path, data: str | None):
-    if data is None and (run / "corpus.json").is_file():
-        data = json.loads((run / "corpus.json").read_text())["spec"]
-    return load_corpus(data)
+def corpus_of_run(run: Path, data: str | None, *, allow_change: bool = True) -> Corpus:
+    """The corpus to evaluate `run` on: `data`, or the one recorded in RUN/corpus.json.
+
+    When it is the run's own corpus, its content hash is compared with the recorded one: a change (files
+    added or edited move documents between splits) is a warning with `allow_change`, else a ValueError.
+    """
+    record_file = run / "corpus.json"
+    recorded = json.loads(record_file.read_text()) if record_file.is_file() else {}
+    if data is None:
+        data = recorded.get("spec")
+    corpus = load_corpus(data)
+    if recorded and str(data or "stdlib") == str(recorded.get("spec")):
+        change = corpus_change(recorded, corpus)
+        if change and not allow_change:
+            raise ValueError(f"{change}; pass --allow-corpus-change to evaluate anyway")
+        if change:
+            log.warning("warning: %s", change)
+    return corpus
+
+
+def settings_of(args: argparse.Namespace) -> dict:
+    """The options that change the result (not where or how fast it is computed)."""
+    settings = {
+        "set": sorted(args.set),
+        "data": args.data,
+        "docs": args.docs,
+        "segment_len": args.segment_len,
+        "precision": None if args.precision == "fp32" else args.precision,
+    }
+    return {k: v for k, v in settings.items() if v}
+
+
+def default_output(run: Path, split: str, settings: dict) -> Path:
+    if not settings:
+        return run / f"eval-{split}.json"
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+    return run / f"eval-{split}-{digest}.json"
 
 
 def run(args: argparse.Namespace) -> int:
+    device = resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = load(args.run, **parse_overrides(args.set)).to(args.device)
-    documents = corpus_of_run(args.run, args.data).split(args.split)[: args.docs]
-    result = evaluate(model, documents, batch_size=args.batch_size, segment_len=args.segment_len, device=args.device)
-    out = args.out or (args.run / f"eval-{args.split}.json")
-    out.write_text(json.dumps(result, indent=1))
-    print(f"{args.split}: {result['bpb']:.4f} bits per byte over {result['tokens']:,} bytes -> {out}")
+    documents = corpus_of_run(args.run, args.data, allow_change=args.allow_corpus_change).held_out(args.split)
+    documents = documents[: args.docs]
+    model = load(args.run, **parse_overrides(args.set)).to(device)
+    result = evaluate(
+        model,
+        documents,
+        batch_size=args.batch_size,
+        segment_len=args.segment_len,
+        device=device,
+        precision=args.precision,
+        compile=args.compile,
+        progress=not args.no_progress,
+    )
+    check_result(result, model.config.vocab_size, allow_worse_than_uniform=args.allow_worse_than_uniform)
+    settings = settings_of(args)
+    out = args.output or default_output(args.run, args.split, settings)
+    print(f"{args.split}: {result['bpb']:.4f} bits per byte over {result['tokens']:,} bytes", flush=True)
+    try:
+        out.write_text(json.dumps({**result, "split": args.split, "settings": settings}, indent=1, allow_nan=False))
+    except OSError as err:  # the result is already printed: a read-only run folder loses only the file
+        print(f"longrange eval: warning: could not write {out}: {err.strerror or err}", file=sys.stderr)
+        return 0
+    print(f"-> {out}")
     return 0

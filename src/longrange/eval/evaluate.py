@@ -5,6 +5,10 @@ documents (`DocumentStream` with ``loop=False``); stateful models carry their me
 segments of a document and clear them at each new document. Besides the mean, the loss is
 reported by position in the document (log2-spaced buckets of the target's byte offset), the curve
 that shows whether a model uses long context.
+
+`check_result` is what a report of the result must pass: a non-finite loss, or one far worse than a
+uniform guess over the vocabulary, comes from broken weights (a diverged run), never from a model, and
+is refused instead of being printed as a number.
 """
 
 from __future__ import annotations
@@ -13,9 +17,44 @@ import math
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from longrange.data.stream import IGNORE_INDEX, DocumentStream
 from longrange.model.lm import LongRangeLM
+from longrange.train.runtime import autocast, maybe_compile
+
+# bits per byte above log2(vocab) + this many bits are refused by `check_result` unless allowed. A model no
+# better than uniform scores log2(vocab) (an untrained one, within a few hundredths); a sound model scores
+# more only on text unlike its training data (e.g. a code model on non-Latin text), which must be allowed.
+IMPLAUSIBLE_MARGIN_BITS = 1.0
+
+
+class ImplausibleResult(ValueError):
+    """An evaluation result that cannot come from sound weights (NaN, infinite, far worse than uniform)."""
+
+
+def check_result(result: dict, vocab_size: int, *, allow_worse_than_uniform: bool = False) -> None:
+    """Raise ImplausibleResult (one line) for a non-finite result or, unless allowed, one worse than a
+    uniform guess over `vocab_size` by more than IMPLAUSIBLE_MARGIN_BITS bits per byte."""
+    bpb = result["bpb"]
+    if not math.isfinite(bpb) or not math.isfinite(result["loss"]):
+        raise ImplausibleResult(
+            f"the evaluation gave {bpb} bits per byte: the model's outputs are not finite "
+            "(diverged weights, or overflow in --precision fp16); no result is reported"
+        )
+    uniform = math.log2(vocab_size)
+    if bpb > uniform + IMPLAUSIBLE_MARGIN_BITS and not allow_worse_than_uniform:
+        raise ImplausibleResult(
+            f"the evaluation gave {bpb:.4f} bits per byte, worse than a uniform guess over {vocab_size} tokens "
+            f"({uniform:.2f}): the weights are likely broken (a diverged run); pass --allow-worse-than-uniform "
+            "if the text is unlike the training data"
+        )
+
+
+def count_segments(stream: DocumentStream) -> int:
+    """How many batches a non-looping stream yields: the longest row's segments."""
+    t = stream.segment_len
+    return max((sum(-(-(len(d) - 1) // t) for d in row) for row in stream.rows), default=0)
 
 
 @torch.no_grad()
@@ -27,12 +66,17 @@ def evaluate(
     segment_len: int | None = None,
     device: str | torch.device = "cpu",
     max_segments: int | None = None,
+    precision: str = "fp32",
+    compile: bool = False,
+    progress: bool = False,
 ) -> dict:
     """Returns ``{"bpb", "loss", "perplexity", "tokens", "segments", "by_position": [...]}``.
 
     ``loss`` is nats per predicted byte; ``bpb = loss / ln 2``. ``by_position`` lists buckets
     ``{"start", "end", "tokens", "bpb"}`` of target positions [2^i, 2^(i+1)) in the document.
     ``max_segments`` caps the work (a partial evaluation, for periodic validation during training).
+    ``precision`` ("fp32", "bf16", "fp16") runs the model under autocast (losses are taken in fp32);
+    ``compile`` runs it through `torch.compile`; ``progress`` shows a progress bar (stderr) over segments.
     """
     if not documents:
         raise ValueError("no documents to evaluate")
@@ -42,6 +86,10 @@ def evaluate(
     batch_size = min(batch_size, len(documents))
     stream = DocumentStream(documents, batch_size, segment_len, shuffle=False, loop=False)
     state = model.init_state(batch_size, device) if model.stateful else None
+    forward = maybe_compile(model, compile)
+    device_type = torch.device(device)
+    total = count_segments(stream)
+    bar = tqdm(total=min(total, max_segments or total), unit="segment", disable=not progress, desc="eval")
     n_buckets = 40
     bucket_loss = torch.zeros(n_buckets, dtype=torch.float64)
     bucket_count = torch.zeros(n_buckets, dtype=torch.float64)
@@ -49,7 +97,8 @@ def evaluate(
     segments = 0
     for batch in stream:
         tokens, targets = batch.tokens.to(device), batch.targets.to(device)
-        out = model(tokens, state=state, doc_start=batch.doc_start.to(device))
+        with autocast(device_type, precision):
+            out = forward(tokens, state=state, doc_start=batch.doc_start.to(device))
         if model.stateful:
             state = out.state
         losses = (
@@ -68,8 +117,10 @@ def evaluate(
         bucket_count.index_add_(0, bucket[real], torch.ones_like(losses[real]))
         position = position + segment_len
         segments += 1
+        bar.update()
         if max_segments is not None and segments >= max_segments:
             break
+    bar.close()
     model.train(was_training)
     tokens = int(bucket_count.sum())
     loss = float(bucket_loss.sum() / max(tokens, 1))
