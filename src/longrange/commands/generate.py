@@ -1,18 +1,24 @@
 """Sample from a run, streaming a (long) prompt through every memory first.
 
 Example: longrange generate runs/xl --prompt-file notes.txt --max-new-tokens 200 --top-p 0.9 --seed 0
+The prompt is echoed (unless --no-echo), then each token is printed as soon as it is sampled.
 """
 
 from __future__ import annotations
 
 import argparse
+import codecs
+import sys
 from pathlib import Path
 
 import torch
 
 from longrange.data.tokenizer import ByteTokenizer
-from longrange.generate import generate
+from longrange.generate import check_sampling, stream_generate
 from longrange.model.io import load
+from longrange.train.runtime import PRECISIONS, resolve_device
+
+MAX_PROMPT_BYTES = 1 << 30  # a prompt file larger than this is a mistake (a device, a dump), not a prompt
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,22 +26,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--prompt-file", type=Path, help="file whose text is the prompt")
     source.add_argument("--prompt", default="\n", help="prompt text")
-    parser.add_argument("--max-new-tokens", type=int, default=200)
-    parser.add_argument("--temperature", type=float, default=1.0, help="0: greedy")
-    parser.add_argument("--top-k", type=int, default=None)
-    parser.add_argument("--top-p", type=float, default=None)
+    parser.add_argument("--max-new-tokens", type=int, default=200, help="tokens to sample (>= 0)")
+    parser.add_argument("--temperature", type=float, default=1.0, help=">= 0; 0 is greedy (always the likeliest)")
+    parser.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest tokens (>= 1)")
+    parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling: probability mass in (0, 1]")
     parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--no-echo", action="store_true", help="print only the sampled text, not the prompt")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    parser.add_argument("--precision", default="fp32", choices=sorted(PRECISIONS), help="autocast dtype")
+    parser.add_argument("--compile", action="store_true", help="run the model through torch.compile")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
 
 
+def read_prompt(path: Path) -> bytes:
+    """The bytes of a prompt file; ValueError (one line) for a directory, a missing or an oversized file."""
+    if path.is_dir():
+        raise ValueError(f"--prompt-file {str(path)!r} is a directory; give a text file")
+    if not path.exists():
+        raise FileNotFoundError(f"--prompt-file {str(path)!r} does not exist")
+    with open(path, "rb") as f:  # capped, so /dev/zero or an endless pipe stops instead of exhausting memory
+        data = f.read(MAX_PROMPT_BYTES + 1)
+    if len(data) > MAX_PROMPT_BYTES:
+        raise ValueError(f"--prompt-file {str(path)!r} is larger than {MAX_PROMPT_BYTES:,} bytes")
+    return data
+
+
 def run(args: argparse.Namespace) -> int:
+    check_sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p)  # before the model is loaded
+    device = resolve_device(args.device)
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
     tokenizer = ByteTokenizer()
-    prompt = args.prompt_file.read_bytes() if args.prompt_file else args.prompt.encode()
-    model = load(args.run).to(args.device)
-    tokens = generate(
+    prompt = read_prompt(args.prompt_file) if args.prompt_file else args.prompt.encode()
+    model = load(args.run).to(device)
+    tokens = stream_generate(
         model,
         tokenizer.encode(prompt),
         args.max_new_tokens,
@@ -43,6 +69,17 @@ def run(args: argparse.Namespace) -> int:
         top_k=args.top_k,
         top_p=args.top_p,
         seed=args.seed,
+        precision=args.precision,
+        compile=args.compile,
     )
-    print(tokenizer.decode(tokens))
+    # bytes -> text incrementally: a character split across tokens is printed once it is complete
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    if not args.no_echo:
+        sys.stdout.write(prompt.decode("utf-8", errors="replace"))
+        sys.stdout.flush()
+    for token in tokens:  # a model with more than 256 tokens (a converted one) may sample a non-byte
+        sys.stdout.write(decoder.decode(bytes([token])) if token < 256 else "\ufffd")
+        sys.stdout.flush()
+    sys.stdout.write(decoder.decode(b"", final=True) + "\n")
+    sys.stdout.flush()
     return 0
