@@ -48,7 +48,7 @@ def test_single_token_steps_keep_partial_groups_pending():
     for i in range(7):
         state = attn(torch.full((1, 1, D), float(i)), state=state, doc_start=None).state
     # evicted: 2 empty slots then tokens 0..4; groups of 3: (empty, empty, 0) invalid, (1, 2, 3) -> 2.0
-    assert state["pending"][0, :, 0].tolist() == [4.0]
+    assert state["pending_len"].tolist() == [1] and state["pending"][0, -1:, 0].tolist() == [4.0]
     assert state["cmem"][0, -1, 0].item() == 2.0 and state["cmem_valid"][0].tolist() == [False, False, False, True]
 
 
@@ -232,3 +232,47 @@ def test_most_used_validity_follows_the_selected_states():
     assert state["cmem_valid"][0].tolist() == [False, True]
     kept = state["cmem"][0, -1]
     assert torch.equal(kept, first[0, 0]) or torch.equal(kept, first[0, 1])
+
+
+@pytest.mark.parametrize("compression", ["conv", "most_used"])
+def test_a_row_reset_with_pending_states_equals_a_fresh_row(compression):
+    """Segments of 16 at rate 3 leave 1, 2, 0, ... states pending; a reset row must group like a fresh one."""
+    torch.manual_seed(0)
+    cfg = lr.ModelConfig.from_name(
+        "compressive-tiny",
+        segment_len=16,
+        compressive={"mem_len": 16, "cmem_len": 8, "rate": 3, "compression": compression},
+    )
+    model = lr.build_model(cfg).eval()
+    old, new = torch.randint(0, 256, (2, 32)), torch.randint(0, 256, (2, 64))
+    with torch.no_grad():
+        state = model.init_state(2)
+        for start in (0, 16):  # row 0 and row 1 both have 2 states pending afterwards
+            state = model(old[:, start : start + 16], state=state).state
+        assert state.layers[0]["pending_len"].tolist() == [2, 2]
+        fresh, doc_start = model.init_state(1), torch.tensor([True, False])
+        for start in range(0, 64, 16):
+            out = model(new[:, start : start + 16], state=state, doc_start=doc_start)
+            alone = model(new[:1, start : start + 16], state=fresh)
+            state, fresh, doc_start = out.state, alone.state, None
+            torch.testing.assert_close(out.logits[:1], alone.logits, rtol=1e-5, atol=1e-5)
+        assert state.layers[0]["cmem_valid"][0].any()  # the compressed memory was in use
+
+
+def test_reused_keys_of_pending_and_evicted_states_equal_recomputed_ones():
+    """Segments of 4 at rate 3: the groups straddle the pending buffer; the gathered keys must still be exact."""
+    torch.manual_seed(0)
+    attn = _attn(mem_len=5, cmem_len=4, rate=3, compression="conv").train()
+    exact, losses = attn._compression_loss, []
+
+    def both(old, compressed, valid, q, old_kv):
+        losses.append((exact(old, compressed, valid, q, old_kv), exact(old, compressed, valid, q, None)))
+        return losses[-1][0]
+
+    attn._compression_loss = both
+    state = attn.init_state(2, torch.device("cpu"), torch.float32)
+    for _ in range(5):
+        state = attn(torch.randn(2, 4, D), state=state, doc_start=None).state
+    assert sum(reused > 0 for reused, _ in losses) >= 2
+    for reused, recomputed in losses:
+        torch.testing.assert_close(reused, recomputed)

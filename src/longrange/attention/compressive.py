@@ -7,7 +7,10 @@ Each layer attends over [compressed memory ; memory ; segment] with Transformer-
 positions (one position per slot). When the segment enters the memory, the T oldest states are
 evicted and compressed by rate c into T / c slots appended to the compressed memory, whose oldest
 slots are dropped in turn. Evicted states that do not fill a whole group of c (e.g. one token at a
-time during generation) wait in a small pending buffer, so no state is lost or invented.
+time during generation) wait in a small pending buffer, so no state is lost or invented. Each row counts
+its own pending states (a row reset to a new document starts with none, exactly like a fresh row), so
+rows of one batch may complete different numbers of groups: the buffer has a fixed c - 1 slots and the
+per-row appends skip the filler slots of rows with fewer groups (static shapes, no host sync).
 
 The compression network is trained only by its own loss and the LM only by its loss (the paper's
 stop-gradients in both directions): compression reads detached states, and the compressed memory
@@ -29,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from longrange.attention.base import AttentionModule, AttentionOutput, fifo_append, merge_heads, split_heads
+from longrange.attention.base import AttentionModule, AttentionOutput, merge_heads, split_heads
 from longrange.attention.xl import RelativePositionScores
 from longrange.memory.compress import Compressor
 from longrange.memory.state import LayerState
@@ -91,9 +94,11 @@ class CompressiveAttention(AttentionModule):
                 "mem_valid": zeros(self.mem_len, kind=torch.bool),  # (B, M)
                 "mem_usage": zeros(self.mem_len, kind=torch.float32),  # (B, M) attention received (most-used)
                 "mem_age": zeros(self.mem_len, kind=torch.float32),  # (B, M) segments spent in memory
-                "pending": zeros(0, self.d_model),  # (B, P, D) evicted, waiting for a full group
-                "pending_valid": zeros(0, kind=torch.bool),
-                "pending_usage": zeros(0, kind=torch.float32),
+                # (B, c - 1, D) evicted, waiting for a full group: the last `pending_len` (B,) slots, newest last
+                "pending": zeros(self.rate - 1, self.d_model),
+                "pending_valid": zeros(self.rate - 1, kind=torch.bool),
+                "pending_usage": zeros(self.rate - 1, kind=torch.float32),
+                "pending_len": torch.zeros(batch_size, dtype=torch.long, device=device),
             }
         )
 
@@ -145,26 +150,37 @@ class CompressiveAttention(AttentionModule):
                 all_valid.new_zeros(b, t, dtype=torch.float),
             )
 
-        # join the pending states; compress whole groups of c, keep the rest pending
-        n_pending = state["pending"].shape[1]
-        group = torch.cat([state["pending"].to(x.dtype), evicted], 1) if n_pending else evicted
-        group_valid = torch.cat([state["pending_valid"], evicted_valid], 1) if n_pending else evicted_valid
-        group_usage = torch.cat([state["pending_usage"], evicted_usage], 1) if n_pending else evicted_usage
-        n_full = (group.shape[1] // self.rate) * self.rate
-        to_compress = group[:, :n_full].detach()  # stop-gradient: the LM loss never trains compression
-        # (B, n_full / c, D) and (B, n_full / c)
-        compressed, compressed_valid = self.compressor.compress(
-            to_compress, group_valid[:, :n_full], group_usage[:, :n_full]
+        # join the pending states; compress whole groups of c, keep the rest pending. Each row has its own
+        # number of pending states (a row reset to a new document has none, like a fresh row), so the pending
+        # buffer has a fixed c - 1 slots, newest last, the last `pending_len` of them in use.
+        c, n_pending = self.rate, state["pending_len"]  # (B,) int64
+        stream = torch.cat([state["pending"].to(x.dtype), evicted], 1)  # (B, c - 1 + T, D)
+        stream_valid = torch.cat([state["pending_valid"], evicted_valid], 1)
+        stream_usage = torch.cat([state["pending_usage"], evicted_usage], 1)
+        n_groups = torch.div(n_pending + t, c, rounding_mode="floor")  # (B,) whole groups per row
+        g = (c - 1 + t) // c  # the most any row can have: rows with fewer get invalid filler slots in front
+        # row r's groups end where its pending remainder begins: (c - 1 - n_pending) + n_groups * c
+        end = (c - 1 - n_pending) + n_groups * c
+        index = (end[:, None] - g * c + torch.arange(g * c, device=x.device)).clamp(min=0)  # (B, g * c)
+        to_compress = _take(stream, index).detach()  # stop-gradient: the LM loss never trains compression
+        compressed, compressed_valid = self.compressor.compress(  # (B, g, D), (B, g); fillers invalid
+            to_compress, stream_valid.gather(1, index), stream_usage.gather(1, index), n_groups
         )
         aux = None
-        if n_full and self.compressor.learned:
+        if g and self.compressor.learned:
             # keys/values of the evicted states were computed for this segment's attention (keys [cmem ; mem ; x],
-            # the evicted ones at [S, S + T)); reuse them when no pending state precedes them (always in training)
-            old_kv = (k[:, :, s : s + n_full], v[:, :, s : s + n_full]) if n_pending == 0 else None
+            # the evicted ones at [S, S + T)); only the (c - 1) pending states need projecting
+            pending_k, pending_v = (
+                split_heads(z, self.n_heads) for z in self.kv(state["pending"].to(x.dtype)).chunk(2, dim=-1)
+            )
+            old_kv = tuple(
+                _take(torch.cat([old, now[:, :, s : s + t]], 2), index, dim=2)
+                for old, now in ((pending_k, k), (pending_v, v))
+            )
             aux = self._compression_loss(to_compress, compressed, compressed_valid, q, old_kv)
 
-        cmem, cmem_valid = fifo_append(
-            state["cmem"], state["cmem_valid"], compressed.detach(), self.cmem_len, compressed_valid
+        cmem, cmem_valid = _append_rows(
+            state["cmem"], state["cmem_valid"], compressed.detach(), compressed_valid, n_groups
         )
         next_state = state.replace(
             cmem=cmem,
@@ -173,9 +189,10 @@ class CompressiveAttention(AttentionModule):
             mem_valid=all_valid[:, n_evict:],
             mem_usage=usage,
             mem_age=age,
-            pending=group[:, n_full:],
-            pending_valid=group_valid[:, n_full:],
-            pending_usage=group_usage[:, n_full:],
+            pending=stream[:, stream.shape[1] - (c - 1) :],  # the remainder is always the newest states
+            pending_valid=stream_valid[:, stream.shape[1] - (c - 1) :],
+            pending_usage=stream_usage[:, stream.shape[1] - (c - 1) :],
+            pending_len=(n_pending + t) % c,
         )
         return next_state, aux
 
@@ -218,6 +235,24 @@ class CompressiveAttention(AttentionModule):
             )  # (B, T)
             weight = (~empty).float().expand_as(error)
         return self.loss_weight * (error * weight).sum() / weight.sum().clamp(min=1)
+
+
+def _take(x: Tensor, index: Tensor, dim: int = 1) -> Tensor:
+    """x (B, [H,] N, E) at per-row positions index (B, K) along `dim` -> (B, [H,] K, E)."""
+    if dim == 2:
+        index = index[:, None].expand(-1, x.shape[1], -1)
+    return x.gather(dim, index[..., None].expand(*index.shape, x.shape[-1]))
+
+
+def _append_rows(memory: Tensor, valid: Tensor, new: Tensor, new_valid: Tensor, counts: Tensor):
+    """Per-row FIFO: append the last counts[r] of new[r] (B, G, D) to memory[r] (B, S, D), keep the newest S.
+
+    The G - counts[r] slots in front are fillers (rows with fewer whole groups than others) and take no space.
+    """
+    s, g = memory.shape[1], new.shape[1]
+    k = counts[:, None] + torch.arange(s, device=memory.device)  # (B, S): position in [memory ; kept new]
+    index = torch.where(k < s, k, k + g - counts[:, None])  # ... skipping the fillers
+    return _take(torch.cat([memory, new], 1), index), torch.cat([valid, new_valid], 1).gather(1, index)
 
 
 def _position_scores(rel: RelativePositionScores, q: Tensor, n_prev: int) -> Tensor:

@@ -25,6 +25,7 @@ in a small pending buffer until they do, so no state is dropped or padded with i
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -49,14 +50,33 @@ class Compressor(nn.Module):
     def learned(self) -> bool:
         return self.kind in ("conv", "dilated_conv")
 
-    def compress(self, states: Tensor, valid: Tensor, usage: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def compress(
+        self, states: Tensor, valid: Tensor, usage: Tensor | None = None, n_groups: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """(compressed (B, N/c, D), valid (B, N/c)): a slot is valid when every state it was made from was valid;
-        for most-used that is the one state it keeps (selected across all N, not per group of c)."""
+        for most-used that is the one state it keeps (selected across all N, not per group of c).
+
+        ``n_groups`` (B,): only the last n_groups[r] * c states of row r are real; the slots in front of its
+        n_groups[r] real ones are invalid fillers (rows of one batch may have different numbers of groups).
+        """
         b, n, _ = states.shape
+        n_slots = n // self.rate
+        slot = torch.arange(n_slots, device=states.device)
         if self.kind == "most_used":
-            keep = self._most_used(states, usage)
-            return self._gather(states, keep), valid.gather(1, keep)
-        return self(states, usage), valid.reshape(b, n // self.rate, self.rate).all(-1)
+            if n_groups is None:
+                keep = self._most_used(states, usage)
+                return self._gather(states, keep), valid.gather(1, keep)
+            # the n_groups[r] most used real states, in their original order, after n_slots - n_groups[r] fillers
+            real = torch.arange(n, device=states.device) >= n - n_groups[:, None] * self.rate  # (B, N)
+            rank = usage.masked_fill(~real, float("-inf")).topk(n_slots, dim=1).indices  # (B, N/c) most used first
+            chosen = slot < n_groups[:, None]
+            order = torch.where(chosen, rank, -1).sort(dim=1).indices  # fillers (-1) first, then document order
+            keep, chosen = rank.gather(1, order), chosen.gather(1, order)
+            return self._gather(states, keep), valid.gather(1, keep) & chosen
+        compressed_valid = valid.reshape(b, n_slots, self.rate).all(-1)
+        if n_groups is not None:
+            compressed_valid = compressed_valid & (slot >= n_slots - n_groups[:, None])
+        return self(states, usage), compressed_valid
 
     def _most_used(self, states: Tensor, usage: Tensor | None) -> Tensor:
         """Indices (B, N/c) of the states that received the most attention, in their original order."""
