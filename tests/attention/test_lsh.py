@@ -421,3 +421,51 @@ def test_float64_dedup_plain_and_decode_equal_the_fused_kernels_to_1e12(kernel):
         whole = attn(x, state=None, doc_start=None).out
         streamed, _ = stream(attn, x, [17, 30])
     torch.testing.assert_close(streamed, whole, rtol=0, atol=1e-12)
+
+
+def _kernel_cache(monkeypatch, tmp_path):
+    _needs_compiler()
+    folder = tmp_path / "kernels"
+    monkeypatch.setattr(lsh_native, "cache_dirs", lambda: [folder])
+    lsh_native._library.cache_clear()
+    return folder
+
+
+def test_a_kernel_built_under_umask_002_is_private_and_reused(monkeypatch, tmp_path):
+    import os
+
+    folder = _kernel_cache(monkeypatch, tmp_path)
+    old = os.umask(0o002)
+    try:
+        assert lsh_native.available(torch.float32, 12)
+        (built,) = folder.glob("*.so")
+        assert built.stat().st_mode & 0o777 == 0o700
+        stamp = built.stat().st_mtime_ns
+        lsh_native._library.cache_clear()
+        assert lsh_native.available(torch.float32, 12) and built.stat().st_mtime_ns == stamp  # loaded, not rebuilt
+    finally:
+        os.umask(old)
+        lsh_native._library.cache_clear()
+
+
+@pytest.mark.parametrize("problem", ["loose-mode", "symlink"])
+def test_a_refused_kernel_file_is_rebuilt_and_a_link_is_never_followed(monkeypatch, tmp_path, problem):
+    folder = _kernel_cache(monkeypatch, tmp_path)
+    try:
+        assert lsh_native.available(torch.float32, 12)
+        (built,) = folder.glob("*.so")
+        if problem == "loose-mode":
+            built.chmod(0o775)  # what an older build left under umask 002: refused forever before
+        else:  # a link to a library in a folder anyone can write
+            elsewhere = tmp_path / "shared"
+            elsewhere.mkdir(mode=0o777)
+            elsewhere.chmod(0o777)
+            planted = elsewhere / "planted.so"
+            built.rename(planted)
+            planted.chmod(0o700)
+            built.symlink_to(planted)
+        lsh_native._library.cache_clear()
+        assert lsh_native.available(torch.float32, 12)  # rebuilt, no warning, no PyTorch fallback
+        assert not built.is_symlink() and built.stat().st_mode & 0o777 == 0o700
+    finally:
+        lsh_native._library.cache_clear()

@@ -18,7 +18,9 @@ rounds, forward + backward of the whole layer): 64K tokens in about 8 s against 
 Why C and not a PyTorch op: no PyTorch operator visits a variable band per query; every composition of
 dense ones pays for the whole window and the copies around it (`lsh_sorted` is the best one found).
 The C source is compiled on first use with the system's C compiler (``cc``, or ``$CC``) into a per-user
-cache and loaded with ctypes (no Python headers or build step needed); rows run in
+cache and loaded with ctypes (no Python headers or build step needed). A built file gets mode 0700 whatever the
+umask; a cached file is checked with lstat (owner, no group/other write, not a symbolic link) and a refused one
+is removed and rebuilt, so a loose umask never leaves the slow kernel in use for good. Rows run in
 ``torch.get_num_threads()`` threads (ctypes releases the GIL). Without a compiler, or with
 ``LONGRANGE_NATIVE=0``, `available()` is False and the fused PyTorch kernel is used: same results.
 Float32 and float64 tensors on the CPU are supported.
@@ -28,9 +30,11 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import logging
 import os
 import platform
 import shutil
+import stat
 import subprocess
 import tempfile
 import warnings
@@ -65,10 +69,27 @@ def cache_dirs() -> list[Path]:
 
 
 def _check_private(path: Path) -> None:
-    """Refuse a file or folder that another user owns or could write: a library there could be replaced."""
-    info = path.stat()
+    """Refuse a file or folder that another user owns or could write (a library there could be replaced), or a
+    symbolic link (checked with lstat, so a link to a file in a world-writable folder is never followed)."""
+    info = os.lstat(path)
+    if stat.S_ISLNK(info.st_mode):
+        raise OSError(f"{path} is a symbolic link, not a file of this user's kernel cache")
     if info.st_uid != os.getuid() or info.st_mode & 0o022:
         raise OSError(f"{path} is not private to this user (owner {info.st_uid}, mode {oct(info.st_mode & 0o777)})")
+
+
+def _usable(target: Path) -> bool:
+    """Whether a built kernel may be loaded as it is. One that is refused (a link, a loose mode such as the 0775
+    an older build left under umask 002, another owner) is removed so that it is rebuilt privately."""
+    if not os.path.lexists(target):
+        return False
+    try:
+        _check_private(target)
+        return True
+    except OSError as error:
+        logging.getLogger(__name__).warning("rebuilding the native LSH kernel: %s", error)
+        target.unlink()  # the link itself, never what it points to; the folder is ours (checked before)
+        return False
 
 
 @cache
@@ -91,7 +112,9 @@ def _library(scalar: str, head_dim: int) -> ctypes.CDLL | None:
     for folder in folders:
         target = folder / f"lsh_band_{scalar}_e{head_dim}_{key.hexdigest()[:16]}.so"
         try:
-            if not target.exists():
+            if target.parent.exists():
+                _check_private(target.parent)  # before touching anything in it
+            if not _usable(target):
                 _compile(compiler, flags, target)
             _check_private(target.parent), _check_private(target)
             library = ctypes.CDLL(str(target))
@@ -120,6 +143,7 @@ def _compile(compiler: str, flags: list[str], target: Path) -> None:
         built = Path(scratch) / target.name
         command = [compiler, *flags, str(SOURCE), "-o", str(built), "-lm"]
         subprocess.run(command, check=True, capture_output=True, text=True)
+        os.chmod(built, 0o700)  # explicitly: the compiler's mode follows the umask (0775 under umask 002)
         os.replace(built, target)
 
 
