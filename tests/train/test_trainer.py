@@ -16,6 +16,7 @@ from longrange.data import load_corpus
 from longrange.model.io import CheckpointError
 from longrange.train import TrainConfig, Trainer, train
 from longrange.train.checkpoint import read_checkpoint
+from longrange.train.trainer import write_run_config
 from tests.conftest import make_documents
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,6 +61,7 @@ def test_resume_equals_one_run(tmp_path, preset):
     while trainer.step < 4:
         trainer.train_step()
     trainer.save()
+    write_run_config(tmp_path / "twice", model_cfg, half, data, load_corpus(data).manifest)
     del trainer
     train(model_cfg, half, data, tmp_path / "twice", resume=True)
     once, twice = _weights(tmp_path / "once"), _weights(tmp_path / "twice")

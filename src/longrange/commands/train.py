@@ -13,53 +13,41 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import typing
 from pathlib import Path
 
-import yaml
+from longrange.config import ConfigError, ModelConfig, _read_yaml, load_yaml_text
+from longrange.train.run_folder import RUN_CONFIG
+from longrange.train.trainer import (
+    RESUMABLE_KEYS,
+    TrainConfig,
+    TrainingDiverged,
+    TrainingInterrupted,
+    check_resume_settings,
+    train,
+)
 
-from longrange.config import ConfigError, ModelConfig
-from longrange.train.trainer import TrainConfig, train
-
-_HELP = {
-    "steps": "parameter updates",
-    "batch_size": "rows (documents read in parallel), global over all ranks",
-    "segment_len": "tokens per row per micro-batch (default: the model's)",
-    "lr": "peak learning rate",
-    "init_lr": "learning rate at step 0 (warmup starts here)",
-    "min_lr": "learning rate at the end of the cosine decay",
-    "warmup_steps": "linear warmup steps",
-    "optimizer": "adamw or adam",
-    "weight_decay": "AdamW weight decay on matrices",
-    "betas": "Adam betas, e.g. 0.9 0.95",
-    "grad_clip": "max global gradient norm (0: off)",
-    "accumulate": "micro-batches per update (update every k steps)",
-    "bf16": "bf16 autocast",
-    "seed": "random seed (weights, data order)",
-    "eval_every": "validate every N steps (0: only at the end)",
-    "eval_segments": "segments per periodic validation",
-    "checkpoint_every": "write a checkpoint every N steps",
-    "log_every": "write metrics every N steps",
-    "device": "cpu, cuda or cuda:N",
-    "threads": "torch CPU threads (default: torch's, i.e. OMP_NUM_THREADS or the physical cores)",
-    "progress": "show a progress bar",
-}
+CONFIG_SECTIONS = ("model", "train", "data")  # what a --config file may hold
 
 
 def add_train_options(parser: argparse.ArgumentParser) -> None:
-    """One option per TrainConfig field, default None (= take the file's or the dataclass's value)."""
+    """One option per TrainConfig field, default None (= take the file's or the dataclass's value); the help
+    text is the field's own (written once, in TrainConfig)."""
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
-        hint = hints[f.name]
+        hint, text = hints[f.name], f.metadata["help"]
+        if f.name in RESUMABLE_KEYS:
+            text += " [may change on --resume]"
         if hint is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=_HELP[f.name])
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
         elif f.name == "betas":
-            parser.add_argument(flag, type=float, nargs=2, default=None, help=_HELP[f.name])
+            parser.add_argument(flag, type=float, nargs=2, default=None, help=text)
         else:
-            kind = {int: int, float: float}.get(hint, int if "int" in str(hint) else str)
-            kind = float if hint is float else kind
-            parser.add_argument(flag, type=kind, default=None, help=_HELP[f.name])
+            choices = typing.get_args(hint) if typing.get_origin(hint) is typing.Literal else None
+            kind = float if hint is float else (int if "int" in str(hint) else str)
+            parser.add_argument(flag, type=kind, choices=choices, default=None, help=text)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -68,7 +56,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recipe", help="named training recipe, e.g. compressive-paper")
     parser.add_argument("--data", default=None, help="corpus: 'stdlib' (default), a directory, a text or .jsonl file")
     parser.add_argument("--out", type=Path, required=True, help="run directory")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its last checkpoint, as it was configured (its saved config, "
+        "corpus and schedule); options marked [may change on --resume] may differ, others are refused",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="start afresh in a non-empty --out, replacing an earlier run's files"
+    )
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="model config overrides")
     add_train_options(parser)
 
@@ -79,36 +75,71 @@ def parse_overrides(items: list[str]) -> dict:
         key, sep, value = item.partition("=")
         if not sep:
             raise ConfigError(f"override {item!r} must look like key=value")
-        overrides[key] = yaml.safe_load(value)
+        overrides[key] = load_yaml_text(value, f"--set {key}")
     return overrides
 
 
-def configs_from_args(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig, str | None]:
-    file_data = {}
-    if args.config is not None:
-        file_data = yaml.safe_load(args.config.read_text()) or {}
-        if not isinstance(file_data, dict):
-            raise ConfigError(f"{args.config} must hold a mapping with `model:` / `train:` sections")
-    model_data = dict(file_data.get("model", {}))
+def _file_sections(path: Path | None) -> dict:
+    if path is None:
+        return {}
+    data = _read_yaml(path)
+    unknown = sorted(set(data) - set(CONFIG_SECTIONS))
+    if unknown:
+        raise ConfigError(f"{str(path)!r}: unknown section {unknown[0]!r}; allowed sections: {list(CONFIG_SECTIONS)}")
+    return data
+
+
+def _model_config(args: argparse.Namespace, file_data: dict) -> ModelConfig | None:
+    """The model config the options ask for; None when they name none (`--resume` then takes the run's)."""
+    model_data = file_data.get("model", {})
+    if not isinstance(model_data, dict):
+        raise ConfigError(f"the `model:` section of {str(args.config)!r} must be a mapping")
+    model_data = dict(model_data)
     preset = args.preset or model_data.pop("preset", None)
+    if preset is None and not model_data and not args.set:
+        return None
     if preset is None and not model_data:
         preset = "transformer-xl-tiny"
-    model_cfg = ModelConfig.from_name(preset, **model_data) if preset else ModelConfig.from_dict(model_data)
+    model_cfg = ModelConfig.from_name(preset).replace(**model_data) if preset else ModelConfig.from_dict(model_data)
     if args.set:
         model_cfg = model_cfg.replace(**parse_overrides(args.set))
-    train_data = dict(file_data.get("train", {}))
+    return model_cfg
+
+
+def _train_options(args: argparse.Namespace, file_data: dict) -> dict:
+    train_data = file_data.get("train", {})
+    if not isinstance(train_data, dict):
+        raise ConfigError(f"the `train:` section of {str(args.config)!r} must be a mapping")
+    train_data = dict(train_data)
     if args.recipe:
         train_data["recipe"] = args.recipe
     for f in dataclasses.fields(TrainConfig):
         value = getattr(args, f.name, None)
         if value is not None:
             train_data[f.name] = list(value) if f.name == "betas" else value
+    return train_data
+
+
+def configs_from_args(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig, str | None]:
+    """The run's configs: from the options (a new run), or the saved run's with the options checked (`--resume`)."""
+    file_data = _file_sections(args.config)
+    model_cfg = _model_config(args, file_data)
+    train_data = _train_options(args, file_data)
     data = args.data or file_data.get("data")
-    return model_cfg, TrainConfig.from_dict(train_data), data
+    if getattr(args, "resume", False) and (args.out / RUN_CONFIG).is_file():
+        return check_resume_settings(args.out, model_cfg, train_data, data)
+    return model_cfg or ModelConfig.from_name("transformer-xl-tiny"), TrainConfig.from_dict(train_data), data
 
 
 def run(args: argparse.Namespace) -> int:
     model_cfg, train_cfg, data = configs_from_args(args)
-    out = train(model_cfg, train_cfg, data, args.out, resume=args.resume)
+    try:
+        out = train(model_cfg, train_cfg, data, args.out, resume=args.resume, overwrite=args.overwrite)
+    except TrainingInterrupted as stop:
+        print(f"longrange train: {stop}; continue with: longrange train --out {args.out} --resume", file=sys.stderr)
+        return stop.exit_code
+    except TrainingDiverged as err:
+        print(f"longrange train: error: {err}", file=sys.stderr)
+        return 3
     print(f"trained {model_cfg.name} for {train_cfg.steps} steps -> {out}")
     return 0

@@ -61,7 +61,7 @@ class DocumentStream:
             )
         self.batch_size, self.segment_len = local, segment_len
         self.seed, self.shuffle, self.loop = seed, shuffle, loop
-        self.cursor = [{"epoch": 0, "index": 0, "offset": 0} for _ in range(batch_size)]  # per row
+        self.cursor = [{"epoch": 0, "index": 0, "offset": 0} for _ in range(local)]  # per row of this rank
 
     # -------------------------------------------------------------- resumable position
     def state_dict(self) -> dict:

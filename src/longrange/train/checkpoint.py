@@ -1,17 +1,31 @@
-"""Checkpoints: safetensors weights + config.yaml + train.yaml + trainer.pt, written atomically.
+"""Checkpoints: safetensors weights + config.yaml + train.yaml + one trainer shard per rank, written atomically.
 
-``trainer.pt`` holds only tensors and plain containers (optimizer state, step, data-stream
-cursors, RNG states, the carried memories) and is read with ``torch.load(weights_only=True)``, so a
-checkpoint from an untrusted source cannot run code. A checkpoint directory is written into a
-temporary sibling and swapped in by rename: a run killed at any moment leaves the previous
-checkpoint (or the new one) whole.
+A checkpoint folder holds::
+
+    model.safetensors, config.yaml   the weights and the model config (`longrange.load` reads these)
+    train.yaml                       the training config
+    meta.json                        step, world size, held-out loss (when measured)
+    trainer.pt                       rank 0's trainer state: optimiser, step, data cursors, RNG states, memories
+    trainer-rank{r}.pt               the same for rank r > 0 (its own data rows, memories and RNG states)
+
+Trainer shards hold only tensors and plain containers and are read with
+``torch.load(weights_only=True)``, so a checkpoint from an untrusted source cannot run code.
+
+A checkpoint is written into ``checkpoint.tmp`` and swapped in by rename: a run killed at any moment
+leaves a whole checkpoint behind. The swap keeps the previous newest one as ``checkpoint-step-N``
+(the last ``keep`` are kept, as Hugging Face's ``save_total_limit``); ``checkpoint-best`` is the one
+with the lowest held-out loss when the trainer validates periodically.
 """
 
 from __future__ import annotations
 
+import errno
+import json
 import os
 import pickle
 import shutil
+import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -21,6 +35,20 @@ from longrange.model.io import CheckpointError, checkpoint_dir, load_weights, sa
 
 TRAINER_STATE = "trainer.pt"
 TRAIN_CONFIG = "train.yaml"
+META = "meta.json"
+LATEST = "checkpoint"
+BEST = "checkpoint-best"
+_OLDER = "checkpoint-step-"
+
+
+def shard_name(rank: int) -> str:
+    return TRAINER_STATE if rank == 0 else f"trainer-rank{rank}.pt"
+
+
+def _fault_point(name: str) -> None:
+    """Fault injection for the kill tests: ``LONGRANGE_FAULT_AT=name`` kills this process here (SIGKILL)."""
+    if os.environ.get("LONGRANGE_FAULT_AT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -29,42 +57,113 @@ def _fsync_dir(path: Path) -> None:
             os.fsync(fh.fileno())
 
 
-def write_checkpoint(out_dir: Path, model, train_config: dict, trainer_state: dict) -> Path:
-    """Write ``out_dir/checkpoint`` atomically; returns its path."""
-    final = out_dir / "checkpoint"
-    tmp = out_dir / "checkpoint.tmp"
-    old = out_dir / "checkpoint.old"
-    shutil.rmtree(tmp, ignore_errors=True)
-    save(model, tmp)
-    (tmp / TRAIN_CONFIG).write_text(yaml.safe_dump(train_config, sort_keys=False))
-    torch.save(trainer_state, tmp / TRAINER_STATE)
-    _fsync_dir(tmp)
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
+def _write_error(err: Exception, path: Path) -> CheckpointError:
+    """One line for a failed write; torch's zip writer reports a full disk as 'unexpected pos'."""
+    free = shutil.disk_usage(path.parent if path.parent.exists() else Path.cwd()).free
+    full = isinstance(err, OSError) and err.errno == errno.ENOSPC
+    reason = "the disk is full" if full or free < (64 << 20) else str(err).splitlines()[0]
+    return CheckpointError(
+        f"cannot write checkpoint {str(path)!r}: {reason} ({free / 2**20:.0f} MiB free); "
+        "the previous checkpoint is kept"
+    )
+
+
+def write_checkpoint(
+    out_dir: Path,
+    model,
+    train_config: dict,
+    trainer_state: dict,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    meta: dict | None = None,
+    keep: int = 2,
+    name: str = LATEST,
+    barrier: Callable[[], None] = lambda: None,
+) -> Path:
+    """Write ``out_dir/name`` atomically, every rank its own trainer shard; returns its path.
+
+    Called by every rank with the same arguments but its own `trainer_state`; rank 0 writes the
+    weights and swaps the folder in once every shard is on disk. ``keep`` counts the newest
+    checkpoint too (``keep=1``: only the newest).
+    """
+    final, tmp = out_dir / name, out_dir / f"{name}.tmp"
+    try:
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            save(model, tmp)
+            (tmp / TRAIN_CONFIG).write_text(yaml.safe_dump(train_config, sort_keys=False))
+            (tmp / META).write_text(json.dumps({**(meta or {}), "world_size": world_size}))
+            _fault_point("checkpoint-weights")
+        barrier()
+        torch.save(trainer_state, tmp / shard_name(rank))
+        barrier()
+        if rank == 0:
+            _fault_point("checkpoint-shards")
+            _fsync_dir(tmp)
+            _swap_in(out_dir, tmp, final, keep if name == LATEST else 1)
+    except (OSError, RuntimeError) as err:
+        raise _write_error(err, tmp) from err
+    barrier()
     return final
 
 
+def _swap_in(out_dir: Path, tmp: Path, final: Path, keep: int) -> None:
+    if final.exists():
+        step = read_meta(final).get("step")
+        if keep > 1 and step is not None:
+            os.replace(final, out_dir / f"{_OLDER}{int(step):08d}")
+        else:
+            old = out_dir / f"{final.name}.old"
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+        _fault_point("checkpoint-swap")
+    os.replace(tmp, final)
+    shutil.rmtree(out_dir / f"{final.name}.old", ignore_errors=True)
+    older = older_checkpoints(out_dir)
+    for stale in older[: max(0, len(older) - (keep - 1))]:
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def older_checkpoints(out_dir: Path) -> list[Path]:
+    """The kept older checkpoints, oldest first."""
+    return sorted(p for p in out_dir.glob(f"{_OLDER}*") if (p / TRAINER_STATE).is_file())
+
+
+def read_meta(path: Path) -> dict:
+    try:
+        return json.loads((path / META).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def find_checkpoint(out_dir: Path) -> Path | None:
-    """The newest whole checkpoint of a run (``checkpoint/``, or ``checkpoint.old/`` mid-swap)."""
-    for name in ("checkpoint", "checkpoint.old"):
-        path = out_dir / name
+    """The newest whole checkpoint of a run: ``checkpoint/``, else (killed mid-swap) the newest older one."""
+    for path in (out_dir / LATEST, out_dir / f"{LATEST}.old", *reversed(older_checkpoints(out_dir))):
         if (path / TRAINER_STATE).is_file():
             return path
     return None
 
 
-def read_checkpoint(path: Path, model) -> dict:
-    """Load weights into `model` and return the trainer state; clear errors for bad files."""
+def read_checkpoint(path: Path, model, rank: int = 0, world_size: int = 1) -> dict:
+    """Load weights into `model` and return this rank's trainer state; clear errors for bad files."""
+    saved_world = read_meta(path).get("world_size", 1)
+    if saved_world != world_size:
+        raise CheckpointError(
+            f"{str(path)!r} was written by {saved_world} process(es), this run has {world_size}: resume with "
+            f"`torchrun --nproc_per_node {saved_world} ...` (the data rows and memories are per process), "
+            "or start a new run from its weights"
+        )
     load_weights(model, checkpoint_dir(path))
+    shard = path / shard_name(rank)
+    if not shard.is_file():
+        raise CheckpointError(f"{str(path)!r} lacks {shard.name} (the trainer state of rank {rank})")
     try:
-        return torch.load(path / TRAINER_STATE, weights_only=True, map_location="cpu")
+        return torch.load(shard, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as err:
         raise CheckpointError(
-            f"refusing {str(path / TRAINER_STATE)!r}: it holds objects other than tensors and plain data "
+            f"refusing {str(shard)!r}: it holds objects other than tensors and plain data "
             f"(loading it could run code): {str(err).splitlines()[0]}"
         ) from err
     except (RuntimeError, EOFError, OSError) as err:
-        raise CheckpointError(f"cannot read {str(path / TRAINER_STATE)!r} (truncated or corrupt?): {err}") from err
+        raise CheckpointError(f"cannot read {str(shard)!r} (truncated or corrupt?): {err}") from err

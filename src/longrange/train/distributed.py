@@ -1,12 +1,22 @@
-"""torch.distributed set-up for `torchrun`: gloo on CPU, nccl on CUDA; one process per rank."""
+"""torch.distributed set-up for `torchrun`: gloo on CPU, nccl on CUDA; one process per rank.
+
+`DistInfo` is what the trainer needs of the process group: the rank, the world size, and three
+collective helpers that are no-ops in a single process (`barrier`, `sum_`, `agree`). `agree` runs a
+check on rank 0 and raises its error on every rank, so a refused run folder stops all processes
+with the same line instead of leaving the others waiting at a barrier.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -23,20 +33,61 @@ class DistInfo:
     def enabled(self) -> bool:
         return self.world_size > 1
 
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
 
-def init_distributed(device: str) -> DistInfo:
+    def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
+        """All-reduce `tensor` in place (sum over ranks); returns it."""
+        if self.enabled:
+            dist.all_reduce(tensor)
+        return tensor
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank when `flag` is True on some rank (e.g. a signal reached one process)."""
+        if not self.enabled:
+            return flag
+        value = torch.tensor([int(flag)])
+        dist.all_reduce(value)
+        return bool(value.item())
+
+    def agree(self, fn: Callable[[], T], *, main_only: bool = True) -> T | None:
+        """Run `fn` on rank 0 (every rank with ``main_only=False``); an error of any rank is raised on all."""
+        result, error = None, None
+        if self.is_main or not main_only:
+            try:
+                result = fn()
+            except Exception as err:  # noqa: BLE001 -- re-raised below, on every rank
+                error = err
+        if not self.enabled:
+            if error is not None:
+                raise error
+            return result
+        errors: list = [None] * self.world_size
+        dist.all_gather_object(errors, None if error is None else (type(error), str(error)))
+        if error is not None:
+            raise error
+        for other in errors:
+            if other is not None:
+                kind, message = other
+                raise (kind if issubclass(kind, ValueError) else RuntimeError)(message)
+        return result
+
+
+def init_distributed(device: torch.device) -> DistInfo:
     """Join the process group when launched by torchrun (WORLD_SIZE > 1); a no-op otherwise."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
-    info = DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
-    if device.startswith("cuda"):
-        torch.cuda.set_device(info.local_rank)
-    return info
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank)
 
 
 def shutdown_distributed() -> None:
+    """Tear the process group down at exit (torch warns about a group left open)."""
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -15,14 +15,17 @@ DEVICE_CHOICES = "cpu, cuda, cuda:N or auto"
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def resolve_device(spec: str) -> torch.device:
+def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
     """``"cpu" | "cuda" | "cuda:N" | "auto"`` -> a device that exists here; ValueError (one line) otherwise.
 
-    ``auto`` picks the first CUDA device when there is one, else the CPU.
+    ``auto`` picks a CUDA device when there is one, else the CPU. Under torchrun (`local_rank` of
+    this process on its node) ``cuda`` and ``auto`` mean this process's own GPU, ``cuda:local_rank``.
     """
     text = str(spec).strip().lower()
     if text == "auto":
-        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+        text = "cuda" if torch.cuda.is_available() else "cpu"
+    if text == "cuda" and torch.cuda.is_available():
+        text = f"cuda:{local_rank}"
     kind, _, index = text.partition(":")
     if kind == "cpu" and not index:
         return torch.device("cpu")
@@ -35,6 +38,14 @@ def resolve_device(spec: str) -> torch.device:
     if index and int(index) >= count:
         raise ValueError(f"--device {spec!r}: only {count} CUDA device(s) here (cuda:0 .. cuda:{count - 1})")
     return torch.device("cuda", int(index) if index else 0)
+
+
+def configure_device(device: torch.device) -> None:
+    """Per-device settings: TF32 matmuls and convolutions on CUDA (fp32 range, ~10-bit mantissa: the
+    usual training trade, as PyTorch's own recipes and litgpt set it)."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
 
 
 def autocast_dtype(precision: str) -> torch.dtype | None:

@@ -14,63 +14,103 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
+import yaml
+from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from longrange.config import ConfigError, ModelConfig, _check_literals, _from_dict, _read_yaml
 from longrange.data.corpus import load_corpus
-from longrange.data.stream import DocumentStream
+from longrange.data.stream import IGNORE_INDEX, DocumentStream
 from longrange.memory.state import ModelState
 from longrange.model.build import build_model
 from longrange.model.lm import LongRangeLM
-from longrange.train.checkpoint import find_checkpoint, read_checkpoint, write_checkpoint
-from longrange.train.distributed import DistInfo, init_distributed
+from longrange.train.checkpoint import BEST, LATEST, find_checkpoint, read_checkpoint, write_checkpoint
+from longrange.train.distributed import DistInfo, init_distributed, shutdown_distributed
 from longrange.train.optim import build_optimizer, lr_at
+from longrange.train.run_folder import (
+    METRICS,
+    RUN_CONFIG,
+    RunFolderError,
+    RunLock,
+    append_line,
+    prepare_run_folder,
+    record_invocation,
+    truncate_metrics,
+)
+from longrange.train.runtime import autocast, configure_device, maybe_compile, resolve_device
 
 log = logging.getLogger(__name__)
 
 
+def _option(default: Any, help: str, **kw: Any) -> Any:
+    """A TrainConfig field whose help text is written once: here (the `train` command reads it)."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
 @dataclass
 class TrainConfig:
-    steps: int = 1000  # parameter updates
-    batch_size: int = 8  # rows (documents read in parallel), global over all ranks
-    segment_len: int | None = None  # tokens per row per micro-batch; None: the model's segment_len
-    lr: float = 1e-3  # peak learning rate
-    init_lr: float = 0.0  # learning rate at step 0 (linear warmup from here)
-    min_lr: float = 1e-4  # end of the cosine decay
-    warmup_steps: int = 100
-    optimizer: Literal["adamw", "adam"] = "adamw"
-    weight_decay: float = 0.1
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
-    grad_clip: float = 1.0  # max global gradient norm (0: off)
-    accumulate: int = 1  # micro-batches per update ("update every k steps")
-    bf16: bool = False  # bf16 autocast
-    seed: int = 0
-    eval_every: int = 0  # validate every N steps (0: only at the end)
-    eval_segments: int = 32  # segments (of batch rows) per validation; whole-document eval is `longrange eval`
-    checkpoint_every: int = 100
-    log_every: int = 10
-    device: str = "cpu"
-    threads: int | None = None  # torch threads; None: torch's default
-    progress: bool = True  # progress bar
+    steps: int = _option(1000, "parameter updates (may be raised on --resume to extend a run)")
+    batch_size: int = _option(8, "rows (documents read in parallel), global over all ranks")
+    segment_len: int | None = _option(None, "tokens per row per micro-batch (default: the model's segment_len)")
+    lr: float = _option(1e-3, "peak learning rate")
+    init_lr: float = _option(0.0, "learning rate at step 0 (linear warmup starts here)")
+    min_lr: float = _option(1e-4, "learning rate at the end of the cosine decay")
+    warmup_steps: int = _option(100, "linear warmup steps")
+    optimizer: Literal["adamw", "adam"] = _option("adamw", "adamw or adam")
+    weight_decay: float = _option(0.1, "AdamW weight decay on matrices")
+    betas: list[float] = _option([0.9, 0.95], "Adam betas, e.g. 0.9 0.95")
+    grad_clip: float = _option(1.0, "max global gradient norm (0: off)")
+    accumulate: int = _option(1, "micro-batches per update (update every k steps)")
+    precision: Literal["fp32", "bf16", "fp16"] = _option(
+        "fp32", "fp32, bf16 (autocast) or fp16 (autocast + gradient scaler)"
+    )
+    seed: int = _option(0, "random seed (weights, data order)")
+    eval_every: int = _option(0, "validate every N steps and keep the best checkpoint (0: only at the end)")
+    eval_segments: int = _option(32, "segments (of batch rows) per validation; `longrange eval` reads everything")
+    checkpoint_every: int = _option(100, "write a checkpoint every N steps")
+    keep_checkpoints: int = _option(2, "checkpoints kept, the newest included (plus the best with --eval-every)")
+    max_bad_steps: int = _option(
+        3, "non-finite steps in a row that are skipped (no update) before the run stops as diverged (0: stop at once)"
+    )
+    log_every: int = _option(10, "write metrics every N steps")
+    device: str = _option("auto", "cpu, cuda, cuda:N or auto (cuda when available)")
+    compile: bool = _option(False, "torch.compile the model")
+    threads: int | None = _option(None, "torch CPU threads (default: torch's: OMP_NUM_THREADS or the physical cores)")
+    progress: bool = _option(True, "show a progress bar (off: a plain loss line every --log-every steps)")
 
     def __post_init__(self) -> None:
         _check_literals(self)
-        for key in ("steps", "batch_size", "accumulate", "checkpoint_every", "log_every"):
+        for key in ("steps", "batch_size", "accumulate", "checkpoint_every", "log_every", "keep_checkpoints"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"train.{key}={getattr(self, key)} must be >= 1")
+        for key in ("segment_len", "threads"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise ConfigError(f"train.{key}={getattr(self, key)} must be >= 1 (or left out for the default)")
+        for key in ("eval_every", "max_bad_steps", "warmup_steps", "eval_segments"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"train.{key}={getattr(self, key)} must be >= 0")
         if self.lr <= 0 or self.min_lr < 0 or self.init_lr < 0:
             raise ConfigError("train.lr must be > 0 and train.min_lr, train.init_lr >= 0")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"train.betas={self.betas} must be two numbers in [0, 1)")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         data = dict(data)
+        if "bf16" in data:  # train.yaml of runs before `precision`
+            data["precision"] = "bf16" if data.pop("bf16") else data.get("precision", "fp32")
         recipe = data.pop("recipe", None)
         base = RECIPES.get(recipe, {}) if recipe is None or recipe in RECIPES else _unknown_recipe(recipe)
         return _from_dict(cls, {**base, **data}, prefix="train.")
@@ -81,6 +121,22 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+# settings that may differ when a run is resumed (everything else must match the saved run)
+RESUMABLE_KEYS = (
+    "steps",
+    "log_every",
+    "progress",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "eval_every",
+    "eval_segments",
+    "max_bad_steps",
+    "device",
+    "compile",
+    "threads",
+)
 
 
 # named optimisation recipes (`recipe:` in a train config)
@@ -139,6 +195,47 @@ def state_from_dict(model: LongRangeLM, data: dict | None, batch_size: int, devi
 # ----------------------------------------------------------------------------- the trainer
 
 
+class TrainingDiverged(RuntimeError):
+    """The loss or the gradient norm stayed non-finite for more steps than `max_bad_steps` allows."""
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT / SIGTERM: the current step was finished and a checkpoint written."""
+
+    def __init__(self, signum: int, step: int, checkpoint: Path | None):
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+        where = f"checkpoint written to {checkpoint}" if checkpoint else "no checkpoint written"
+        super().__init__(f"interrupted by {signal.Signals(signum).name} after step {step}; {where}")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
+
+
+class _StopSignals:
+    """The first SIGINT/SIGTERM asks the loop to stop after the current step; a second one aborts."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:  # second signal: abort now (the last checkpoint on disk is whole)
+            raise KeyboardInterrupt
+        self.signum = signum
+        log.warning("%s: finishing this step and writing a checkpoint (again to abort)", signal.Signals(signum).name)
+
+    def __exit__(self, *exc: Any) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
 class Trainer:
     def __init__(
         self,
@@ -151,7 +248,8 @@ class Trainer:
     ):
         self.cfg, self.out_dir = cfg, Path(out_dir)
         self.dist = dist_info or DistInfo()
-        self.device = torch.device(cfg.device)
+        self.device = resolve_device(cfg.device, local_rank=self.dist.local_rank)
+        configure_device(self.device)
         self.model = model.to(self.device)
         self.segment_len = cfg.segment_len or model.config.segment_len
         self.stream = DocumentStream(
@@ -166,46 +264,87 @@ class Trainer:
         self.optimizer = build_optimizer(
             model, kind=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas)
         )
-        self.ddp = DistributedDataParallel(model) if self.dist.enabled else None
+        # fp16 needs loss scaling (its range underflows small gradients); bf16 has fp32's range and does not
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
+        # a stateful model leaves parameters unused in some steps (the kNN gate while its memory is empty, the
+        # compression weights before anything is evicted): DDP must look for them or it waits for their gradients
+        self.ddp = (
+            DistributedDataParallel(
+                model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=model.stateful,
+            )
+            if self.dist.enabled
+            else None
+        )
+        self.forward = maybe_compile(self.ddp or self.model, cfg.compile)
         self.step = 0
+        self.bad_steps = 0  # non-finite steps in a row
+        self.best_valid: float | None = None
         self.state: ModelState | None = None
         self.history: list[dict] = []
         self._tensorboard: Any = False  # created on the first log line (False: not tried yet)
 
     # -- checkpointing ---------------------------------------------------------------
-    def save(self) -> None:
-        if not self.dist.is_main:
-            return
+    def save(self, name: str = LATEST, valid_bpb: float | None = None) -> Path | None:
+        """Write a checkpoint (every rank its shard); refused when the weights are not finite."""
+        finite = all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
+        if not finite:
+            log.error("step %d: the weights are not finite; keeping the last checkpoint", self.step)
+            return None
         trainer_state = {
             "step": self.step,
-            "optimizer": self.optimizer.state_dict(),
             "stream": self.stream.state_dict(),
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "model_state": state_to_dict(self.state),
+            "bad_steps": self.bad_steps,
+            "best_valid": self.best_valid,
         }
-        write_checkpoint(self.out_dir, self.model, self.cfg.to_dict(), trainer_state)
+        if self.dist.is_main:  # the optimiser state is the same on every rank (DDP): one copy
+            trainer_state["optimizer"] = self.optimizer.state_dict()
+            trainer_state["scaler"] = self.scaler.state_dict()
+        meta = {"step": self.step, "valid_bpb": valid_bpb}
+        return write_checkpoint(
+            self.out_dir,
+            self.model,
+            self.cfg.to_dict(),
+            trainer_state,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+            meta=meta,
+            keep=self.cfg.keep_checkpoints,
+            name=name,
+            barrier=self.dist.barrier,
+        )
 
     def resume(self) -> bool:
         """Continue from the run's last checkpoint; False when there is none."""
         path = find_checkpoint(self.out_dir)
         if path is None:
             return False
-        saved = read_checkpoint(path, self.model)
+        saved = read_checkpoint(path, self.model, self.dist.rank, self.dist.world_size)
+        shared = saved if self.dist.is_main else read_checkpoint(path, self.model, 0, self.dist.world_size)
         self.step = int(saved["step"])
-        self.optimizer.load_state_dict(saved["optimizer"])
+        self.optimizer.load_state_dict(shared["optimizer"])
+        if shared.get("scaler"):
+            self.scaler.load_state_dict(shared["scaler"])
         self.stream.load_state_dict(saved["stream"])
         torch.set_rng_state(saved["rng_cpu"])
         if saved["rng_cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(saved["rng_cuda"])
         self.state = state_from_dict(self.model, saved["model_state"], self.stream.batch_size, self.device)
-        _truncate_metrics(self.out_dir / "metrics.jsonl", self.step)
+        self.bad_steps = int(saved.get("bad_steps", 0))
+        self.best_valid = saved.get("best_valid")
+        if self.dist.is_main:
+            truncate_metrics(self.out_dir / METRICS, self.step)
         log.info("resumed %s at step %d", path, self.step)
         return True
 
     # -- one update --------------------------------------------------------------------
     def train_step(self) -> dict[str, float]:
-        cfg, model = self.cfg, self.ddp or self.model
+        """One update; a non-finite loss or gradient norm skips it (no update, memories as before)."""
+        cfg = self.cfg
         lr = lr_at(
             self.step,
             lr=cfg.lr,
@@ -216,39 +355,70 @@ class Trainer:
         )
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        totals: dict[str, float] = {"loss": 0.0}
-        tokens = 0
+        state_before = self.state
+        aux_names: list[str] = []
+        sums: Tensor | None = None  # [token-weighted loss, tokens, aux losses ...], summed over ranks below
         for micro in range(cfg.accumulate):
             batch = self.stream.next_batch()
+            local_tokens = int((batch.targets != IGNORE_INDEX).sum())  # a CPU tensor: no device sync
+            counts = self.dist.sum_(torch.tensor([float(local_tokens)]))
+            # DDP averages gradients over ranks; weighting each rank's mean loss by its share of the tokens makes
+            # the update the mean over every token of the global batch, as one process computes it
+            weight = local_tokens * self.dist.world_size / max(float(counts[0]), 1.0)
             last = micro == cfg.accumulate - 1
             sync = contextlib.nullcontext() if (self.ddp is None or last) else self.ddp.no_sync()
-            autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
-            with sync, autocast:
-                out = model(
-                    batch.tokens.to(self.device),
-                    state=self.state,
-                    doc_start=batch.doc_start.to(self.device),
-                    targets=batch.targets.to(self.device),
-                )
-                loss = out.loss if out.aux_loss is None else out.loss + out.aux_loss
-                (loss / cfg.accumulate).backward()
+            with sync:
+                with autocast(self.device, cfg.precision):
+                    out = self.forward(
+                        batch.tokens.to(self.device),
+                        state=self.state,
+                        doc_start=batch.doc_start.to(self.device),
+                        targets=batch.targets.to(self.device),
+                    )
+                    loss = out.loss if out.aux_loss is None else out.loss + out.aux_loss
+                self.scaler.scale(loss * (weight / cfg.accumulate)).backward()
             if self.model.stateful:
                 self.state = out.state.detach()  # truncated BPTT: memories carry values, not gradients
-            totals["loss"] += out.loss.item() / cfg.accumulate
-            for name, value in out.aux_losses.items():
-                totals[name] = totals.get(name, 0.0) + value.item() / cfg.accumulate
-            tokens += int((batch.targets != -100).sum())
-        if cfg.grad_clip > 0:
-            totals["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip))
-        self.optimizer.step()
+            aux_names = list(out.aux_losses)
+            values = [out.loss.detach().float() * local_tokens, torch.tensor(float(local_tokens), device=self.device)]
+            values += [out.aux_losses[name].detach().float() * local_tokens for name in aux_names]
+            micro_sums = torch.stack([v.to(self.device) for v in values])
+            sums = micro_sums if sums is None else sums + micro_sums
+        assert sums is not None
+        self.scaler.unscale_(self.optimizer)
+        max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        totals = self.dist.sum_(torch.cat([sums, grad_norm.detach().float().reshape(1).to(self.device)]))
+        totals[-1] /= self.dist.world_size  # the norm is the same on every rank after DDP's all-reduce
+        values = totals.tolist()  # the one host sync of a step
+        tokens = max(values[1], 1.0)
+        metrics = {"loss": values[0] / tokens}
+        metrics.update({name: values[2 + i] / tokens for i, name in enumerate(aux_names)})
+        finite = math.isfinite(metrics["loss"]) and (math.isfinite(values[-1]) or self.scaler.is_enabled())
+        if finite:
+            self.scaler.step(self.optimizer)  # skips the update itself when fp16 gradients overflowed
+            self.bad_steps = 0
+        else:
+            self.bad_steps += 1
+            self.state = state_before  # the memories of a non-finite step are not kept either
+        self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        return {**totals, "lr": lr, "tokens": tokens * self.dist.world_size}
+        if not finite and self.bad_steps > cfg.max_bad_steps:
+            raise TrainingDiverged(
+                f"training diverged at step {self.step}: loss {metrics['loss']:.4g}, gradient norm {values[-1]:.4g} "
+                f"({self.bad_steps} non-finite step(s) in a row, --max-bad-steps {cfg.max_bad_steps}); the last good "
+                f"checkpoint is kept; lower --lr or raise --warmup-steps and --resume, or start again"
+            )
+        if not finite:
+            log.warning("step %d: non-finite loss or gradient norm; update skipped", self.step)
+        if cfg.grad_clip > 0:
+            metrics["grad_norm"] = values[-1]
+        return {**metrics, "lr": lr, "tokens": int(values[1]), "skipped": int(not finite)}
 
     # -- the loop ----------------------------------------------------------------------
     def fit(self) -> list[dict]:
         cfg = self.cfg
-        self.out_dir.mkdir(parents=True, exist_ok=True)
         self.model.train()
         bar = tqdm(
             total=cfg.steps,
@@ -259,44 +429,63 @@ class Trainer:
             dynamic_ncols=True,
         )
         window_tokens, window_start = 0, time.perf_counter()
-        while self.step < cfg.steps:
-            metrics = self.train_step()
-            window_tokens += metrics["tokens"]
-            bar.update(1)
-            bar.set_postfix(loss=f"{metrics['loss']:.3f}", lr=f"{metrics['lr']:.1e}")
-            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                elapsed = time.perf_counter() - window_start
-                record = {"step": self.step, **metrics, "tokens_per_s": window_tokens / max(elapsed, 1e-9)}
-                self._log(record)
-                window_tokens, window_start = 0, time.perf_counter()
-            if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
-                self._log({"step": self.step, **self.validate(cfg.eval_segments)})
-            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
-                self.save()
+        with _StopSignals() as stop:
+            while self.step < cfg.steps:
+                metrics = self.train_step()
+                window_tokens += metrics["tokens"]
+                bar.update(1)
+                bar.set_postfix(loss=f"{metrics['loss']:.3f}", lr=f"{metrics['lr']:.1e}")
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    elapsed = time.perf_counter() - window_start
+                    record = {"step": self.step, **metrics, "tokens_per_s": window_tokens / max(elapsed, 1e-9)}
+                    self._log(record)
+                    if not cfg.progress and self.dist.is_main:
+                        log.info("step %d  loss %.4f  lr %.2e", self.step, metrics["loss"], metrics["lr"])
+                    window_tokens, window_start = 0, time.perf_counter()
+                if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
+                    self._validate_and_keep_best()
+                if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+                    self.save()
+                if self.dist.any(stop.signum is not None):
+                    bar.close()
+                    path = self.save() if self.step % cfg.checkpoint_every else find_checkpoint(self.out_dir)
+                    raise TrainingInterrupted(stop.signum or signal.SIGTERM, self.step, path)
         bar.close()
         return self.history
+
+    def _validate_and_keep_best(self) -> None:
+        result = self.validate(self.cfg.eval_segments)
+        if result:
+            self._log({"step": self.step, **result})
+        bpb = result.get("valid_bpb")
+        better = bpb is not None and math.isfinite(bpb) and (self.best_valid is None or bpb < self.best_valid)
+        if self.dist.any(better):  # rank 0 validates; every rank writes its shard of the best checkpoint
+            self.best_valid = bpb if self.dist.is_main else self.best_valid
+            self.save(BEST, valid_bpb=bpb)
 
     def validate(self, max_segments: int | None = None) -> dict[str, float]:
         from longrange.eval.evaluate import evaluate
 
         if not self.valid_docs or not self.dist.is_main:
             return {}
-        result = evaluate(
-            self.model,
-            self.valid_docs,
-            batch_size=min(4, len(self.valid_docs)),
-            segment_len=self.segment_len,
-            device=self.device,
-            max_segments=max_segments,
-        )
+        with autocast(self.device, self.cfg.precision):
+            result = evaluate(
+                self.model,
+                self.valid_docs,
+                batch_size=min(4, len(self.valid_docs)),
+                segment_len=self.segment_len,
+                device=self.device,
+                max_segments=max_segments,
+            )
+        self.model.train()
         return {"valid_bpb": result["bpb"]}
 
     def _log(self, record: dict) -> None:
         self.history.append(record)
         if not self.dist.is_main:
             return
-        with open(self.out_dir / "metrics.jsonl", "a") as fh:
-            fh.write(json.dumps(record) + "\n")
+        strict = {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in record.items()}
+        append_line(self.out_dir / METRICS, json.dumps(strict, allow_nan=False))  # NaN is not JSON: null
         if self._tensorboard is False:
             self._tensorboard = _tensorboard_writer(self.out_dir)
         if self._tensorboard is not None:
@@ -315,12 +504,54 @@ def _tensorboard_writer(out_dir: Path):
     return SummaryWriter(str(out_dir / "tensorboard"))
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric lines written after the checkpoint we resume from (they will be written again)."""
-    if not path.is_file():
-        return
-    lines = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in lines))
+# ----------------------------------------------------------------------------- a run, start to end
+
+
+def read_run(out_dir: str | Path) -> tuple[ModelConfig, TrainConfig, str | None]:
+    """The model config, training config and corpus spec a run was started with (what `--resume` continues)."""
+    out_dir = Path(out_dir)
+    saved = _read_yaml(out_dir / RUN_CONFIG)
+    model_cfg = ModelConfig.from_file(out_dir / "config.yaml")
+    return model_cfg, TrainConfig.from_dict(saved.get("train", {})), saved.get("data")
+
+
+def check_resume_settings(out_dir: str | Path, model_cfg: ModelConfig | None, train_data: dict, data: str | None):
+    """Refuse settings that differ from the saved run's, except `RESUMABLE_KEYS`; returns the run's configs."""
+    saved_model, saved_train, saved_data = read_run(out_dir)
+    changed = [
+        f"{key}={value!r} (the run has {getattr(saved_train, key)!r})"
+        for key, value in train_data.items()
+        if key not in RESUMABLE_KEYS and key != "recipe" and value != getattr(saved_train, key)
+    ]
+    if model_cfg is not None and model_cfg.to_dict() != saved_model.to_dict():
+        old, new = saved_model.to_dict(), model_cfg.to_dict()
+        changed += [f"model {k}={new[k]!r} (the run has {old.get(k)!r})" for k in new if new[k] != old.get(k)]
+    if data is not None and data != saved_data:
+        changed.append(f"--data {data!r} (the run has {saved_data!r})")
+    if changed:
+        raise ConfigError(
+            f"--resume continues the run as it was configured; refusing changed {'; '.join(changed)}. "
+            f"Only {', '.join(RESUMABLE_KEYS)} may change on resume"
+        )
+    merged = {**saved_train.to_dict(), **{k: v for k, v in train_data.items() if k in RESUMABLE_KEYS}}
+    return saved_model, TrainConfig.from_dict(merged), saved_data
+
+
+def write_run_config(
+    out_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, data: str | None, manifest: dict
+) -> None:
+    """What `--resume` and `eval` read: the model config, the training config + corpus spec, the corpus manifest."""
+    model_cfg.to_file(out_dir / "config.yaml")
+    run_config = {"train": train_cfg.to_dict(), "data": data}
+    (out_dir / RUN_CONFIG).write_text(yaml.safe_dump(run_config, sort_keys=False))
+    (out_dir / "corpus.json").write_text(json.dumps({"spec": data or "stdlib", **manifest}, indent=1))
+
+
+def _disk_memory_config(model_cfg: ModelConfig, out_dir: Path) -> ModelConfig:
+    """Disk-backed kNN memories live under the run folder (reclaimed there), unless a folder is set."""
+    if "knn" in model_cfg.layers and model_cfg.knn.storage == "disk" and model_cfg.knn.storage_dir is None:
+        return model_cfg.replace(**{"knn.storage_dir": str(out_dir / "knn-memory")})
+    return model_cfg
 
 
 def train(
@@ -330,31 +561,52 @@ def train(
     out_dir: str | Path,
     *,
     resume: bool = False,
+    overwrite: bool = False,
 ) -> Path:
     """Train `model_cfg` on corpus `data` into `out_dir`; returns the run directory.
 
-    With ``resume=True`` an existing checkpoint in `out_dir` is continued exactly; without it an
-    existing checkpoint is an error (so a run is never overwritten by accident).
+    With ``resume=True`` the run's last checkpoint is continued exactly; without it the folder must
+    be new or empty (``overwrite=True`` replaces an earlier run's files). The folder is locked for
+    the run. Raises `TrainingDiverged` and `TrainingInterrupted` (after writing a checkpoint).
     """
     out_dir = Path(out_dir)
     if train_cfg.threads:
         torch.set_num_threads(train_cfg.threads)
-    dist_info = init_distributed(train_cfg.device)
-    if not resume and find_checkpoint(out_dir) is not None:
-        raise ValueError(f"{str(out_dir)!r} already holds a checkpoint; pass --resume to continue it or pick --out")
-    corpus = load_corpus(data)
-    torch.manual_seed(train_cfg.seed)
-    model = build_model(model_cfg)
-    trainer = Trainer(model, train_cfg, corpus.split("train"), corpus.split("valid"), out_dir, dist_info)
-    if resume:
-        trainer.resume()
-    if dist_info.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        model_cfg.to_file(out_dir / "config.yaml")
-        (out_dir / "corpus.json").write_text(json.dumps({"spec": data or "stdlib", **corpus.manifest}, indent=1))
-    trainer.fit()
-    if dist_info.is_main:
-        final = trainer.validate(train_cfg.eval_segments)  # a bounded check; `longrange eval` reads everything
-        if final:
-            trainer._log({"step": trainer.step, **final})
+    device = resolve_device(train_cfg.device)
+    dist_info = init_distributed(device)
+    lock: RunLock | None = None
+    try:
+
+        def claim_folder() -> RunLock:
+            prepare_run_folder(out_dir, resume=resume, overwrite=overwrite)
+            held = RunLock(out_dir)
+            if resume and find_checkpoint(out_dir) is None:
+                held.release()
+                raise RunFolderError(
+                    f"cannot resume {str(out_dir)!r}: it has no checkpoint yet (killed before its first one?); "
+                    "start it again with --overwrite"
+                )
+            return held
+
+        lock = dist_info.agree(claim_folder)
+        corpus = dist_info.agree(lambda: load_corpus(data), main_only=False)
+        torch.manual_seed(train_cfg.seed)
+        model = build_model(_disk_memory_config(model_cfg, out_dir))
+        trainer = Trainer(model, train_cfg, corpus.split("train"), corpus.split("valid"), out_dir, dist_info)
+        if dist_info.is_main:
+            record_invocation(out_dir, dist_info.world_size)
+            if not resume:
+                write_run_config(out_dir, model_cfg, train_cfg, data, corpus.manifest)
+        dist_info.barrier()
+        if resume:
+            trainer.resume()
+        trainer.fit()
+        if dist_info.is_main:
+            final = trainer.validate(train_cfg.eval_segments)  # a bounded check; `longrange eval` reads everything
+            if final:
+                trainer._log({"step": trainer.step, **final})
+    finally:
+        if lock is not None:
+            lock.release()
+        shutdown_distributed()
     return out_dir
