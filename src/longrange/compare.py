@@ -18,7 +18,8 @@ Fairness:
   ``eval_docs`` test documents), each with its own segment length and its state carried.
 
 Resumable: a system is finished when ``runs/<system>/done`` exists (written after its evaluation
-JSON); an unfinished run is continued from its last checkpoint (``train(..., resume=True)``).
+JSON); an unfinished run is continued from its last checkpoint (``train(..., resume=True)``), one
+killed before its first checkpoint is started again.
 Systems whose attention kinds are not in `longrange.attention.REGISTRY` are skipped with a note.
 """
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import resource
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -35,7 +37,7 @@ from typing import Any
 
 import torch
 
-from longrange.config import ModelConfig
+from longrange.config import ModelConfig, preset_names, sections
 
 log = logging.getLogger(__name__)
 
@@ -60,14 +62,23 @@ class CompareConfig:
 
 
 def memory_key(cfg: ModelConfig) -> str | None:
-    """The config key whose value is the model's long-range memory size (None: no memory)."""
-    if "knn" in cfg.layers:
-        return "knn.memory_size"
-    if "compressive" in cfg.layers:
-        return "compressive.cmem_len"
-    if "xl" in cfg.layers:
-        return "xl.mem_len"
-    return None
+    """The config key whose value is the model's long-range memory size (None: no memory).
+
+    Read from the registry (each mechanism's ``memory_size_key``); when the layers hold several memories,
+    the mechanism registered last is the model's own (a kNN layer among XL layers).
+    """
+    keys = [
+        f"{kind}.{section.memory_size_key}"
+        for kind, section in sections().items()
+        if section.memory_size_key and kind in cfg.layers
+    ]
+    return keys[-1] if keys else None
+
+
+def systems(size: str) -> list[str]:
+    """Systems that have a preset of `size` (``<system>-<size>``): the six, then any registered later."""
+    names = [name.removesuffix(f"-{size}") for name in preset_names() if name.endswith(f"-{size}")]
+    return [*[s for s in SYSTEMS if s in names], *sorted(set(names) - set(SYSTEMS))]
 
 
 def _get_dotted(cfg: ModelConfig, key: str) -> Any:
@@ -85,8 +96,8 @@ def plan(cc: CompareConfig) -> tuple[dict[str, ModelConfig], dict[str, str], int
     """(configs of runnable systems, {skipped system: reason}, tokens per step)."""
     cfgs, skipped = {}, {}
     for system in cc.systems:
-        if system not in SYSTEMS:
-            raise ValueError(f"unknown system {system!r}; choose from {list(SYSTEMS)}")
+        if system not in systems(cc.size):
+            raise ValueError(f"unknown system {system!r}; choose from {systems(cc.size)}")
         cfg = ModelConfig.from_name(f"{system}-{cc.size}")
         missing = unregistered(cfg)
         if missing:
@@ -139,6 +150,7 @@ def run_system(cc: CompareConfig, system: str, cfg: ModelConfig, tokens_per_step
     """Train (or resume) one system, evaluate it and its memory ablations; write result.json + done."""
     from longrange.eval.evaluate import evaluate
     from longrange.model.io import load
+    from longrange.train.checkpoint import find_checkpoint
     from longrange.train.trainer import TrainConfig, train
 
     if cc.device.startswith("cuda"):
@@ -156,7 +168,10 @@ def run_system(cc: CompareConfig, system: str, cfg: ModelConfig, tokens_per_step
         progress=False,
     )
     start = time.perf_counter()
-    train(cfg, tc, _train_spec(cc.data), run_dir, resume=True)
+    resume = find_checkpoint(run_dir) is not None
+    if not resume and run_dir.exists():  # killed before its first checkpoint: nothing to keep, start it again
+        shutil.rmtree(run_dir)
+    train(cfg, tc, _train_spec(cc.data), run_dir, resume=resume)
     train_wall = time.perf_counter() - start
     model = load(run_dir).to(cc.device)
     docs = _eval_documents(cc)

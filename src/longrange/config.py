@@ -25,10 +25,6 @@ import yaml
 
 log = logging.getLogger(__name__)
 
-AttentionKind = Literal["full", "xl", "lsh", "local", "luna", "compressive", "knn"]
-ATTENTION_KINDS: tuple[str, ...] = get_args(AttentionKind)
-STATEFUL_KINDS = ("xl", "compressive", "knn")  # segment recurrence: memory carried across segments
-
 
 class ConfigError(ValueError):
     """A configuration key or value that cannot be used; the message names the key and the choices."""
@@ -121,20 +117,64 @@ class KNNConfig:
 
 # --------------------------------------------------------------------------- model config
 
-_SECTIONS: dict[str, type] = {
-    "full": FullConfig,
-    "xl": XLConfig,
-    "lsh": LSHConfig,
-    "local": LocalConfig,
-    "luna": LunaConfig,
-    "compressive": CompressiveConfig,
-    "knn": KNNConfig,
-}
+
+@dataclass(frozen=True)
+class Section:
+    """What the config knows of a mechanism, declared by its registration (`longrange.attention.register`)."""
+
+    kind: str  # the name in `ModelConfig.layers`, and of the config section (``cfg.<kind>``)
+    cls: type  # the section's dataclass; its fields are the attention class's keyword arguments
+    stateful: bool = False  # carries memory across segments (the attention class's ``stateful``)
+    memory_size_key: str | None = None  # the field that sets its memory size (the comparison's ablations)
 
 
-@dataclass
+# kind -> Section, in registration order; filled by `longrange.attention` (this module imports no mechanism)
+_REGISTERED: dict[str, Section] = {}
+
+
+def register_section(kind: str, cls: type, *, stateful: bool = False, memory_size_key: str | None = None) -> Section:
+    """Declare the config section of attention `kind`: `ModelConfig` then accepts it in ``layers`` and as a key."""
+    shared = {f.name for f in dataclasses.fields(ModelConfig)}
+    if not kind.isidentifier() or kind.startswith("_") or kind in shared or hasattr(ModelConfig, kind):
+        raise ValueError(f"attention kind {kind!r} must be an identifier that no ModelConfig field or method uses")
+    if not (dataclasses.is_dataclass(cls) and isinstance(cls, type)):
+        raise ValueError(f"the config section of {kind!r} must be a dataclass, got {cls!r}")
+    if memory_size_key is not None and memory_size_key not in {f.name for f in dataclasses.fields(cls)}:
+        raise ValueError(f"memory_size_key {memory_size_key!r} is not a field of {cls.__name__}")
+    section = Section(kind, cls, bool(stateful), memory_size_key)
+    _REGISTERED[kind] = section
+    return section
+
+
+def unregister_section(kind: str) -> None:
+    """Forget attention `kind` (tests that register a mechanism for a while)."""
+    _REGISTERED.pop(kind, None)
+
+
+def sections() -> dict[str, Section]:
+    """The registered sections, kind -> `Section`, in registration order."""
+    return dict(_REGISTERED)
+
+
+def _section_value(kind: str, value: Any) -> Any:
+    cls = _REGISTERED[kind].cls
+    if value is None:
+        return cls()
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, dict):
+        return _from_dict(cls, value, prefix=f"{kind}.")
+    raise ConfigError(f"{kind} must be a mapping of {cls.__name__} keys, got {value!r}")
+
+
+@dataclass(init=False, eq=False, repr=False)
 class ModelConfig:
-    """A language model: embeddings -> blocks (one attention kind per layer) -> head."""
+    """A language model: embeddings -> blocks (one attention kind per layer) -> head.
+
+    Besides the fields below, a config holds one section per registered mechanism, an attribute named by
+    its kind (``cfg.xl.mem_len``); the constructor takes each as a keyword argument, a mapping or the
+    section's dataclass (``ModelConfig(layers=["xl"], xl={"mem_len": 64})``).
+    """
 
     name: str = "custom"
     vocab_size: int = 256  # bytes by default
@@ -167,24 +207,54 @@ class ModelConfig:
     ff_chunks: int = 1  # feed-forward applied in this many chunks along time
     head_chunks: int = 1  # LM head + loss applied in this many chunks along time
     tie_embeddings: bool = False
-    full: FullConfig = field(default_factory=FullConfig)
-    xl: XLConfig = field(default_factory=XLConfig)
-    lsh: LSHConfig = field(default_factory=LSHConfig)
-    local: LocalConfig = field(default_factory=LocalConfig)
-    luna: LunaConfig = field(default_factory=LunaConfig)
-    compressive: CompressiveConfig = field(default_factory=CompressiveConfig)
-    knn: KNNConfig = field(default_factory=KNNConfig)
+
+    def __init__(self, **kwargs: Any) -> None:
+        fields = dataclasses.fields(self)
+        unknown = sorted(set(kwargs) - {f.name for f in fields} - set(_REGISTERED))
+        if unknown:
+            raise ConfigError(f"unknown key {unknown[0]!r}; allowed keys: {sorted(_config_keys(ModelConfig))}")
+        for f in fields:
+            if f.name in kwargs:
+                value = kwargs[f.name]
+            else:
+                value = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            setattr(self, f.name, value)
+        for kind in _REGISTERED:
+            setattr(self, kind, _section_value(kind, kwargs.get(kind)))
+        self.__post_init__()
+
+    def __getattr__(self, name: str) -> Any:
+        """The default section of a mechanism registered after this config was made."""
+        section = _REGISTERED.get(name)
+        if section is None or name.startswith("_"):
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        value = self.__dict__[name] = section.cls()
+        return value
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return self._as_dict(_REGISTERED) == other._as_dict(_REGISTERED)
+
+    __hash__ = None  # mutable, as a dataclass with eq
+
+    def __repr__(self) -> str:
+        items = [f"{k}={v!r}" for k, v in dataclasses.asdict(self).items()]
+        items += [f"{kind}={getattr(self, kind)!r}" for kind in _REGISTERED if kind in self.layers]
+        return f"ModelConfig({', '.join(items)})"
+
+    def _as_dict(self, kinds: Any) -> dict[str, Any]:
+        """The fields, then the sections of `kinds` as plain dicts."""
+        data = dataclasses.asdict(self)
+        data.update({kind: dataclasses.asdict(getattr(self, kind)) for kind in kinds})
+        return data
 
     def __post_init__(self) -> None:
-        for key, cls in _SECTIONS.items():  # accept plain dicts (YAML) for the sections
-            value = getattr(self, key)
-            if isinstance(value, dict):
-                setattr(self, key, _from_dict(cls, value, prefix=f"{key}."))
         _check_literals(self)  # types first: the checks below compare and compute with the values
         if self.d_ff is None:
             self.d_ff = 4 * self.d_model
         for i, kind in enumerate(self.layers):
-            _check_choice(f"layers[{i}]", kind, ATTENTION_KINDS)
+            _check_choice(f"layers[{i}]", kind, tuple(_REGISTERED))
         if not self.layers:
             raise ConfigError("layers must name at least one attention kind")
         for key in (
@@ -215,8 +285,8 @@ class ModelConfig:
         if self.positions == "axial":
             if not self.axial_shape or _prod(self.axial_shape) < self.max_len:
                 raise ConfigError(f"axial_shape={self.axial_shape} must multiply to at least max_len={self.max_len}")
-        for key in _SECTIONS:
-            _check_literals(getattr(self, key), prefix=f"{key}.")
+        for kind in _REGISTERED:
+            _check_literals(getattr(self, kind), prefix=f"{kind}.")
 
     # derived ------------------------------------------------------------------
     @property
@@ -230,7 +300,7 @@ class ModelConfig:
     @property
     def stateful(self) -> bool:
         """True when some layer carries memory across segments."""
-        return any(kind in STATEFUL_KINDS for kind in self.layers)
+        return any(_REGISTERED[kind].stateful for kind in self.layers if kind in _REGISTERED)
 
     # presets / files ----------------------------------------------------------
     @classmethod
@@ -257,19 +327,14 @@ class ModelConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict; sections of mechanisms that no layer uses are left out to keep files short."""
-        data = dataclasses.asdict(self)
-        used = set(self.layers)
-        for key in _SECTIONS:
-            if key not in used:
-                data.pop(key)
-        return data
+        return self._as_dict([kind for kind in _REGISTERED if kind in self.layers])
 
     def to_file(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     def replace(self, **overrides: Any) -> ModelConfig:
         """A copy with some keys changed; dotted keys (``"knn.memory_size"``) reach into a section."""
-        data = dataclasses.asdict(self)
+        data = self._as_dict(_REGISTERED)
         for key, value in overrides.items():
             _set_dotted(data, key, value)
         cfg = _from_dict(ModelConfig, data)  # not from_dict: warn about the sections changed here, not older ones
@@ -280,7 +345,8 @@ class ModelConfig:
 def _warn_unused_sections(cfg: ModelConfig, keys: Any) -> None:
     """Warn about sections among `keys` that were changed from their defaults although no layer uses them."""
     for key in keys:
-        if key in _SECTIONS and key not in cfg.layers and getattr(cfg, key) != _SECTIONS[key]():
+        section = _REGISTERED.get(key)
+        if section is not None and key not in cfg.layers and getattr(cfg, key) != section.cls():
             log.warning(
                 "config section %r is set but no layer uses it (layers: %s); its settings have no effect",
                 key,
@@ -327,13 +393,22 @@ def _from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     """An instance of dataclass `cls` from a mapping: unknown keys and values of the wrong type are refused."""
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {type(data).__name__}")
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = _config_keys(cls)
     unknown = sorted(set(data) - names, key=str)
     if unknown:
         raise ConfigError(f"unknown key {prefix + str(unknown[0])!r}; allowed keys: {sorted(names)}")
     hints = typing.get_type_hints(cls)
-    # checked here too (not only in __post_init__) so the message carries the section's prefix
-    return cls(**{key: _checked(prefix + key, value, hints[key]) for key, value in data.items()})
+    # checked here too (not only in __post_init__) so the message carries the section's prefix; a
+    # ModelConfig's sections are checked by the constructor
+    return cls(
+        **{key: _checked(prefix + key, value, hints[key]) if key in hints else value for key, value in data.items()}
+    )
+
+
+def _config_keys(cls: type) -> set[str]:
+    """The keys a mapping for dataclass `cls` may hold: its fields (and, for a ModelConfig, the sections)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return names | set(_REGISTERED) if issubclass(cls, ModelConfig) else names
 
 
 def _check_literals(obj: Any, prefix: str = "") -> None:
@@ -554,3 +629,9 @@ for _size in _SIZES:
 
 def preset_names() -> list[str]:
     return sorted(PRESETS)
+
+
+def register_preset(name: str, data: dict[str, Any]) -> None:
+    """Add a named preset (a mapping of ModelConfig keys); ``<system>-<size>`` also makes it a `compare` system."""
+    ModelConfig.from_dict({**data, "name": name})  # a bad preset is refused now, not at its first use
+    PRESETS[name] = dict(data)

@@ -1,23 +1,22 @@
 """Attention variants the benchmarks time: name -> builder(d_model, n_heads, causal) -> (module, run).
 
 ``run(module, x)`` performs the forward pass the way a user would on a sequence x (B, L, D) and
-returns the output; mechanisms add their own entries here (one line each).
+returns the output. The variants of each mechanism come from its registration
+(`longrange.attention.register(..., bench=...)`): its section's defaults plus the variant's settings,
+run in one pass, or segment by segment with its state carried when the mechanism is stateful. The
+reversible/plain depth stacks are defined here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from longrange.attention.compressive import CompressiveAttention
-from longrange.attention.full import FullAttention
-from longrange.attention.knn import KNNAttention
-from longrange.attention.local import LocalAttention
-from longrange.attention.lsh import LSHAttention
-from longrange.attention.luna import LunaAttention
-from longrange.attention.xl import XLAttention
+from longrange.attention import MECHANISMS, Mechanism
 
 XL_SEGMENT = 512  # XL reads a long sequence in segments of this length, memory of the same length
 
@@ -43,34 +42,15 @@ def _segments(segment: int) -> Callable[[nn.Module, Tensor], Tensor]:
 Builder = Callable[[int, int, bool], tuple[nn.Module, Callable[[nn.Module, Tensor], Tensor]]]
 
 
-def _lsh(n_hashes: int) -> Builder:
-    def build(d: int, h: int, causal: bool):
-        attn = LSHAttention(
-            d,
-            h,
-            0.0,
-            causal,
-            0,
-            n_hashes=n_hashes,
-            bucket_size=64,
-            n_buckets=None,
-            chunks_before=1,
-            chunks_after=0 if causal else 1,
-            dedup=True,
-            hash_seed=None,
-        )
-        return attn, _one_pass
-
-    return build
-
-
-def _luna(proj_len: int, chunk_len: int) -> Builder:
-    """Luna as in the paper's experiments: keys and values share a projection (``share_projections``)."""
+def _registered(mechanism: Mechanism, settings: Any) -> Builder:
+    """A variant of a registered mechanism: its section's defaults updated with `settings`."""
 
     def build(d: int, h: int, causal: bool):
-        return LunaAttention(
-            d, h, 0.0, causal, 0, proj_len=proj_len, activation="elu", share_projections=True, chunk_len=chunk_len
-        ), _one_pass
+        causal = causal or mechanism.cls.causal_only  # XL-style memories are causal only
+        overrides = settings(causal) if callable(settings) else settings
+        kwargs = {**dataclasses.asdict(mechanism.section()), **overrides}
+        module = mechanism.cls(d_model=d, n_heads=h, dropout=0.0, causal=causal, layer_index=0, **kwargs)
+        return module, _segments(XL_SEGMENT) if mechanism.stateful else _one_pass
 
     return build
 
@@ -103,38 +83,29 @@ def _stack(depth: int, reversible: bool) -> Builder:
     return lambda d, h, causal: (_Stack(d, h, depth, reversible), lambda m, x: m(x))
 
 
-VARIANTS: dict[str, Builder] = {
-    "full": lambda d, h, causal: (FullAttention(d, h, 0.0, causal, 0, rotary=False), _one_pass),
-    "xl": lambda d, h, causal: (XLAttention(d, h, 0.0, True, 0, mem_len=XL_SEGMENT), _segments(XL_SEGMENT)),
-    "lsh-1": _lsh(1),
-    "lsh-2": _lsh(2),
-    "lsh-4": _lsh(4),
-    "lsh-8": _lsh(8),
-    "local": lambda d, h, causal: (
-        LocalAttention(d, h, 0.0, causal, 0, chunk_len=64, chunks_before=1, chunks_after=0 if causal else 1),
-        _one_pass,
-    ),
-    "luna-16": _luna(16, chunk_len=32),  # chunk ~ sqrt(proj_len * head width): the fastest on CPU
-    "luna-128": _luna(128, chunk_len=64),
-    "compressive": lambda d, h, causal: (
-        CompressiveAttention(
-            d,
-            h,
-            0.0,
-            True,
-            0,
-            mem_len=XL_SEGMENT // 2,
-            cmem_len=XL_SEGMENT // 2,
-            rate=4,
-            compression="conv",
-            loss="attention",
-            loss_weight=1.0,
-        ),
-        _segments(XL_SEGMENT),
-    ),
-    "knn": lambda d, h, causal: (
-        KNNAttention(d, h, 0.0, True, 0, memory_size=8192, topk=32, backend="exact", mem_len=XL_SEGMENT),
-        _segments(XL_SEGMENT),
-    ),
-    **{f"{kind}-depth{n}": _stack(n, kind == "reversible") for kind in ("reversible", "plain") for n in (2, 4, 8)},
-}
+def _stacks() -> dict[str, Builder]:
+    return {f"{kind}-depth{n}": _stack(n, kind == "reversible") for kind in ("reversible", "plain") for n in (2, 4, 8)}
+
+
+class _Variants(Mapping[str, Builder]):
+    """name -> builder, read from the registry at each use (a mechanism registered later is included)."""
+
+    def _table(self) -> dict[str, Builder]:
+        table = {
+            name: _registered(mechanism, settings)
+            for mechanism in MECHANISMS.values()
+            for name, settings in mechanism.bench.items()
+        }
+        return {**table, **_stacks()}
+
+    def __getitem__(self, name: str) -> Builder:
+        return self._table()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._table())
+
+    def __len__(self) -> int:
+        return len(self._table())
+
+
+VARIANTS: Mapping[str, Builder] = _Variants()
