@@ -39,6 +39,8 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -173,10 +175,17 @@ def read_hf_weights(src: str | Path) -> dict[str, Tensor]:
             shards = sorted(set(json.loads((src / "model.safetensors.index.json").read_text())["weight_map"].values()))
             return {k: v for shard in shards for k, v in load_file(str(src / shard)).items()}
         if (src / "pytorch_model.bin").is_file():
-            tensors = torch.load(src / "pytorch_model.bin", map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch warns about pickle protocols before refusing: one line is enough
+                warnings.simplefilter("ignore", UserWarning)
+                tensors = torch.load(src / "pytorch_model.bin", map_location="cpu", weights_only=True)
             if not isinstance(tensors, dict) or not all(isinstance(v, Tensor) for v in tensors.values()):
                 raise CheckpointError("pytorch_model.bin does not hold a dict of tensors")
             return tensors
+    except pickle.UnpicklingError as err:  # weights-only loading met code or objects: never run them
+        raise CheckpointError(
+            f"refused {str(src / 'pytorch_model.bin')!r}: it is a pickle holding more than tensors (code or objects "
+            "that weights-only loading does not run); convert it to safetensors with a tool you trust"
+        ) from err
     except (SafetensorError, OSError, ValueError, KeyError, RuntimeError, EOFError) as err:
         if isinstance(err, CheckpointError):
             raise
@@ -241,12 +250,14 @@ def _weight_map(cfg: ModelConfig, tensors: dict[str, Tensor]) -> dict[str, Tenso
 def load_hf_reformer(src: str | Path, hash_seed: int | None = None) -> LongRangeLM:
     """A longrange model holding the weights of the Hugging Face Reformer checkpoint in directory `src`."""
     cfg = hf_reformer_config(read_hf_config(src), hash_seed=hash_seed)
-    model = build_model(cfg)
     state = _weight_map(cfg, read_hf_weights(src))
-    own = model.state_dict()
+    with torch.device("meta"):  # shapes first, allocating nothing: config.json may claim any size
+        own = build_model(cfg).state_dict()
     wrong = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in state.items() if v.shape != own[k].shape]
     if wrong:
         raise CheckpointError(f"hf-reformer: tensor shapes do not fit config.json (name, file, expected): {wrong[:3]}")
+    model = build_model(cfg)
+    own = model.state_dict()
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=True)
     return model.eval()
 
