@@ -166,3 +166,36 @@ def test_tiny_luna_lm_loss_falls():
         opt.zero_grad()
         losses.append(out.loss.item())
     assert sum(losses[-5:]) < 0.5 * sum(losses[:5])
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_bidirectional_equals_the_reference_formula(share):
+    """fairseq-apollo's LunarMultiheadAttention: Y_p = softmax(P Wpq (X Wpk)^T) X Wpv with no output projection
+    of its own, out = softmax(X Wq (Y_p Wk)^T) Y_p Wv Wo, next P = LayerNorm(Y_p + P); tied: Wpk = Wpv, Wk = Wv."""
+    attn = _luna(causal=False, share=share)
+    torch.nn.init.normal_(attn.p_norm.weight)
+    x, e = torch.randn(2, T, D), D // H
+    p = attn.p_init + attn.p_pos  # (l, D)
+
+    def heads(z):  # (B, N, D) -> (B, H, N, E)
+        return z.view(z.shape[0], -1, H, e).transpose(1, 2)
+
+    def attend(q, k, v):
+        return ((heads(q) @ heads(k).transpose(-1, -2)) / e**0.5).softmax(-1) @ heads(v)
+
+    w = attn.in_proj.weight.split(D)  # [unpack query | pack key | pack value (untied)]
+    pack_k, pack_v = x @ w[1].T, x @ w[-1].T
+    packed = attend(attn.pack_q(p).expand(2, -1, -1), pack_k, pack_v).transpose(1, 2).reshape(2, L, D)
+    u = attn.unpack_kv.weight.split(D)  # [unpack key | unpack value (untied)]
+    out = attend(x @ w[0].T, packed @ u[0].T, packed @ u[-1].T).transpose(1, 2).reshape(2, T, D)
+    got = attn(x, state=None, doc_start=None)
+    with torch.no_grad():
+        torch.testing.assert_close(got.out, attn.out(out), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got.carry, attn.p_norm(packed + p), rtol=1e-5, atol=1e-5)
+
+
+def test_causal_pack_weights_default_to_the_references_elu_plus_one():
+    assert lr.ModelConfig.from_name("luna-tiny").luna.activation == "elu"
+    scores = torch.linspace(-5, 5, 11)
+    torch.testing.assert_close(_luna(activation="elu")._phi(scores), torch.nn.functional.elu(scores) + 1)
+    torch.testing.assert_close(_luna(activation="softplus")._phi(scores), torch.log1p(scores.exp()))

@@ -8,11 +8,14 @@ Each layer takes the input X (B, T, D) and an extra sequence P (B, l, D):
 - unpack: X attends to Y_p, giving the output (B, T, D). Cost linear in T.
 
 Bidirectional form (encoders): softmax in both attentions; the next layer's P is
-P' = LayerNorm(Y_p + P), handed on as the attention ``carry``.
+P' = LayerNorm(Y_p + P), handed on as the attention ``carry``. As in the reference implementation
+(fairseq-apollo, ``LunarMultiheadAttention``), Y_p is the pack attention's output itself: packed
+values of a projection of X, with no output projection of its own (the unpack keys / values are
+projections of Y_p, and the layer's one output projection follows the unpack attention).
 
 Causal form (language modelling): position t may pack only X[:t] (inclusive). Pack weights use a
-non-negative activation phi (elu + 1 or softplus) instead of exp, so the packed context of every
-position is a ratio of prefix sums,
+non-negative activation phi instead of exp, so the packed context of every position is a ratio of
+prefix sums,
 
     Y_p^t[j] = sum_{s<=t} phi(p_j . k_s) c_s  /  sum_{s<=t} phi(p_j . k_s),
 
@@ -37,7 +40,11 @@ key projection is only ever used in the pack scores x W_k P^T, so when H * l < D
 they are computed as x (W_k P^T), a (D, H * l) matrix built per forward: the same function, with a
 quarter of a (D x D) GEMM instead of a whole one (the parameters are unchanged).
 
-Deliberate deviations, for causality and linear cost:
+Deliberate deviations, each with its reason:
+- phi is elu + 1 by default, the reference's (``LunarCausalAttention``); ``activation: softplus``
+  (log(1 + e^x), beta 1) is an option the reference lacks, kept for ablation: also positive, smooth
+  and ~e^x for very negative scores, ~x (elu + 1: x + 1) for large ones. Beta 1 is the plain softplus:
+  the reference gives no softplus setting to match, and a sharper beta would add a hyperparameter.
 - The causal form has no separate unpack key / value projections of Y_p^t: a projection of
   Y_p^t per head equals packing projected tokens (packing is linear), so it is folded into c's
   projection (tied keys = values, as in the reference's causal layer); untied
@@ -101,7 +108,6 @@ class LunaAttention(AttentionModule):
         self.n_x = (3 if share_projections else 4) if causal else (2 if share_projections else 3)
         self.in_proj = nn.Linear(d_model, self.n_x * d_model, bias=False)
         if not causal:
-            self.pack_out = nn.Linear(d_model, d_model, bias=False)
             self.unpack_kv = nn.Linear(d_model, (1 if share_projections else 2) * d_model, bias=False)  # from Y_p
             self.p_norm = nn.LayerNorm(d_model)
         self.out = nn.Linear(d_model, d_model, bias=False)
@@ -150,8 +156,7 @@ class LunaAttention(AttentionModule):
         q, k, v = parts[0], parts[1], parts[-1]  # shared: the pack key is the pack value
         drop = self.dropout if self.training else 0.0
         mask = pad_mask[:, None, None, :] if pad_mask is not None else None  # padded tokens pack nothing
-        packed = merge_heads(F.scaled_dot_product_attention(pq, k, v, attn_mask=mask, dropout_p=drop))
-        packed = self.pack_out(packed)  # Y_p (B, l, D)
+        packed = merge_heads(F.scaled_dot_product_attention(pq, k, v, attn_mask=mask, dropout_p=drop))  # Y_p (B, l, D)
         ukv = self.unpack_kv(packed).view(b, self.proj_len, -1, h, e).permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, l, E)
         y = F.scaled_dot_product_attention(q, ukv[0], ukv[-1], dropout_p=drop)  # (B, H, T, E)
         return AttentionOutput(self.out(merge_heads(y)), None, None, self.p_norm(packed + p))
