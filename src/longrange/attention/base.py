@@ -1,9 +1,9 @@
-"""The attention protocol every mechanism implements, and helpers they share.
+"""The attention contract every mechanism implements (`AttentionModule`), and helpers they share.
 
 Shape legend: B batch, T tokens of the current segment, M memory slots, D model width,
 H heads, E head width (D = H * E).
 
-Contract (see DESIGN.md):
+Contract (see docs/architecture.md, "The attention contract"):
 
     forward(x (B, T, D), *, state, doc_start, pad_mask=None, carry=None) -> AttentionOutput
 
@@ -22,7 +22,7 @@ change when asked for something they cannot do.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Protocol
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -37,27 +37,8 @@ class AttentionOutput(NamedTuple):
     carry: Tensor | None = None  # handed to the next layer's attention (Luna's P)
 
 
-class Attention(Protocol):
-    stateful: bool
-    decode_cache: bool
-    causal_only: bool
-    length_multiple: int
-
-    def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> LayerState | None: ...
-
-    def forward(
-        self,
-        x: Tensor,
-        *,
-        state: LayerState | None,
-        doc_start: Tensor | None,
-        pad_mask: Tensor | None = None,
-        carry: Tensor | None = None,
-    ) -> AttentionOutput: ...
-
-
 class AttentionModule(nn.Module):
-    """Defaults for the protocol's declarations; mechanisms override what differs."""
+    """Base of every mechanism: the contract's declarations and their defaults; mechanisms override what differs."""
 
     stateful = False  # carries memory across training segments (XL, Compressive, kNN)
     decode_cache = False  # its state is only a cache for streaming generation (LSH/local, Luna)
