@@ -1,0 +1,52 @@
+"""The shared runtime: --device resolves or fails in one line, --precision maps to autocast, --compile wraps."""
+
+import pytest
+import torch
+
+from longrange.train.runtime import autocast, autocast_dtype, maybe_compile, resolve_device
+
+
+def test_cpu_and_auto_resolve():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto") == torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.mark.parametrize("spec", ["tpu9", "cuda:x", "cpu:0", "", "cuda:-1"])
+def test_unknown_devices_are_one_line(spec):
+    with pytest.raises(ValueError, match=r"--device .* is not one of cpu, cuda, cuda:N or auto") as err:
+        resolve_device(spec)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("spec", ["cuda", "cuda:1"])
+def test_cuda_without_cuda_says_so(spec):
+    with pytest.raises(ValueError, match=r"(no CUDA|no CUDA device is visible); use --device cpu"):
+        resolve_device(spec)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_index_beyond_the_devices_is_refused():
+    n = torch.cuda.device_count()
+    assert resolve_device("cuda") == torch.device("cuda", 0)
+    with pytest.raises(ValueError, match="CUDA device"):
+        resolve_device(f"cuda:{n}")
+
+
+def test_precisions():
+    assert autocast_dtype("fp32") is None
+    assert autocast_dtype("bf16") is torch.bfloat16 and autocast_dtype("fp16") is torch.float16
+    with pytest.raises(ValueError, match=r"--precision 'fp8' is not one of \['bf16', 'fp16', 'fp32'\]"):
+        autocast_dtype("fp8")
+    layer = torch.nn.Linear(4, 4)
+    with autocast(torch.device("cpu"), "bf16"):
+        assert layer(torch.randn(2, 4)).dtype == torch.bfloat16
+    with autocast(torch.device("cpu"), "fp32"):
+        assert layer(torch.randn(2, 4)).dtype == torch.float32
+
+
+def test_maybe_compile_wraps_only_when_enabled(monkeypatch):
+    model = torch.nn.Linear(2, 2)
+    assert maybe_compile(model, False) is model
+    monkeypatch.setattr(torch, "compile", lambda m: ("compiled", m))  # the real one builds C++: not in unit tests
+    assert maybe_compile(model, True) == ("compiled", model)
