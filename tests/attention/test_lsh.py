@@ -469,3 +469,40 @@ def test_a_refused_kernel_file_is_rebuilt_and_a_link_is_never_followed(monkeypat
         assert not built.is_symlink() and built.stat().st_mode & 0o777 == 0o700
     finally:
         lsh_native._library.cache_clear()
+
+
+def _native_kernel_inputs():
+    """The arguments the LSH layer hands the native kernel (float64, 2 rounds with dedup), captured from a call."""
+    seen = []
+    original = lsh_native.band_attention
+
+    def capture(*args):
+        seen.append(args)
+        return original(*args)
+
+    attn = _use(_lsh(2, 4, 4, seed=1, d=8, heads=2).double(), "native")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(lsh_native, "band_attention", capture)
+        attn(torch.randn(1, 16, 8, dtype=torch.double), state=None, doc_start=None)
+    (args,) = seen
+    return args
+
+
+def test_native_kernel_is_a_custom_op_that_opcheck_and_the_meta_device_see_through():
+    qk, v, order, lo, hi, by_pos = _native_kernel_inputs()
+    qk, v = qk.detach().clone().requires_grad_(), v.detach().clone().requires_grad_()
+    torch.library.opcheck(torch.ops.longrange.lsh_band.default, (qk, v, order, lo, hi, by_pos))
+    meta = [z.detach().to("meta") for z in (qk, v, order, lo, hi, by_pos)]
+    meta[0].requires_grad_(), meta[1].requires_grad_()
+    y = lsh_native.band_attention(*meta)  # the fake implementation: a shape, no C code, no host read
+    assert y.device.type == "meta" and y.shape == qk.shape
+    y.sum().backward()  # the backward operator's fake implementation
+    assert meta[0].grad.shape == qk.shape and meta[1].grad.device.type == "meta"
+
+
+def test_native_kernel_compiles_without_a_graph_break():
+    qk, v, order, lo, hi, by_pos = _native_kernel_inputs()
+    fn = torch.compile(lsh_native.band_attention, backend="eager", fullgraph=True)  # fullgraph: a break raises
+    torch.testing.assert_close(
+        fn(qk, v, order, lo, hi, by_pos), lsh_native.band_attention(qk, v, order, lo, hi, by_pos)
+    )

@@ -24,10 +24,12 @@ R hash rounds, K buckets, S = R * Tp sorted items, N = S / C chunks, W = 2C keys
 Speed: on CPU the attention of the sorted items runs in a fused kernel that computes exactly this
 mechanism. Where a C compiler is available it is the native one (`longrange.attention.lsh_native`, C source
 in ``csrc/lsh_band.c``: each query visits exactly its band of sorted items, rows are read in place, no score
-tensors, gradients summed in place); otherwise the PyTorch one (`longrange.attention.lsh_sorted`: band
+tensors, gradients summed in place; registered as the custom operator ``longrange::lsh_band``, so torch.compile
+and the meta device see through it); otherwise the PyTorch one (`longrange.attention.lsh_sorted`: band
 bounds, one additive bias, PyTorch's flash-attention CPU kernel). Both use exact gradients through the round
 merge and read the projections in their natural (B, Tp, H, E) layout. The plain masked-softmax path below
-serves attention dropout in training and other devices, and is the kernels' test twin (``fused = False``).
+serves attention dropout in training and every other device (CUDA, meta: the fused kernels are CPU code), and
+is the kernels' test twin (``fused = False``).
 
 Rotations are drawn fresh from torch's RNG in training (so the reversible block, which records
 and restores the RNG state, re-hashes identically when it recomputes) and from a generator seeded

@@ -44,7 +44,6 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from longrange.attention.lsh_sorted import NORM_EPS, SELF_SCORE
 
@@ -163,11 +162,19 @@ def band_attention(qk: Tensor, v: Tensor, order: Tensor, lo: Tensor, hi: Tensor,
     last sorted item each query sees; by_pos (BH, Tp, R) every round's bucket of each position (None: no
     duplicate-pair correction).
 
-    The kernel relies on what `lsh_sorted.band_bounds` guarantees, and this checks it (a few cheap passes
-    over (BH, S) integers; a violation would make the C code read the wrong or out-of-range items):
-    0 <= lo_i <= i <= hi_i < S, and lo, hi non-decreasing along each row (its windows only move forward)."""
-    if qk.dtype not in SCALARS or v.dtype != qk.dtype or qk.shape != v.shape or qk.device.type != "cpu":
+    It runs the custom operator ``torch.ops.longrange.lsh_band`` (a `torch.library.custom_op` with a fake
+    implementation and an autograd formula), so torch.compile, torch.export and the meta device see through
+    it: they get the output's shape without calling the C code. The C code relies on what
+    `lsh_sorted.band_bounds` guarantees, and the operator's CPU implementation checks it (a few cheap passes
+    over (BH, S) integers on real tensors, where reading them costs no device round trip; a violation would make
+    the C code read the wrong or out-of-range items): 0 <= lo_i <= i <= hi_i < S, and lo, hi non-decreasing
+    along each row (its windows only move forward)."""
+    if qk.dtype not in SCALARS or v.dtype != qk.dtype or qk.shape != v.shape or qk.device.type not in ("cpu", "meta"):
         raise ValueError(f"native LSH kernel: float32/float64 CPU tensors of one shape, got {qk.dtype} {v.dtype}")
+    return torch.ops.longrange.lsh_band(qk, v, order, lo, hi, by_pos)[0]
+
+
+def _check_bounds(order: Tensor, lo: Tensor, hi: Tensor) -> None:
     index = torch.arange(order.shape[1], device=order.device)
     if not (
         bool(((lo >= 0) & (lo <= index) & (index <= hi) & (hi < order.shape[1])).all())
@@ -175,34 +182,73 @@ def band_attention(qk: Tensor, v: Tensor, order: Tensor, lo: Tensor, hi: Tensor,
         and 0 <= int(order.min()) <= int(order.max()) < order.shape[1]
     ):
         raise ValueError("native LSH kernel: band bounds must satisfy 0 <= lo <= i <= hi < S, non-decreasing")
-    return BandLSHAttention.apply(qk, v, order, lo, hi, by_pos)
 
 
-class BandLSHAttention(torch.autograd.Function):
-    """Keeps the inputs, the output, the norms of the queries and one logsumexp per item; the kernel makes the
-    unit keys from the queries and their norms as it goes, so no key tensor is ever stored."""
+@torch.library.custom_op("longrange::lsh_band", mutates_args=(), device_types="cpu")
+def _band_forward(
+    qk: Tensor, v: Tensor, order: Tensor, lo: Tensor, hi: Tensor, by_pos: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """-> y (batch, Tp, H, E), lse (BH, S) one logsumexp per sorted item, norm (batch, Tp, H) of the queries: the
+    backward pass needs all three (the kernel makes the unit keys from the queries and their norms as it goes,
+    so no key tensor is ever stored)."""
+    _check_bounds(order, lo, hi)
+    qk, v = qk.contiguous(), v.contiguous()
+    order, lo, hi = (z.contiguous().long() for z in (order, lo, hi))
+    by_pos = None if by_pos is None else by_pos.contiguous().long()
+    norm = torch.linalg.vector_norm(qk, dim=-1)  # (batch, Tp, H)
+    y = torch.empty_like(qk)
+    lse = qk.new_empty(order.shape)  # (BH, S) sorted order
+    _run("lsh_band_forward", qk, [qk, norm, v, order, lo, hi, by_pos, y, lse], order)
+    return y, lse, norm
 
-    @staticmethod
-    def forward(ctx, qk, v, order, lo, hi, by_pos):
-        qk, v = qk.contiguous(), v.contiguous()
-        order, lo, hi = (z.contiguous().long() for z in (order, lo, hi))
-        by_pos = None if by_pos is None else by_pos.contiguous().long()
-        norm = torch.linalg.vector_norm(qk, dim=-1)  # (batch, Tp, H)
-        y = torch.empty_like(qk)
-        lse = qk.new_empty(order.shape)  # (BH, S) sorted order
-        _run("lsh_band_forward", qk, [qk, norm, v, order, lo, hi, by_pos, y, lse], order)
-        ctx.save_for_backward(qk, v, y, lse, norm, order, lo, hi)
-        ctx.by_pos = by_pos
-        return y
 
-    @staticmethod
-    @once_differentiable  # the kernel's backward is not itself differentiable
-    def backward(ctx, grad_y):
-        qk, v, y, lse, norm, order, lo, hi = ctx.saved_tensors
-        grad_qk, grad_v = torch.empty_like(qk), torch.empty_like(v)  # every vector is written by the kernel
-        tensors = [qk, norm, v, grad_y.contiguous(), y, order, lo, hi, ctx.by_pos, lse, grad_qk, grad_v]
-        _run("lsh_band_backward", qk, tensors, order)
-        return grad_qk, grad_v, None, None, None, None
+@_band_forward.register_fake
+def _band_forward_fake(qk, v, order, lo, hi, by_pos):
+    return qk.new_empty(qk.shape), qk.new_empty(order.shape), qk.new_empty(qk.shape[:-1])
+
+
+@torch.library.custom_op("longrange::lsh_band_backward", mutates_args=(), device_types="cpu")
+def _band_backward(
+    grad_y: Tensor,
+    qk: Tensor,
+    v: Tensor,
+    y: Tensor,
+    lse: Tensor,
+    norm: Tensor,
+    order: Tensor,
+    lo: Tensor,
+    hi: Tensor,
+    by_pos: Tensor | None,
+) -> tuple[Tensor, Tensor]:
+    """-> (grad_qk, grad_v); not itself differentiable (no autograd formula: double backward is refused)."""
+    qk, v = qk.contiguous(), v.contiguous()
+    order, lo, hi = (z.contiguous().long() for z in (order, lo, hi))
+    by_pos = None if by_pos is None else by_pos.contiguous().long()
+    grad_qk, grad_v = torch.empty_like(qk), torch.empty_like(v)  # every vector is written by the kernel
+    tensors = [qk, norm, v, grad_y.contiguous(), y, order, lo, hi, by_pos, lse, grad_qk, grad_v]
+    _run("lsh_band_backward", qk, tensors, order)
+    return grad_qk, grad_v
+
+
+@_band_backward.register_fake
+def _band_backward_fake(grad_y, qk, v, y, lse, norm, order, lo, hi, by_pos):
+    return qk.new_empty(qk.shape), v.new_empty(v.shape)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    qk, v, order, lo, hi, by_pos = inputs
+    y, lse, norm = output
+    ctx.save_for_backward(qk, v, y, lse, norm, order, lo, hi, by_pos)
+
+
+def _backward(ctx, grad_y, grad_lse, grad_norm):
+    """Only y is differentiable: lse and norm are kept for this backward pass and used nowhere else."""
+    qk, v, y, lse, norm, order, lo, hi, by_pos = ctx.saved_tensors
+    grad_qk, grad_v = torch.ops.longrange.lsh_band_backward(grad_y, qk, v, y, lse, norm, order, lo, hi, by_pos)
+    return grad_qk, grad_v, None, None, None, None
+
+
+_band_forward.register_autograd(_backward, setup_context=_setup_context)
 
 
 def _run(name: str, like: Tensor, tensors: list[Tensor | None], order: Tensor) -> None:
