@@ -99,6 +99,12 @@ class KNNAttention(AttentionModule):
 
     def forward(self, x: Tensor, *, state=None, doc_start=None, pad_mask=None, carry=None) -> AttentionOutput:
         self.check_input(x, self.causal)
+        if torch.compiler.is_exporting():
+            raise ValueError(
+                "knn attention cannot be exported with torch.export: its memory is an external store (a ring "
+                "buffer with host-side counters, or faiss) updated as a side effect, not a tensor the program "
+                "could take and return; export a model without knn layers"
+            )
         b, t, _ = x.shape
         if state is None:
             state = self.init_state(b, x.device, x.dtype)

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.utils import _pytree as pytree
 
 
 @dataclass
@@ -85,3 +86,49 @@ class ModelState:
 
     def to(self, device: torch.device | str) -> ModelState:
         return ModelState([s.to(device) if s is not None else None for s in self.layers], self.pos.to(device))
+
+
+# ---------------------------------------------------------------------------- pytrees
+# LayerState and ModelState cross the model's boundary (forward's input and output), so torch.export,
+# torch.compile and the functional APIs must see their tensors as leaves. A layer's tensors flatten in
+# their dict order under their keys; the external store (KNNMemory) is not a tensor: it rides in the
+# context, so a traced program takes it as a constant object (see tests/model/test_export.py for what exports).
+
+
+def _flatten_layer(state: LayerState) -> tuple[list[Tensor], tuple]:
+    keys = tuple(state.tensors)
+    return [state.tensors[k] for k in keys], (keys, state.store)
+
+
+def _flatten_layer_with_keys(state: LayerState) -> tuple[list, tuple]:
+    values, context = _flatten_layer(state)
+    return [(pytree.MappingKey(k), v) for k, v in zip(context[0], values, strict=True)], context
+
+
+def _unflatten_layer(values, context: tuple) -> LayerState:
+    keys, store = context
+    return LayerState(dict(zip(keys, values, strict=True)), store)
+
+
+def _flatten_model(state: ModelState) -> tuple[list, None]:
+    return [state.layers, state.pos], None
+
+
+def _flatten_model_with_keys(state: ModelState) -> tuple[list, None]:
+    return [(pytree.GetAttrKey("layers"), state.layers), (pytree.GetAttrKey("pos"), state.pos)], None
+
+
+pytree.register_pytree_node(
+    LayerState,
+    _flatten_layer,
+    _unflatten_layer,
+    serialized_type_name="longrange.memory.state.LayerState",
+    flatten_with_keys_fn=_flatten_layer_with_keys,
+)
+pytree.register_pytree_node(
+    ModelState,
+    _flatten_model,
+    lambda values, context: ModelState(*values),
+    serialized_type_name="longrange.memory.state.ModelState",
+    flatten_with_keys_fn=_flatten_model_with_keys,
+)

@@ -108,7 +108,9 @@ class AxialPositions(nn.Module):
 
     def forward(self, positions: Tensor) -> Tensor:
         """positions (B, T) int64 -> (B, T, D)"""
-        # checked where it costs no device round trip (elsewhere an out-of-grid index fails in the look-up)
-        if positions.device.type == "cpu" and int(positions.max()) >= self.shape[0] * self.shape[1]:
+        # checked where it costs no device round trip and is not traced (elsewhere an out-of-grid index fails in
+        # the look-up)
+        eager = not (torch.compiler.is_compiling() or torch.compiler.is_exporting())
+        if positions.device.type == "cpu" and eager and int(positions.max()) >= self.shape[0] * self.shape[1]:
             raise ValueError(f"position {int(positions.max())} is beyond the axial grid {self.shape}")
         return torch.cat([self.rows[positions // self.shape[1]], self.cols[positions % self.shape[1]]], dim=-1)
