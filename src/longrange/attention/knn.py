@@ -110,9 +110,9 @@ class KNNAttention(AttentionModule):
             state = self.init_state(b, x.device, x.dtype)
         mem, valid = state["mem"].to(x.dtype), state["valid"]
         n_mem = mem.shape[1]
-        q = F.normalize(split_heads(self.q(x), self.n_heads), dim=-1)  # (B, H, T, E)
+        q = _unit(split_heads(self.q(x), self.n_heads))  # (B, H, T, E)
         k, v = (split_heads(z, self.n_heads) for z in self.kv(torch.cat([mem, x], 1)).chunk(2, -1))  # (B, H, L, E)
-        k = F.normalize(k, dim=-1)
+        k = _unit(k)
         scale = self.log_scale.exp()[None, :, None, None]  # (1, H, 1, 1)
 
         # local attention with T5 relative bias over [cache ; segment]
@@ -161,3 +161,10 @@ class KNNAttention(AttentionModule):
         new_mem, new_valid = fifo_append(mem, valid, x, self.mem_len, new_valid=real)
         next_state = state.replace(mem=new_mem, valid=new_valid, pos=state["pos"] + n_real)
         return AttentionOutput(self.out(merge_heads(y)), next_state)
+
+
+def _unit(x: Tensor) -> Tensor:
+    """x / |x| over the last axis, with a floor on |x| that the dtype can hold: F.normalize's 1e-12 is 0 in
+    float16, so the zero keys of empty XL-cache slots became 0 / 0 = NaN under fp16 autocast, and a NaN key
+    poisons attention even where it is masked (NaN + -inf). 1e-12 where representable (float32/64, bf16)."""
+    return F.normalize(x, dim=-1, eps=max(1e-12, torch.finfo(x.dtype).tiny))
