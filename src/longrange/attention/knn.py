@@ -15,6 +15,19 @@ The segment's keys and values enter the memory *after* the segment is processed,
 retrieves itself or its future; they are stored detached, so gradients reach queries and gate
 but never the memory. Parameter names q / kv / out match `XLAttention`, so a transformer-xl
 checkpoint loads into a memorizing model (the new gate, bias and scale start fresh).
+
+Deliberate deviation of the presets (``memorizing-*``, issue 16 item 6): the paper uses the T5 relative
+bias in every layer; the presets use this layer (T5 bias) only at the kNN layer and Transformer-XL
+attention (sinusoidal relative positions with the u/v biases) in all the others. Reason: the
+memorizing presets are the transformer-xl presets with one layer swapped, so (a) memorizing vs XL
+results differ only by the memory, and (b) a trained transformer-xl run loads into a memorizing
+model for the paper's fine-tuning-into-memory experiment. Both position schemes are relative and
+both attend over the same XL cache; the kNN retrieval itself uses no positions, as in the paper.
+
+Numerics: keys and queries are normalised with a floor the dtype can hold (`_unit`), so empty
+(zero) XL-cache slots stay finite under float16. Padding (``pad_mask``) with a state is stored as
+invalid in the kNN store and in the XL cache. The layer runs without host synchronisation (the
+memory attention runs even when the store is empty; empty rows are gated to 0).
 """
 
 from __future__ import annotations
