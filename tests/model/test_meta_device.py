@@ -7,7 +7,14 @@ import torch
 
 import longrange as lr
 
-SYSTEMS = ["transformer-tiny", "transformer-xl-tiny", "compressive-tiny", "luna-tiny"]
+SYSTEMS = [
+    "transformer-tiny",
+    "transformer-xl-tiny",
+    "compressive-tiny",
+    "luna-tiny",
+    "reformer-tiny",
+    "memorizing-tiny",
+]
 
 
 @pytest.mark.parametrize("name", SYSTEMS)
