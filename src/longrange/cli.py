@@ -68,10 +68,13 @@ def main(argv: list[str] | None = None) -> int:
     # allocation, so setting it here is early enough; an explicit THP_MEM_ALLOC_ENABLE=0 keeps it off.
     os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    level = logging.DEBUG if args.verbose else logging.INFO
+    if int(os.environ.get("RANK", "0")) > 0:  # under torchrun, rank 0 speaks for the run; others only warn
+        level = logging.WARNING
+    logging.basicConfig(level=level, format="%(message)s")
     try:
         return int(args._run(args) or 0)
-    except (ValueError, FileNotFoundError) as err:  # ConfigError, CheckpointError, bad data: one clear line
+    except (ValueError, OSError) as err:  # ConfigError, CheckpointError, bad data, unreadable files: one clear line
         print(f"longrange {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import typing
 from pathlib import Path
 
-from longrange.config import ConfigError, ModelConfig, _read_yaml, load_yaml_text
+from longrange.config import ConfigError, ModelConfig, _read_yaml, check_run_config_sections, load_yaml_text
 from longrange.train.run_folder import RUN_CONFIG
 from longrange.train.trainer import (
     RESUMABLE_KEYS,
@@ -83,9 +84,7 @@ def _file_sections(path: Path | None) -> dict:
     if path is None:
         return {}
     data = _read_yaml(path)
-    unknown = sorted(set(data) - set(CONFIG_SECTIONS))
-    if unknown:
-        raise ConfigError(f"{str(path)!r}: unknown section {unknown[0]!r}; allowed sections: {list(CONFIG_SECTIONS)}")
+    check_run_config_sections(data, CONFIG_SECTIONS, source=f"config file {str(path)!r}")
     return data
 
 
@@ -141,5 +140,6 @@ def run(args: argparse.Namespace) -> int:
     except TrainingDiverged as err:
         print(f"longrange train: error: {err}", file=sys.stderr)
         return 3
-    print(f"trained {model_cfg.name} for {train_cfg.steps} steps -> {out}")
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 prints
+        print(f"trained {model_cfg.name} for {train_cfg.steps} steps -> {out}")
     return 0

@@ -45,9 +45,17 @@ def shard_name(rank: int) -> str:
     return TRAINER_STATE if rank == 0 else f"trainer-rank{rank}.pt"
 
 
+_fault_counts: dict[str, int] = {}
+
+
 def _fault_point(name: str) -> None:
-    """Fault injection for the kill tests: ``LONGRANGE_FAULT_AT=name`` kills this process here (SIGKILL)."""
-    if os.environ.get("LONGRANGE_FAULT_AT") == name:
+    """Fault injection for the kill tests: ``LONGRANGE_FAULT_AT=name:N`` SIGKILLs this process the N-th time
+    it reaches point `name` (on rank 0, which writes the weights and swaps the folder)."""
+    target, _, count = os.environ.get("LONGRANGE_FAULT_AT", "").partition(":")
+    if target != name:
+        return
+    _fault_counts[name] = _fault_counts.get(name, 0) + 1
+    if _fault_counts[name] == int(count or 1):
         os.kill(os.getpid(), signal.SIGKILL)
 
 

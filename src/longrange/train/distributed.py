@@ -24,6 +24,7 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    owns_group: bool = False  # this process group was started by `init_distributed` (and is torn down with it)
 
     @property
     def is_main(self) -> bool:
@@ -82,12 +83,13 @@ def init_distributed(device: torch.device) -> DistInfo:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
         torch.cuda.set_device(local_rank)
-    if not dist.is_initialized():
+    owns_group = not dist.is_initialized()
+    if owns_group:
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank)
+    return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, owns_group)
 
 
-def shutdown_distributed() -> None:
-    """Tear the process group down at exit (torch warns about a group left open)."""
-    if dist.is_initialized():
+def shutdown_distributed(info: DistInfo) -> None:
+    """Tear down the process group `init_distributed` started (a caller's own group is left to the caller)."""
+    if info.owns_group and dist.is_initialized():
         dist.destroy_process_group()

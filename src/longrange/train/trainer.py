@@ -608,5 +608,5 @@ def train(
     finally:
         if lock is not None:
             lock.release()
-        shutdown_distributed()
+        shutdown_distributed(dist_info)
     return out_dir

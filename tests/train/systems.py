@@ -1,0 +1,20 @@
+"""The six systems at a size that trains in a second, shared by the distributed and precision tests."""
+
+from longrange.train import TrainConfig
+
+# overrides of each `{name}-tiny` preset: short segments, small memories and buckets
+SYSTEMS: dict[str, dict] = {
+    "transformer": {},
+    "transformer-xl": {"xl.mem_len": 16},
+    "reformer": {"segment_len": 32, "lsh.n_buckets": 4, "lsh.bucket_size": 8, "local.chunk_len": 8},
+    "luna": {},
+    "compressive": {"compressive.mem_len": 8, "compressive.cmem_len": 4, "compressive.rate": 2},
+    "memorizing": {"xl.mem_len": 16, "knn.mem_len": 16, "knn.memory_size": 64, "knn.topk": 4},
+}
+
+
+def system_train_config(**overrides) -> TrainConfig:
+    """4 rows of 16 tokens, 4 updates; no clipping or dropout noise, so 2 processes == 1 within float error."""
+    base = dict(steps=4, batch_size=4, segment_len=16, lr=1e-2, warmup_steps=0, grad_clip=0.0, log_every=1)
+    base.update(checkpoint_every=2, eval_segments=1, progress=False, seed=1)
+    return TrainConfig(**{**base, **overrides})
