@@ -33,10 +33,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from longrange.attention.base import AttentionModule, AttentionOutput, merge_heads, split_heads
+from longrange.attention.positions import sinusoid
 from longrange.attention.xl import RelativePositionScores
 from longrange.memory.compress import Compressor
 from longrange.memory.state import LayerState
-from longrange.model.positions import sinusoid
 
 
 class CompressiveAttention(AttentionModule):

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from longrange.attention.base import AttentionModule, AttentionOutput, merge_heads, split_heads
-from longrange.model.positions import apply_rotary, rotary_tables
+from longrange.attention.positions import apply_rotary, rotary_tables
 
 
 class FullAttention(AttentionModule):

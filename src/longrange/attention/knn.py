@@ -47,9 +47,9 @@ from longrange.attention.base import (
     merge_heads,
     split_heads,
 )
+from longrange.attention.positions import T5RelativeBias
 from longrange.memory.knn_store import KNNMemory
 from longrange.memory.state import LayerState
-from longrange.model.positions import T5RelativeBias
 
 
 class KNNAttention(AttentionModule):

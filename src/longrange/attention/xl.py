@@ -31,8 +31,8 @@ from longrange.attention.base import (
     merge_heads,
     split_heads,
 )
+from longrange.attention.positions import sinusoid
 from longrange.memory.state import LayerState
-from longrange.model.positions import sinusoid
 
 
 class RelativePositionScores(nn.Module):

@@ -1,23 +1,14 @@
-"""Position encodings: sinusoidal (absolute and XL relative), learned, rotary.
+"""Absolute position embeddings added to the token embeddings: sinusoidal, learned, axial (Reformer).
 
-Absolute encodings are added to the token embeddings by the model (`AbsolutePositions`);
-relative ones live inside the attention mechanisms that use them.
+The encodings attention uses inside a layer (relative sinusoids, rotary, T5 bias) live in `attention/positions.py`.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
-
-def sinusoid(positions: Tensor, dim: int) -> Tensor:
-    """Sinusoidal encodings (Vaswani et al.) of float/int `positions` (...,) -> (..., dim)."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=positions.device, dtype=torch.float32) / half)
-    angles = positions.float()[..., None] * freqs
-    return torch.cat([angles.sin(), angles.cos()], dim=-1)
+from longrange.attention.positions import sinusoid
 
 
 class AbsolutePositions(nn.Module):
@@ -39,51 +30,6 @@ class AbsolutePositions(nn.Module):
         if self.kind == "sinusoidal":
             return sinusoid(positions, self.d_model)
         return self.table(positions)
-
-
-def rotary_tables(positions: Tensor, dim: int, base: float = 10000.0) -> tuple[Tensor, Tensor]:
-    """cos, sin tables (T, dim/2) for rotary embedding (Su et al. 2021) at integer `positions` (T,)."""
-    inv = 1.0 / (base ** (torch.arange(0, dim, 2, device=positions.device, dtype=torch.float32) / dim))
-    angles = positions.float()[:, None] * inv
-    return angles.cos(), angles.sin()
-
-
-def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate pairs (x1, x2) of the head dim of x (..., T, E) by position-dependent angles."""
-    x1, x2 = x.float().chunk(2, dim=-1)
-    out = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
-    return out.to(x.dtype)
-
-
-class T5RelativeBias(nn.Module):
-    """T5-style relative position bias (Raffel et al. 2020): a learned scalar per head per distance bucket.
-
-    Distances below ``n_buckets / 2`` get a bucket each; larger ones share log-spaced buckets up to
-    ``max_distance``. Causal form: only distances >= 0 (query at or after the key).
-    """
-
-    def __init__(self, n_heads: int, n_buckets: int = 32, max_distance: int = 128):
-        super().__init__()
-        self.n_buckets, self.max_distance = n_buckets, max_distance
-        self.bias = nn.Embedding(n_buckets, n_heads)
-        nn.init.zeros_(self.bias.weight)
-
-    def bucket(self, distance: Tensor) -> Tensor:
-        distance = distance.clamp(min=0)
-        exact = self.n_buckets // 2
-        log_bucket = (
-            exact
-            + (
-                torch.log(distance.float().clamp(min=1) / exact)
-                / math.log(self.max_distance / exact)
-                * (self.n_buckets - exact)
-            ).long()
-        )
-        return torch.where(distance < exact, distance, log_bucket.clamp(max=self.n_buckets - 1))
-
-    def forward(self, distance: Tensor) -> Tensor:
-        """distance (T, L) int64 (query position - key position) -> bias (H, T, L)."""
-        return self.bias(self.bucket(distance)).permute(2, 0, 1)
 
 
 class AxialPositions(nn.Module):
