@@ -18,3 +18,14 @@ def system_train_config(**overrides) -> TrainConfig:
     base = dict(steps=4, batch_size=4, segment_len=16, lr=1e-2, warmup_steps=0, grad_clip=0.0, log_every=1)
     base.update(checkpoint_every=2, eval_segments=1, progress=False, seed=1)
     return TrainConfig(**{**base, **overrides})
+
+
+def torchrun_command(nproc: int = 2) -> list[str]:
+    """`python -m torch.distributed.run` on a free port (fixed ports collide when test runs overlap)."""
+    import socket
+    import sys
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(port)]

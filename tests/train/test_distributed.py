@@ -4,7 +4,6 @@ kill -9; another world size is refused; fp16 with a scaler and --compile train."
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,14 +13,14 @@ from safetensors.torch import load_file
 import longrange as lr
 from longrange.model.io import CheckpointError
 from longrange.train import train
-from tests.train.systems import SYSTEMS, system_train_config
+from tests.train.systems import SYSTEMS, system_train_config, torchrun_command
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
 
 
-def _torchrun(port: int, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
+def _torchrun(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    cmd = torchrun_command(2)
     return subprocess.run([*cmd, *args], env=env or ENV, capture_output=True, text=True, cwd=ROOT, timeout=300)
 
 
@@ -41,7 +40,7 @@ def test_every_system_on_two_processes_equals_one(tmp_path, corpus_dir):
     Memorizing starts from an empty memory, so its gate has no gradient in the first step (DDP must not wait
     for it); every stateful system carries its memories per rank.
     """
-    result = _torchrun(29561, "tests/train/ddp_systems.py", str(corpus_dir), str(tmp_path / "two"), ",".join(SYSTEMS))
+    result = _torchrun("tests/train/ddp_systems.py", str(corpus_dir), str(tmp_path / "two"), ",".join(SYSTEMS))
     assert result.returncode == 0, result.stderr[-3000:]
     for name, overrides in SYSTEMS.items():
         torch.manual_seed(0)
@@ -64,13 +63,13 @@ def test_kill_9_of_a_two_process_run_resumes_exactly(tmp_path, corpus_dir):
     args = ["-m", "longrange.cli", "train", "--preset", "memorizing-tiny", "--data", str(corpus_dir), "--steps", "6"]
     args += ["--batch-size", "4", "--segment-len", "16", "--checkpoint-every", "2", "--no-progress", "--log-every", "1"]
     args += ["--set", "knn.memory_size=64", "knn.topk=4"]
-    clean = _torchrun(29571, *args, "--out", str(tmp_path / "clean"))
+    clean = _torchrun(*args, "--out", str(tmp_path / "clean"))
     assert clean.returncode == 0, clean.stderr[-3000:]
     fault = {**ENV, "LONGRANGE_FAULT_AT": "checkpoint-swap:2"}
-    killed = _torchrun(29572, *args, "--out", str(tmp_path / "cut"), env=fault)
+    killed = _torchrun(*args, "--out", str(tmp_path / "cut"), env=fault)
     assert killed.returncode != 0
     assert not (tmp_path / "cut" / "checkpoint").exists()  # killed between moving the old one away and the new in
-    resumed = _torchrun(29573, "-m", "longrange.cli", "train", "--out", str(tmp_path / "cut"), "--resume")
+    resumed = _torchrun("-m", "longrange.cli", "train", "--out", str(tmp_path / "cut"), "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     a, b = _weights(tmp_path / "clean"), _weights(tmp_path / "cut")
     assert all(torch.equal(a[k], b[k]) for k in a)

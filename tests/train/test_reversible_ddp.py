@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 
 import longrange as lr
 from tests.conftest import make_documents
+from tests.train.systems import torchrun_command
 
 
 @pytest.mark.slow
@@ -36,7 +37,7 @@ def test_torchrun_two_processes_train_a_reversible_reformer_like_one(tmp_path):
         text=True,
     )
     assert one.returncode == 0, one.stderr[-2000:]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541"]
+    torchrun = torchrun_command()
     two = subprocess.run(
         [*torchrun, "-m", "longrange.cli", *args, "--out", str(tmp_path / "two")],
         env=env,

@@ -3,6 +3,7 @@ torn metrics, resume from the run alone, one-line errors for bad options (issue:
 
 import json
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -315,3 +316,27 @@ def test_the_run_records_its_command_line_and_versions(tmp_path, data):
     train(_xl(), _cfg(steps=2), data, run)
     record = json.loads((run / "invocations.jsonl").read_text().splitlines()[0])
     assert record["longrange"] == lr.__version__ and record["torch"] == torch.__version__ and "argv" in record
+
+
+# -- fine-tuning from another run's weights (--init-from) ----------------------------------------------------------
+
+
+def test_init_from_loads_what_fits_lists_what_is_fresh_and_refuses_mis_shaped(tmp_path, data, caplog):
+    xl = tmp_path / "xl"
+    train(_xl(), _cfg(steps=2), data, xl)
+    memorizing = lr.ModelConfig.from_name("memorizing-tiny").replace(**{"knn.memory_size": 64})
+    caplog.set_level("INFO")
+    assert (
+        main(
+            ["train", "--data", data, "--out", str(tmp_path / "mem"), "--init-from", str(xl), "--steps", "1", *TINY]
+            + ["--preset", "memorizing-tiny", "--set", "knn.memory_size=64"]
+        )
+        == 0
+    )
+    assert "initialised from" in caplog.text and "gate" in caplog.text  # the kNN gate starts fresh, and says so
+    loaded = int(re.search(r"(\d+) tensors loaded", caplog.text).group(1))
+    assert loaded >= len(lr.build_model(memorizing).state_dict()) // 2  # embeddings, norms, the XL layers...
+    small = lr.ModelConfig.from_name("transformer-xl-tiny").replace(d_model=32)
+    with pytest.raises(CheckpointError, match="shape mismatch"):
+        train(small, _cfg(steps=1), data, tmp_path / "bad", init_from=xl)
+    assert main(["train", "--out", str(xl), "--resume", "--init-from", str(xl)]) == 2

@@ -18,6 +18,7 @@ from longrange.train import TrainConfig, Trainer, train
 from longrange.train.checkpoint import read_checkpoint
 from longrange.train.trainer import write_run_config
 from tests.conftest import make_documents
+from tests.train.systems import torchrun_command
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -195,7 +196,7 @@ def test_torchrun_two_processes_match_one(tmp_path):
         env=env,
         capture_output=True,
     )
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"]
+    torchrun = torchrun_command()
     result = subprocess.run(
         [*torchrun, "-m", "longrange.cli", *args, "--out", str(tmp_path / "two")],
         env=env,

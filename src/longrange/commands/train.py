@@ -64,6 +64,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "corpus and schedule); options marked [may change on --resume] may differ, others are refused",
     )
     parser.add_argument(
+        "--init-from",
+        type=Path,
+        metavar="RUN",
+        help="start from the weights of another run or checkpoint (fine-tuning; e.g. a transformer-xl run into a "
+        "memorizing model): tensors it lacks start fresh, both lists are printed; optimiser and data start anew",
+    )
+    parser.add_argument(
         "--overwrite", action="store_true", help="start afresh in a non-empty --out, replacing an earlier run's files"
     )
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="model config overrides")
@@ -131,9 +138,19 @@ def configs_from_args(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfi
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.resume and args.init_from is not None:
+        raise ConfigError("--init-from starts a new run from other weights; --resume continues this run's own: pick one")
     model_cfg, train_cfg, data = configs_from_args(args)
     try:
-        out = train(model_cfg, train_cfg, data, args.out, resume=args.resume, overwrite=args.overwrite)
+        out = train(
+            model_cfg,
+            train_cfg,
+            data,
+            args.out,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            init_from=args.init_from,
+        )
     except TrainingInterrupted as stop:
         print(f"longrange train: {stop}; continue with: longrange train --out {args.out} --resume", file=sys.stderr)
         return stop.exit_code

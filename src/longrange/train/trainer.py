@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 import torch
 import yaml
+from safetensors import safe_open
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
@@ -33,6 +34,7 @@ from longrange.data.corpus import load_corpus
 from longrange.data.stream import IGNORE_INDEX, DocumentStream
 from longrange.memory.state import ModelState
 from longrange.model.build import build_model
+from longrange.model.io import checkpoint_dir, load_weights
 from longrange.model.lm import LongRangeLM
 from longrange.train.checkpoint import BEST, LATEST, find_checkpoint, read_checkpoint, write_checkpoint
 from longrange.train.distributed import DistInfo, init_distributed, shutdown_distributed
@@ -538,13 +540,35 @@ def check_resume_settings(out_dir: str | Path, model_cfg: ModelConfig | None, tr
 
 
 def write_run_config(
-    out_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, data: str | None, manifest: dict
+    out_dir: Path,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    data: str | None,
+    manifest: dict,
+    init_from: str | Path | None = None,
 ) -> None:
     """What `--resume` and `eval` read: the model config, the training config + corpus spec, the corpus manifest."""
     model_cfg.to_file(out_dir / "config.yaml")
     run_config = {"train": train_cfg.to_dict(), "data": data}
+    if init_from is not None:
+        run_config["init_from"] = str(init_from)
     (out_dir / RUN_CONFIG).write_text(yaml.safe_dump(run_config, sort_keys=False))
     (out_dir / "corpus.json").write_text(json.dumps({"spec": data or "stdlib", **manifest}, indent=1))
+
+
+def _init_weights(model: LongRangeLM, source: Path) -> None:
+    """Weights only from another run (`--init-from`); what is fresh or skipped is listed."""
+    own = set(model.state_dict())
+    missing = load_weights(model, checkpoint_dir(source), strict=False)
+    with safe_open(str(checkpoint_dir(source) / "model.safetensors"), framework="pt") as fh:
+        skipped = sorted(set(fh.keys()) - own)
+    log.info(
+        "initialised from %s: %d tensors loaded; fresh (not in the source): %s; skipped (no place here): %s",
+        source,
+        len(own) - len(missing),
+        missing or "none",
+        skipped or "none",
+    )
 
 
 def _disk_memory_config(model_cfg: ModelConfig, out_dir: Path) -> ModelConfig:
@@ -562,12 +586,16 @@ def train(
     *,
     resume: bool = False,
     overwrite: bool = False,
+    init_from: str | Path | None = None,
 ) -> Path:
     """Train `model_cfg` on corpus `data` into `out_dir`; returns the run directory.
 
     With ``resume=True`` the run's last checkpoint is continued exactly; without it the folder must
     be new or empty (``overwrite=True`` replaces an earlier run's files). The folder is locked for
-    the run. Raises `TrainingDiverged` and `TrainingInterrupted` (after writing a checkpoint).
+    the run. ``init_from`` (a run or checkpoint folder) starts a new run from its weights only (fine-tuning,
+    e.g. a transformer-xl run into a memorizing model): tensors it lacks start fresh and are listed,
+    tensors this model has no place for are skipped and listed, mis-shaped ones are an error.
+    Raises `TrainingDiverged` and `TrainingInterrupted` (after writing a checkpoint).
     """
     out_dir = Path(out_dir)
     if train_cfg.threads:
@@ -592,11 +620,13 @@ def train(
         corpus = dist_info.agree(lambda: load_corpus(data), main_only=False)
         torch.manual_seed(train_cfg.seed)
         model = build_model(_disk_memory_config(model_cfg, out_dir))
+        if init_from is not None and not resume:
+            _init_weights(model, Path(init_from))
         trainer = Trainer(model, train_cfg, corpus.split("train"), corpus.split("valid"), out_dir, dist_info)
         if dist_info.is_main:
             record_invocation(out_dir, dist_info.world_size)
             if not resume:
-                write_run_config(out_dir, model_cfg, train_cfg, data, corpus.manifest)
+                write_run_config(out_dir, model_cfg, train_cfg, data, corpus.manifest, init_from)
         dist_info.barrier()
         if resume:
             trainer.resume()
