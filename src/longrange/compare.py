@@ -1,25 +1,34 @@
-"""One fair comparison of the six systems: same corpus, same token budget, same held-out documents.
+"""One fair comparison of the systems: the same documents in the same order, the same budget, several seeds.
 
-`compare(cfg)` trains each system (`longrange.train.trainer.train`) into ``<out>/runs/<system>``,
-evaluates it on the same held-out documents (`longrange.eval.evaluate.evaluate`), runs memory
-ablations for systems with memory (the same checkpoint evaluated with the memory off / halved /
-doubled through config overrides), and writes a report (`longrange.report.markdown`/`html`).
+`compare(cfg)` trains each system (`longrange.train.trainer.train`) once per seed into
+``<out>/runs/<system>/seed-<k>``, evaluates every run on the same held-out documents
+(`longrange.eval.evaluate.evaluate`), runs memory ablations of seed 0 for systems with memory (the same
+checkpoint evaluated with the memory off / halved / doubled through config overrides), and writes a report
+(`longrange.report.markdown`/`html`).
 
-Fairness:
-- Every system sees the same number of training tokens per update: ``tokens_per_step`` is split
-  into ``tokens_per_step // segment_len`` rows of the system's own segment length. Reformer reads
-  16x longer segments in one pass (its point), so it gets 16x fewer rows per step; the default
-  ``tokens_per_step`` is large enough that every system gets at least one full row.
-- Same size class (preset ``<system>-<size>``: same width, depth and heads); parameter counts differ
-  slightly (Luna's extra sequence, Compressive's compressor, kNN gate) and are reported.
+Fairness (issue 17: a batch layout that differs per system confounds the layout with the mechanism):
+- Equal data: every system reads ``rows`` rows of ``row_tokens`` tokens per update. Row g reads the same
+  documents in the same order for every system (the stream's order depends on the seed and the row only),
+  so per seed every system sees the same bytes at the same update. Each system cuts a row's
+  ``row_tokens`` into its own segments: ``row_tokens // segment_len`` micro-batches of one update
+  (`TrainConfig.accumulate`), in order, a stateful model carrying its memories from one segment of the row
+  to the next. Systems built to read a long sequence in one pass (``whole_row``: Reformer, Luna) read
+  the whole row as one segment, in training and evaluation. What differs is only padding at document ends
+  (a document's last segment is padded), which a longer segment wastes more of; the report says so.
+- Reach: the tokens of context a prediction can see at most (`reach`), in the report beside each layout.
+- Seeds: seeds ``0 .. seeds-1`` change the initial weights and the document order (the same for every
+  system); the report gives mean, standard deviation and min-max of held-out bits per byte and which
+  differences between systems exceed the spread (the min-max ranges do not overlap).
+- Size: same size class (preset ``<system>-<size>``: same width, depth and heads); the report says
+  whether parameter counts are within ``param_tolerance`` of each other.
 - A corpus prepared by `longrange data prepare` (a directory with ``manifest.json``) is used with its
   own split: training reads ``<dir>/train``, evaluation ``<dir>/test`` (whole held-out books).
 - Every system is evaluated on the same documents (the first ``eval_bytes`` of each of the first
   ``eval_docs`` test documents), each with its own segment length and its state carried.
 
-Resumable: a system is finished when ``runs/<system>/done`` exists (written after its evaluation
-JSON); an unfinished run is continued from its last checkpoint (``train(..., resume=True)``), one
-killed before its first checkpoint is started again.
+Resumable: a run is finished when ``runs/<system>/seed-<k>/done`` exists (written after its evaluation
+JSON), a system when ``runs/<system>/done`` exists (all its seeds); an unfinished run is continued from its
+last checkpoint (``train(..., resume=True)``), one killed before its first checkpoint is started again.
 Systems whose attention kinds are not in `longrange.attention.REGISTRY` are skipped with a note.
 """
 
@@ -44,21 +53,36 @@ log = logging.getLogger(__name__)
 SYSTEMS = ("transformer", "transformer-xl", "reformer", "luna", "compressive", "memorizing")
 
 
+WHOLE_ROW = ("reformer", "luna")  # built to read a long sequence in one pass: they read the whole row
+
+
 @dataclass
 class CompareConfig:
     systems: list[str] = field(default_factory=lambda: list(SYSTEMS))
     size: str = "tiny"  # preset size: tiny | small | base
-    steps: int = 200  # parameter updates per system
-    tokens_per_step: int | None = None  # None: max(8 x shortest segment, longest segment)
+    steps: int = 200  # parameter updates per system and seed
+    rows: int = 8  # rows (documents read in parallel) per update, the same for every system
+    row_tokens: int | None = None  # tokens per row per update (None: the longest segment; a multiple of each)
+    seeds: int = 1  # each system trains with seeds 0 .. seeds-1
+    whole_row: list[str] = field(default_factory=lambda: list(WHOLE_ROW))  # systems that read a row in one pass
+    param_tolerance: float = 0.10  # parameter counts "equal" when max / min - 1 <= this
     data: str | None = None  # corpus spec (None: the built-in stdlib code corpus)
     eval_docs: int = 8
     eval_bytes: int = 16 * 1024  # per held-out document (None/0: whole documents)
     lr: float = 2e-3
     warmup_steps: int = 20
-    seed: int = 0
     device: str = "cpu"
     ablations: bool = True
     command: str = ""  # the command line that produced the report (recorded verbatim)
+
+    def __post_init__(self) -> None:
+        for key in ("steps", "rows", "seeds"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"compare {key}={getattr(self, key)} must be >= 1")
+        if self.row_tokens is not None and self.row_tokens < 1:
+            raise ValueError(f"compare row_tokens={self.row_tokens} must be >= 1 (or left out for the default)")
+        if self.param_tolerance < 0:
+            raise ValueError(f"compare param_tolerance={self.param_tolerance} must be >= 0")
 
 
 def memory_key(cfg: ModelConfig) -> str | None:
@@ -92,8 +116,42 @@ def unregistered(cfg: ModelConfig) -> list[str]:
     return sorted({k for k in cfg.layers if k not in REGISTRY})
 
 
+def reach(cfg: ModelConfig) -> tuple[int, str]:
+    """(tokens of context a prediction can see at most, the formula), within its document.
+
+    A segment of T tokens sees itself; each stateful layer adds the span of its memory, and the spans of the
+    layers add up through the stack (Dai et al. 2019: O(N x L)): XL ``mem_len``; Compressive
+    ``mem_len + cmem_len x rate`` (Rae et al. 2020); the kNN layer the larger of its memory (the last
+    ``memory_size`` tokens, stored after each segment, so it covers its XL cache) and ``mem_len``. A kind
+    not listed here that is stateful adds its registered memory size (stated as an estimate).
+    """
+    t = cfg.segment_len
+    spans: list[tuple[int, str]] = []
+    for kind in cfg.layers:
+        if kind == "xl":
+            spans.append((cfg.xl.mem_len, "mem_len"))
+        elif kind == "compressive":
+            c = cfg.compressive
+            spans.append((c.mem_len + c.cmem_len * c.rate, "(mem_len + cmem_len x rate)"))
+        elif kind == "knn":
+            spans.append((max(cfg.knn.memory_size, cfg.knn.mem_len), "kNN memory_size"))
+        elif sections()[kind].stateful:
+            key = sections()[kind].memory_size_key
+            spans.append((int(getattr(getattr(cfg, kind), key)) if key else 0, f"{kind} memory (estimate)"))
+    if not spans:
+        return t, "segment (no memory)"
+    terms: dict[str, int] = {}
+    for _, name in spans:
+        terms[name] = terms.get(name, 0) + 1
+    formula = " + ".join(f"{n} x {name}" if n > 1 else name for name, n in terms.items())
+    return t + sum(v for v, _ in spans), f"segment + {formula}"
+
+
 def plan(cc: CompareConfig) -> tuple[dict[str, ModelConfig], dict[str, str], int]:
-    """(configs of runnable systems, {skipped system: reason}, tokens per step)."""
+    """(configs of runnable systems, {skipped system: reason}, tokens per row per update).
+
+    The configs of ``whole_row`` systems have ``segment_len`` set to the row's tokens (one pass per row).
+    """
     cfgs, skipped = {}, {}
     for system in cc.systems:
         if system not in systems(cc.size):
@@ -104,9 +162,16 @@ def plan(cc: CompareConfig) -> tuple[dict[str, ModelConfig], dict[str, str], int
             skipped[system] = f"attention kind(s) {missing} not registered in longrange.attention.REGISTRY"
         else:
             cfgs[system] = cfg
-    segs = [c.segment_len for c in cfgs.values()] or [1]
-    tokens = cc.tokens_per_step or max(8 * min(segs), max(segs))
-    return cfgs, skipped, tokens
+    row_tokens = cc.row_tokens or max([c.segment_len for c in cfgs.values()] or [1])
+    for system, cfg in cfgs.items():
+        if system in cc.whole_row:
+            cfgs[system] = cfg = cfg.replace(segment_len=row_tokens)
+        if row_tokens % cfg.segment_len:
+            raise ValueError(
+                f"compare row_tokens={row_tokens} is not a multiple of {system}'s segment_len={cfg.segment_len}; "
+                f"choose a multiple of every system's segment ({sorted({c.segment_len for c in cfgs.values()})})"
+            )
+    return cfgs, skipped, row_tokens
 
 
 def _prepared(spec: str | None) -> Path | None:
@@ -146,8 +211,9 @@ def _peak_memory_mb(device: str) -> float:
     return rss / (2**20 if sys.platform == "darwin" else 2**10)
 
 
-def run_system(cc: CompareConfig, system: str, cfg: ModelConfig, tokens_per_step: int, run_dir: Path) -> dict:
-    """Train (or resume) one system, evaluate it and its memory ablations; write result.json + done."""
+def run_system(cc: CompareConfig, system: str, cfg: ModelConfig, row_tokens: int, run_dir: Path, seed: int = 0) -> dict:
+    """Train (or resume) one system with one seed, evaluate it (and, for seed 0, its memory ablations);
+    write result.json + done."""
     from longrange.eval.evaluate import evaluate
     from longrange.model.io import load
     from longrange.train.checkpoint import find_checkpoint
@@ -155,15 +221,17 @@ def run_system(cc: CompareConfig, system: str, cfg: ModelConfig, tokens_per_step
 
     if cc.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    batch = max(1, tokens_per_step // cfg.segment_len)
+    accumulate = row_tokens // cfg.segment_len  # the row's segments, in order, in one update
     tc = TrainConfig(
         steps=cc.steps,
-        batch_size=batch,
+        batch_size=cc.rows,
+        segment_len=cfg.segment_len,
+        accumulate=accumulate,
         lr=cc.lr,
         warmup_steps=min(cc.warmup_steps, max(cc.steps // 5, 1)),
         checkpoint_every=max(cc.steps // 4, 1),
         log_every=max(min(10, cc.steps // 10), 1),
-        seed=cc.seed,
+        seed=seed,
         device=cc.device,
         progress=False,
     )
@@ -181,18 +249,51 @@ def run_system(cc: CompareConfig, system: str, cfg: ModelConfig, tokens_per_step
     result.update(
         system=system,
         preset=cfg.name,
+        seed=seed,
         parameters=sum(p.numel() for p in model.parameters()),
-        batch_size=batch,
+        rows=cc.rows,
+        row_tokens=row_tokens,
         segment_len=cfg.segment_len,
-        train_tokens=batch * cfg.segment_len * cc.steps,
+        accumulate=accumulate,
+        stateful=cfg.stateful,
+        reach=reach(cfg)[0],
+        reach_formula=reach(cfg)[1],
+        train_tokens=cc.rows * row_tokens * cc.steps,
         tokens_per_s=sum(speeds) / len(speeds) if speeds else float("nan"),
         train_wall_s=train_wall,
         peak_memory_mb=_peak_memory_mb(cc.device),
-        ablations=_ablations(cc, run_dir, cfg, docs) if cc.ablations else [],
+        ablations=_ablations(cc, run_dir, cfg, docs) if cc.ablations and seed == 0 else [],
     )
     (run_dir / "result.json").write_text(json.dumps(result, indent=1))
     (run_dir / "done").write_text("ok\n")
     return result
+
+
+def aggregate(runs: list[dict]) -> dict:
+    """One system's row from its runs (one per seed): seed 0's fields, then mean / std / min / max of the
+    held-out bpb, mean throughput and wall time, the largest peak memory, loss by position averaged."""
+    bpbs = [r["bpb"] for r in runs]
+    mean = sum(bpbs) / len(bpbs)
+    std = (sum((b - mean) ** 2 for b in bpbs) / (len(bpbs) - 1)) ** 0.5 if len(bpbs) > 1 else 0.0
+    row = dict(runs[0])
+    row.pop("seed", None)
+    row.update(
+        bpb=mean,
+        bpb_std=std,
+        bpb_min=min(bpbs),
+        bpb_max=max(bpbs),
+        seeds=[r["seed"] for r in runs],
+        seed_bpb=bpbs,
+        tokens_per_s=sum(r["tokens_per_s"] for r in runs) / len(runs),
+        train_wall_s=sum(r["train_wall_s"] for r in runs) / len(runs),
+        peak_memory_mb=max(r["peak_memory_mb"] for r in runs),
+    )
+    buckets = [r.get("by_position") or [] for r in runs]
+    if all(len(b) == len(buckets[0]) for b in buckets) and buckets[0]:  # the same documents: the same buckets
+        row["by_position"] = [
+            {**b0, "bpb": sum(b[i]["bpb"] for b in buckets) / len(buckets)} for i, b0 in enumerate(buckets[0])
+        ]
+    return row
 
 
 def _ablations(cc: CompareConfig, run_dir: Path, cfg: ModelConfig, docs: list[bytes]) -> list[dict]:
@@ -215,16 +316,16 @@ def _ablations(cc: CompareConfig, run_dir: Path, cfg: ModelConfig, docs: list[by
     return rows
 
 
-def _child(cc_dict: dict, system: str, tokens: int, run_dir: str) -> None:
+def _child(cc_dict: dict, system: str, row_tokens: int, run_dir: str, seed: int) -> None:
     cc = CompareConfig(**cc_dict)
-    cfg = ModelConfig.from_name(f"{system}-{cc.size}")
-    run_system(cc, system, cfg, tokens, Path(run_dir))
+    cfgs, _, _ = plan(CompareConfig(**{**cc_dict, "systems": [system], "row_tokens": row_tokens}))
+    run_system(cc, system, cfgs[system], row_tokens, Path(run_dir), seed)
 
 
 def compare(cc: CompareConfig, out: str | Path, *, isolate: bool = True) -> Path:
     """Run the comparison into `out` (resumable) and write report.md / report.html; return `out`.
 
-    With `isolate` each system trains in its own (spawned) process, so peak memory is per system.
+    With `isolate` each run (system, seed) trains in its own (spawned) process, so peak memory is per run.
     """
     import multiprocessing
 
@@ -233,28 +334,39 @@ def compare(cc: CompareConfig, out: str | Path, *, isolate: bool = True) -> Path
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    cfgs, skipped, tokens = plan(cc)
-    (out / "compare.json").write_text(json.dumps({**asdict(cc), "tokens_per_step": tokens}, indent=1))
+    cfgs, skipped, row_tokens = plan(cc)
+    layout = {"rows": cc.rows, "row_tokens": row_tokens, "tokens_per_step": cc.rows * row_tokens}
+    (out / "compare.json").write_text(json.dumps({**asdict(cc), **layout}, indent=1))
     results = {}
     for system, cfg in cfgs.items():
-        run_dir = out / "runs" / system
-        if (run_dir / "done").exists():
-            log.info("%s: finished earlier, reusing %s", system, run_dir)
-        else:
-            log.info("%s: training %s (%d tokens per step)", system, cfg.name, tokens)
-            run_dir.mkdir(parents=True, exist_ok=True)
-            if isolate:
-                proc = multiprocessing.get_context("spawn").Process(
-                    target=_child, args=(asdict(cc), system, tokens, str(run_dir))
-                )
-                proc.start()
-                proc.join()
-                if proc.exitcode != 0:
-                    skipped[system] = f"failed with exit code {proc.exitcode} (see the log above)"
-                    continue
+        runs = []
+        for seed in range(cc.seeds):
+            run_dir = out / "runs" / system / f"seed-{seed}"
+            if (run_dir / "done").exists():
+                log.info("%s seed %d: finished earlier, reusing %s", system, seed, run_dir)
             else:
-                run_system(cc, system, cfg, tokens, run_dir)
-        results[system] = json.loads((run_dir / "result.json").read_text())
-    write_report(out, cc, results, skipped, tokens, cfgs)
+                log.info(
+                    "%s seed %d: training %s (%d rows x %d tokens per update, %d segment(s) of %d per row)",
+                    *(system, seed, cfg.name, cc.rows, row_tokens, row_tokens // cfg.segment_len, cfg.segment_len),
+                )
+                run_dir.mkdir(parents=True, exist_ok=True)
+                if isolate:
+                    proc = multiprocessing.get_context("spawn").Process(
+                        target=_child, args=(asdict(cc), system, row_tokens, str(run_dir), seed)
+                    )
+                    proc.start()
+                    proc.join()
+                    if proc.exitcode != 0:
+                        skipped[system] = f"seed {seed} failed with exit code {proc.exitcode} (see the log above)"
+                        break
+                else:
+                    run_system(cc, system, cfg, row_tokens, run_dir, seed)
+            runs.append(json.loads((run_dir / "result.json").read_text()))
+        if system in skipped:
+            continue
+        results[system] = aggregate(runs)
+        (out / "runs" / system / "result.json").write_text(json.dumps(results[system], indent=1))
+        (out / "runs" / system / "done").write_text("ok\n")
+    write_report(out, cc, results, skipped, row_tokens, cfgs)
     write_html(out)
     return out

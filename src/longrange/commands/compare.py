@@ -1,9 +1,11 @@
-"""Train and evaluate several systems on the same corpus and token budget; write a report.
+"""Train and evaluate several systems on the same documents, rows and token budget; write a report.
 
-Example: longrange compare --size tiny --steps 100 --out runs/compare
-Writes OUT/report.md and a standalone OUT/report.html (table: parameters, held-out bits per byte,
-tokens/s, peak memory, wall time; training curves; loss by position in the document; memory
-ablations; the command and configs). Rerunning the same command continues a killed comparison,
+Example: longrange compare --size tiny --steps 100 --rows 8 --seeds 3 --out runs/compare
+Every system reads ROWS rows of ROW_TOKENS tokens per update (each in its own segments, memories carried
+along the row), SEEDS times. Writes OUT/report.md and a standalone OUT/report.html (table: parameters,
+held-out bits per byte as mean ± std [min, max] over seeds, tokens/s, peak memory, wall time, reach; which
+differences exceed the spread; whether the sizes are equal; training curves; loss by position in the
+document; memory ablations; the command and configs). Rerunning the same command continues a killed comparison,
 reusing every finished system.
 """
 
@@ -21,8 +23,13 @@ from longrange.compare import SYSTEMS, CompareConfig, compare
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset of " + ",".join(SYSTEMS))
     parser.add_argument("--size", default="tiny", choices=["tiny", "small", "base"])
-    parser.add_argument("--steps", type=int, default=200, help="updates per system")
-    parser.add_argument("--tokens-per-step", type=int, default=None, help="default: max(8 x segment, longest)")
+    parser.add_argument("--steps", type=int, default=200, help="updates per system and seed")
+    parser.add_argument("--rows", type=int, default=8, help="rows (documents read in parallel) per update")
+    parser.add_argument(
+        "--row-tokens", type=int, default=None, help="tokens per row per update (default: the longest segment)"
+    )
+    parser.add_argument("--seeds", type=int, default=1, help="train each system with seeds 0 .. N-1")
+    parser.add_argument("--param-tolerance", type=float, default=0.10, help="parameter counts equal within this")
     parser.add_argument("--data", default=None, help="corpus spec (default: built-in stdlib code)")
     parser.add_argument("--eval-docs", type=int, default=8)
     parser.add_argument("--eval-bytes", type=int, default=16 * 1024, help="bytes read per held-out doc (0: all)")
@@ -42,7 +49,10 @@ def run(args: argparse.Namespace) -> int:
         systems=[s.strip() for s in args.systems.split(",") if s.strip()],
         size=args.size,
         steps=args.steps,
-        tokens_per_step=args.tokens_per_step,
+        rows=args.rows,
+        row_tokens=args.row_tokens,
+        seeds=args.seeds,
+        param_tolerance=args.param_tolerance,
         data=args.data,
         eval_docs=args.eval_docs,
         eval_bytes=args.eval_bytes,
