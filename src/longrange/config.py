@@ -68,7 +68,7 @@ class LSHConfig:
     chunks_after: int = 0  # ... and to this many following chunks (bidirectional only)
     dedup: bool = True  # paper's correction for a pair attended in several rounds
     hash_seed: int | None = None  # fixed rotations (evaluation, tests, HF interop); None: fresh per call
-    # "hf": reproduce Hugging Face transformers' Reformer LSH exactly (converted checkpoints; see attention/lsh_hf.py)
+    # "hf": reproduce Hugging Face transformers' Reformer LSH exactly (converted checkpoints; see attention/lsh/hf.py)
     convention: Literal["longrange", "hf"] = "longrange"
 
 

@@ -6,9 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from longrange.attention import lsh_native
 from longrange.attention.local import LocalAttention
-from longrange.attention.lsh import SELF_SCORE, LSHAttention
+from longrange.attention.lsh import SELF_SCORE, LSHAttention, kernel_native
 from tests.attention.streaming import stream
 
 D, H = 32, 2
@@ -201,11 +200,11 @@ def test_decode_cache_refused_without_fixed_buckets_and_in_training():
 
 # ----------------------------------------------------------------------------- fused kernels
 
-KERNELS = ["native", "flash"]  # the C band kernel (lsh_native) and the PyTorch flash-block one (lsh_sorted)
+KERNELS = ["native", "flash"]  # the C band kernel (kernel_native) and the PyTorch flash-block one (kernel_torch)
 
 
 def _use(attn: LSHAttention, kernel: str) -> LSHAttention:
-    if kernel == "native" and not lsh_native.available(torch.float64):
+    if kernel == "native" and not kernel_native.available(torch.float64):
         pytest.skip("no C compiler: the native kernel is not built here (test_native_kernel_builds says why)")
     attn.native = kernel == "native"
     return attn
@@ -218,7 +217,7 @@ def _needs_compiler() -> None:
 
 def test_native_kernel_builds_where_a_c_compiler_exists():
     _needs_compiler()
-    assert lsh_native.available(torch.float32) and lsh_native.available(torch.float64)
+    assert kernel_native.available(torch.float32) and kernel_native.available(torch.float64)
     assert LSHAttention.native  # and it is the default
 
 
@@ -227,42 +226,42 @@ def test_native_kernel_build_falls_back_to_a_private_temporary_folder(monkeypatc
     blocked = tmp_path / "file"
     blocked.write_text("a file, not a folder: the cache cannot be created under it")
     monkeypatch.setenv("LONGRANGE_CACHE", str(blocked))
-    monkeypatch.setattr(lsh_native.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
-    lsh_native._library.cache_clear()
+    monkeypatch.setattr(kernel_native.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+    kernel_native._library.cache_clear()
     try:
-        assert lsh_native.available(torch.float32, 12)
+        assert kernel_native.available(torch.float32, 12)
         (folder,) = (tmp_path / "tmp").iterdir()
         assert folder.stat().st_mode & 0o077 == 0  # private: nobody else can plant a library there
     finally:
-        lsh_native._library.cache_clear()
+        kernel_native._library.cache_clear()
 
 
 def test_a_broken_compiler_warns_and_the_pytorch_kernel_is_used(monkeypatch, tmp_path):
     monkeypatch.setenv("CC", "false")  # a "compiler" that always fails
     monkeypatch.setenv("LONGRANGE_CACHE", str(tmp_path))
-    monkeypatch.setattr(lsh_native.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
-    lsh_native._library.cache_clear()
+    monkeypatch.setattr(kernel_native.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+    kernel_native._library.cache_clear()
     try:
         with pytest.warns(UserWarning, match="could not be built"):
-            assert not lsh_native.available(torch.float32, 12)
+            assert not kernel_native.available(torch.float32, 12)
     finally:
-        lsh_native._library.cache_clear()
+        kernel_native._library.cache_clear()
 
 
 def test_a_kernel_folder_others_can_write_is_never_loaded_from(monkeypatch, tmp_path):
     _needs_compiler()
     folder = tmp_path / "kernels"
-    monkeypatch.setattr(lsh_native, "cache_dirs", lambda: [folder])
-    lsh_native._library.cache_clear()
+    monkeypatch.setattr(kernel_native, "cache_dirs", lambda: [folder])
+    kernel_native._library.cache_clear()
     try:
-        assert lsh_native.available(torch.float32, 12)  # built there, privately
+        assert kernel_native.available(torch.float32, 12)  # built there, privately
         folder.chmod(0o777)  # now anyone could replace the library in it
-        lsh_native._library.cache_clear()
+        kernel_native._library.cache_clear()
         with pytest.warns(UserWarning, match="not private"):
-            assert not lsh_native.available(torch.float32, 12)
+            assert not kernel_native.available(torch.float32, 12)
     finally:
         folder.chmod(0o700)
-        lsh_native._library.cache_clear()
+        kernel_native._library.cache_clear()
 
 
 def test_lsh_under_bfloat16_autocast_runs_and_matches_float32():
@@ -283,21 +282,21 @@ def test_native_kernel_refuses_band_bounds_it_cannot_take():
     lo, hi = torch.zeros(1, 8, dtype=torch.long), torch.arange(8)[None]
     hi[0, 3] = 2  # below its own query
     with pytest.raises(ValueError, match="band bounds"):
-        lsh_native.band_attention(qk, v, order, lo, hi, None)
+        kernel_native.band_attention(qk, v, order, lo, hi, None)
 
 
 def test_without_the_native_kernel_the_pytorch_kernel_runs_the_same_attention(monkeypatch):
     monkeypatch.setenv("LONGRANGE_NATIVE", "0")
-    lsh_native._library.cache_clear()
+    kernel_native._library.cache_clear()
     try:
-        assert not lsh_native.available(torch.float32)
+        assert not kernel_native.available(torch.float32)
         attn = _lsh(2, 8, 4, seed=2)
         x = torch.randn(1, 40, D)
         out = attn(x, state=None, doc_start=None).out  # the PyTorch kernel runs instead
         attn.fused = False
         torch.testing.assert_close(out, attn(x, state=None, doc_start=None).out, rtol=1e-5, atol=1e-6)
     finally:
-        lsh_native._library.cache_clear()
+        kernel_native._library.cache_clear()
 
 
 def _both_paths(attn, x, mask=None, seed=5):
@@ -377,7 +376,7 @@ def test_attention_dropout_in_training_takes_the_plain_path_and_drops():
 
 @pytest.mark.parametrize("elements", [2**30, 2000, 500], ids=["one-group", "row-groups", "block-ranges"])
 def test_fused_kernel_is_the_same_whatever_the_group_size(monkeypatch, elements):
-    import longrange.attention.lsh_sorted as kernel
+    import longrange.attention.lsh.kernel_torch as kernel
 
     attn = _use(_lsh(2, 8, 4, seed=2, chunks_after=0, train=True).double(), "flash")
     x = torch.randn(3, 40, D, dtype=torch.double)
@@ -388,7 +387,7 @@ def test_fused_kernel_is_the_same_whatever_the_group_size(monkeypatch, elements)
 
 
 def test_hashing_in_blocks_of_positions_gives_the_same_buckets(monkeypatch):
-    import longrange.attention.lsh as lsh_module
+    import longrange.attention.lsh.hashing as lsh_module
 
     attn = _lsh(3, 8, [4, 6], seed=3)
     qk = torch.randn(2, H, 50, D // H)
@@ -426,8 +425,8 @@ def test_float64_dedup_plain_and_decode_equal_the_fused_kernels_to_1e12(kernel):
 def _kernel_cache(monkeypatch, tmp_path):
     _needs_compiler()
     folder = tmp_path / "kernels"
-    monkeypatch.setattr(lsh_native, "cache_dirs", lambda: [folder])
-    lsh_native._library.cache_clear()
+    monkeypatch.setattr(kernel_native, "cache_dirs", lambda: [folder])
+    kernel_native._library.cache_clear()
     return folder
 
 
@@ -437,22 +436,22 @@ def test_a_kernel_built_under_umask_002_is_private_and_reused(monkeypatch, tmp_p
     folder = _kernel_cache(monkeypatch, tmp_path)
     old = os.umask(0o002)
     try:
-        assert lsh_native.available(torch.float32, 12)
+        assert kernel_native.available(torch.float32, 12)
         (built,) = folder.glob("*.so")
         assert built.stat().st_mode & 0o777 == 0o700
         stamp = built.stat().st_mtime_ns
-        lsh_native._library.cache_clear()
-        assert lsh_native.available(torch.float32, 12) and built.stat().st_mtime_ns == stamp  # loaded, not rebuilt
+        kernel_native._library.cache_clear()
+        assert kernel_native.available(torch.float32, 12) and built.stat().st_mtime_ns == stamp  # loaded, not rebuilt
     finally:
         os.umask(old)
-        lsh_native._library.cache_clear()
+        kernel_native._library.cache_clear()
 
 
 @pytest.mark.parametrize("problem", ["loose-mode", "symlink"])
 def test_a_refused_kernel_file_is_rebuilt_and_a_link_is_never_followed(monkeypatch, tmp_path, problem):
     folder = _kernel_cache(monkeypatch, tmp_path)
     try:
-        assert lsh_native.available(torch.float32, 12)
+        assert kernel_native.available(torch.float32, 12)
         (built,) = folder.glob("*.so")
         if problem == "loose-mode":
             built.chmod(0o775)  # what an older build left under umask 002: refused forever before
@@ -464,17 +463,17 @@ def test_a_refused_kernel_file_is_rebuilt_and_a_link_is_never_followed(monkeypat
             built.rename(planted)
             planted.chmod(0o700)
             built.symlink_to(planted)
-        lsh_native._library.cache_clear()
-        assert lsh_native.available(torch.float32, 12)  # rebuilt, no warning, no PyTorch fallback
+        kernel_native._library.cache_clear()
+        assert kernel_native.available(torch.float32, 12)  # rebuilt, no warning, no PyTorch fallback
         assert not built.is_symlink() and built.stat().st_mode & 0o777 == 0o700
     finally:
-        lsh_native._library.cache_clear()
+        kernel_native._library.cache_clear()
 
 
 def _native_kernel_inputs():
     """The arguments the LSH layer hands the native kernel (float64, 2 rounds with dedup), captured from a call."""
     seen = []
-    original = lsh_native.band_attention
+    original = kernel_native.band_attention
 
     def capture(*args):
         seen.append(args)
@@ -482,7 +481,7 @@ def _native_kernel_inputs():
 
     attn = _use(_lsh(2, 4, 4, seed=1, d=8, heads=2).double(), "native")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(lsh_native, "band_attention", capture)
+        patch.setattr(kernel_native, "band_attention", capture)
         attn(torch.randn(1, 16, 8, dtype=torch.double), state=None, doc_start=None)
     (args,) = seen
     return args
@@ -494,7 +493,7 @@ def test_native_kernel_is_a_custom_op_that_opcheck_and_the_meta_device_see_throu
     torch.library.opcheck(torch.ops.longrange.lsh_band.default, (qk, v, order, lo, hi, by_pos))
     meta = [z.detach().to("meta") for z in (qk, v, order, lo, hi, by_pos)]
     meta[0].requires_grad_(), meta[1].requires_grad_()
-    y = lsh_native.band_attention(*meta)  # the fake implementation: a shape, no C code, no host read
+    y = kernel_native.band_attention(*meta)  # the fake implementation: a shape, no C code, no host read
     assert y.device.type == "meta" and y.shape == qk.shape
     y.sum().backward()  # the backward operator's fake implementation
     assert meta[0].grad.shape == qk.shape and meta[1].grad.device.type == "meta"
@@ -502,7 +501,7 @@ def test_native_kernel_is_a_custom_op_that_opcheck_and_the_meta_device_see_throu
 
 def test_native_kernel_compiles_without_a_graph_break():
     qk, v, order, lo, hi, by_pos = _native_kernel_inputs()
-    fn = torch.compile(lsh_native.band_attention, backend="eager", fullgraph=True)  # fullgraph: a break raises
+    fn = torch.compile(kernel_native.band_attention, backend="eager", fullgraph=True)  # fullgraph: a break raises
     torch.testing.assert_close(
-        fn(qk, v, order, lo, hi, by_pos), lsh_native.band_attention(qk, v, order, lo, hi, by_pos)
+        fn(qk, v, order, lo, hi, by_pos), kernel_native.band_attention(qk, v, order, lo, hi, by_pos)
     )

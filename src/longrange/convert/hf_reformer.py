@@ -10,7 +10,7 @@ cases:
     HF ReformerModelWithLMHead                longrange ModelConfig
     attn_layers ["local", "lsh", ...]         layers (same names)
     is_decoder: true                          (longrange LMs are causal; false is refused)
-    LSHSelfAttention                          lsh.convention: hf, lsh.dedup: false (attention/lsh_hf.py)
+    LSHSelfAttention                          lsh.convention: hf, lsh.dedup: false (attention/lsh/hf.py)
     num_hashes / num_buckets (int or list)    lsh.n_hashes / lsh.n_buckets
     lsh_attn_chunk_length, lsh_num_chunks_*   lsh.bucket_size, lsh.chunks_before (after must be 0)
     LocalSelfAttention query, key, value      local attention's fused qkv (rows [q ; k ; v])

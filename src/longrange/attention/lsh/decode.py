@@ -1,4 +1,4 @@
-"""Cached (streaming) form of the causal LSH attention of `longrange.attention.lsh`.
+"""Cached (streaming) form of the causal LSH attention of `longrange.attention.lsh.layer`.
 
 Shape legend: B batch, H heads, L cached items, T new tokens, Q queries of one block, N = L + T
 keys (cache then segment, in time order), R hash rounds, E head width.
@@ -24,8 +24,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-SELF_SCORE = -1e5  # as in longrange.attention.lsh
-MASKED = -1e9
+from longrange.attention.lsh.scores import MASKED, SELF_SCORE
+
 BLOCK_ELEMENTS = 2**24  # (B x H x R x Q x N) mask elements per query block
 
 

@@ -2,7 +2,7 @@
 
 This reproduces `LSHSelfAttention` of transformers' Reformer (itself a port of trax), so that a
 converted Hugging Face checkpoint (``longrange convert hf-reformer``) gives the same logits. It
-differs from the default (``longrange``) convention of `longrange.attention.lsh` in these points:
+differs from the default (``longrange``) convention of `longrange.attention.lsh.layer` in these points:
 
 * Rotations: one set per head, drawn as ``torch.randn((H, E, R, sum(K_i) / 2))`` from a generator
   seeded with ``hash_seed`` on the input's device (transformers reseeds the global RNG with
@@ -38,6 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
+
+from longrange.attention.lsh.hashing import product
 
 SELF_SCORE = -1e5
 MASKED = -1e9
@@ -105,7 +107,7 @@ def hf_lsh_attention(
         return F.dropout(scores.softmax(-1), dropout, dropout > 0) @ v
     if tp % chunk:
         raise ValueError(f"hf LSH attention needs a length that is a multiple of bucket_size={chunk}, got {tp}")
-    r, n_buckets = n_hashes, _prod(factors)
+    r, n_buckets = n_hashes, product(factors)
     buckets = hash_buckets(qk, factors, r, seed).masked_fill(~real[:, None, None, :], n_buckets)  # pad: own bucket
     rounds = torch.arange(r, device=qk.device)[:, None]
     # sort by (round, bucket, position), as transformers' stable argsort of round-offset buckets does
@@ -150,10 +152,3 @@ def _chunk_attention(
     lse = scores.logsumexp(dim=-1, keepdim=True)
     weights = F.dropout((scores - lse).exp(), dropout, dropout > 0)
     return weights @ v_w, lse
-
-
-def _prod(xs: list[int]) -> int:
-    out = 1
-    for x in xs:
-        out *= x
-    return out

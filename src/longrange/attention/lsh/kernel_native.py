@@ -1,9 +1,9 @@
-"""Native (C) kernel of the causal-exact LSH attention: the fastest CPU path of `longrange.attention.lsh`.
+"""Native (C) kernel of the causal-exact LSH attention: the fastest CPU path of `longrange.attention.lsh.layer`.
 
 Shape legend: BH rows (batch x heads), Tp padded tokens, H heads, E head width, R hash rounds,
 S = R * Tp sorted items of a row.
 
-It computes exactly what the fused PyTorch kernel (`lsh_sorted`) computes, and takes the same inputs:
+It computes exactly what the fused PyTorch kernel (`kernel_torch`) computes, and takes the same inputs:
 each sorted query sees the keys of its band [lo, hi] of sorted items (its own bucket, at most C items
 away, not after it when causal), its own key at q.k/sqrt(E) + SELF_SCORE, minus log(number of rounds the
 pair shares a bucket) with the correction; the rounds are merged with weights softmax(logsumexp). The
@@ -16,7 +16,7 @@ inputs), and recomputes the scores, as the fused kernel does. Measured (2 thread
 rounds, forward + backward of the whole layer): 64K tokens in about 8 s against 15 s for `lsh_sorted`.
 
 Why C and not a PyTorch op: no PyTorch operator visits a variable band per query; every composition of
-dense ones pays for the whole window and the copies around it (`lsh_sorted` is the best one found).
+dense ones pays for the whole window and the copies around it (`kernel_torch` is the best one found).
 The C source is compiled on first use with the system's C compiler (``cc``, or ``$CC``) into a per-user
 cache and loaded with ctypes (no Python headers or build step needed). A built file gets mode 0700 whatever the
 umask; a cached file is checked with lstat (owner, no group/other write, not a symbolic link) and a refused one
@@ -45,7 +45,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from longrange.attention.lsh_sorted import NORM_EPS, SELF_SCORE
+from longrange.attention.lsh.scores import NORM_EPS, SELF_SCORE
 
 SOURCE = Path(__file__).with_name("csrc") / "lsh_band.c"
 FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-ffp-contract=fast", "-fno-strict-aliasing", "-fPIC", "-shared"]
@@ -165,7 +165,7 @@ def band_attention(qk: Tensor, v: Tensor, order: Tensor, lo: Tensor, hi: Tensor,
     It runs the custom operator ``torch.ops.longrange.lsh_band`` (a `torch.library.custom_op` with a fake
     implementation and an autograd formula), so torch.compile, torch.export and the meta device see through
     it: they get the output's shape without calling the C code. The C code relies on what
-    `lsh_sorted.band_bounds` guarantees, and the operator's CPU implementation checks it (a few cheap passes
+    `kernel_torch.band_bounds` guarantees, and the operator's CPU implementation checks it (a few cheap passes
     over (BH, S) integers on real tensors, where reading them costs no device round trip; a violation would make
     the C code read the wrong or out-of-range items): 0 <= lo_i <= i <= hi_i < S, and lo, hi non-decreasing
     along each row (its windows only move forward)."""

@@ -1,6 +1,6 @@
-"""Fused PyTorch kernel of the causal-exact LSH attention (`longrange.attention.lsh`, convention "longrange").
+"""Fused PyTorch kernel of the causal-exact LSH attention (`longrange.attention.lsh.layer`, convention "longrange").
 
-The native C kernel (`lsh_native`) computes the same attention faster and is used where it builds; this
+The native C kernel (`kernel_native`) computes the same attention faster and is used where it builds; this
 one runs everywhere PyTorch does (no compiler needed) and shares `band_bounds` and the constants with it.
 
 Shape legend: BH rows (batch x heads), G rows of one group, Tp padded tokens, H heads, R hash rounds,
@@ -11,11 +11,11 @@ Layout: queries/keys, values and the output stay in the projections' natural (ba
 layout, read and written as flat rows (b * Tp + p) * H + h of (batch b, position p, head h), so no
 head transpose is ever copied (the sorting `order` is still per row b * H + h).
 
-What it computes is exactly the mechanism of `lsh.py`: items sorted by (round, bucket, position);
+What it computes is exactly the mechanism of `layer.py`: items sorted by (round, bucket, position);
 query i sees the keys of its own bucket at most C items away in sorted order (and not after it when
 causal), itself at -1e5 (a last resort), minus log(number of rounds the pair shares a bucket) with
 ``dedup``; the rounds are merged with weights softmax(logsumexp of each round). Tests check it
-against the plain masked-softmax path of `lsh.py` (outputs and gradients).
+against the plain masked-softmax path (`kernel_plain.py`) (outputs and gradients).
 
 Why it is fast (measured against that plain path, same outputs):
 
@@ -42,7 +42,7 @@ Why it is fast (measured against that plain path, same outputs):
   the inputs; the bias is rebuilt from the codes by a table look-up (no logarithms per score), and
   the kernel runs again as checkpointing would, group by group, so memory stays O(S * W) bytes.
 
-The kernel has no attention dropout; `lsh.py` uses the plain path when dropout is active.
+The kernel has no attention dropout; the layer uses the plain path when dropout is active.
 """
 
 from __future__ import annotations
@@ -51,13 +51,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-SELF_SCORE = -1e5  # as in longrange.attention.lsh
-MASKED = -1e9
+from longrange.attention.lsh.scores import MASKED, NORM_EPS, SELF_SCORE
+
 # score-bias elements built at once (~40 bytes each per group). Small on purpose: each group's temporaries
 # (bias, window gradients) then stay under the allocator's mmap threshold and near the cache, instead of
 # fresh pages faulted in per group; 2**20 measured 1.3x faster than 2**23 at 4K (2**18: slower again)
 GROUP_ELEMENTS = 2**20
-NORM_EPS = 1e-12  # F.normalize's
 SPLIT = 2  # kernel query blocks of C / SPLIT items: each query then scores C + C / SPLIT keys, not 2C
 
 _flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu

@@ -22,25 +22,24 @@ R hash rounds, K buckets, S = R * Tp sorted items, N = S / C chunks, W = 2C keys
    correction, counting shared buckets as a proxy for shared chunks).
 
 Speed: on CPU the attention of the sorted items runs in a fused kernel that computes exactly this
-mechanism. Where a C compiler is available it is the native one (`longrange.attention.lsh_native`, C source
+mechanism. Where a C compiler is available it is the native one (`kernel_native`, C source
 in ``csrc/lsh_band.c``: each query visits exactly its band of sorted items, rows are read in place, no score
 tensors, gradients summed in place; registered as the custom operator ``longrange::lsh_band``, so torch.compile
-and the meta device see through it); otherwise the PyTorch one (`longrange.attention.lsh_sorted`: band
+and the meta device see through it); otherwise the PyTorch one (`kernel_torch`: band
 bounds, one additive bias, PyTorch's flash-attention CPU kernel). Both use exact gradients through the round
-merge and read the projections in their natural (B, Tp, H, E) layout. The plain masked-softmax path below
+merge and read the projections in their natural (B, Tp, H, E) layout. The plain masked-softmax path (`kernel_plain`)
 serves attention dropout in training and every other device (CUDA, meta: the fused kernels are CPU code), and
 is the kernels' test twin (``fused = False``).
 
-Rotations are drawn fresh from torch's RNG in training (so the reversible block, which records
-and restores the RNG state, re-hashes identically when it recomputes) and from a generator seeded
-with ``hash_seed`` otherwise (``hash_seed`` None: seed 0), so evaluation is deterministic.
-``n_buckets`` None picks 2 * Tp / C rounded to an even number, as in the paper; a list of even
-factors [K1, K2] hashes with K = K1 * K2 buckets factorised that way.
+Hashing (`hashing`): rotations are drawn fresh from torch's RNG in training and from a generator
+seeded with ``hash_seed`` otherwise, so evaluation is deterministic. ``n_buckets`` None picks 2 * Tp / C
+rounded to an even number, as in the paper; a list of even factors [K1, K2] hashes with K = K1 * K2 buckets
+factorised that way.
 
 Decode cache (``decode_cache``, streaming generation): causal layers with an explicit ``n_buckets``
 keep every past (unit-norm key, value, buckets per round) in a `LayerState`; a new token (or a
 segment) then attends exactly as in one full pass over the whole sequence, without re-running it
-(`longrange.attention.lsh_decode`). The first segment of a fresh cache runs the sorted one pass.
+(`decode`). The first segment of a fresh cache runs the sorted one pass.
 It needs fixed buckets, so it works in evaluation mode only (training draws fresh rotations; a
 given empty state is passed through unchanged) and is refused for ``n_buckets`` null (the count
 would follow each call's padded length), ``chunks_before`` 0 (the window would follow chunk
@@ -48,36 +47,29 @@ boundaries) and the ``hf`` convention (not causal-exact).
 
 ``convention``: ``"longrange"`` (the default, everything above) or ``"hf"``: reproduce Hugging Face
 transformers' Reformer exactly (paper's chunk window without the same-bucket restriction, per-head
-rotations, its key scaling and masks), for converted checkpoints; see `longrange.attention.lsh_hf`.
+rotations, its key scaling and masks), for converted checkpoints; see `hf`.
 """
 
 from __future__ import annotations
 
-from functools import partial
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
-from longrange.attention import lsh_native
 from longrange.attention.base import AttentionModule, AttentionOutput, merge_heads, pad_to_length, split_heads
-from longrange.attention.local import look_around
-from longrange.attention.lsh_decode import cached_lsh_attention
-from longrange.attention.lsh_hf import hf_lsh_attention
-from longrange.attention.lsh_sorted import band_bounds, sorted_lsh_attention
+from longrange.attention.lsh import kernel_native
+from longrange.attention.lsh.decode import cached_lsh_attention
+from longrange.attention.lsh.hashing import draw_rotations, factorise, hash_buckets, product
+from longrange.attention.lsh.hf import hf_lsh_attention
+from longrange.attention.lsh.kernel_plain import plain_lsh_attention
+from longrange.attention.lsh.kernel_torch import band_bounds, sorted_lsh_attention
 from longrange.memory.state import LayerState
-
-SELF_SCORE = -1e5  # a token sees itself only when nothing else is visible
-MASKED = -1e9
-GROUP_ELEMENTS = 2**24  # score-block elements (batch x head rows x S x W) computed at once
-HASH_BLOCK = 1024  # positions hashed at once
 
 
 class LSHAttention(AttentionModule):
     decode_cache = True  # when the settings allow it (see `no_cache_reason`; set per instance)
     fused = True  # CPU: a fused kernel (False: the plain masked-softmax path, their test twin)
-    native = True  # the fused kernel is the C one of `lsh_native` where it builds (False: `lsh_sorted`'s)
+    native = True  # the fused kernel is the C one of `kernel_native` where it builds (False: `kernel_torch`'s)
 
     def __init__(
         self,
@@ -102,7 +94,7 @@ class LSHAttention(AttentionModule):
         if self.factors is not None:
             if not self.factors or any(f < 2 or f % 2 for f in self.factors):
                 raise ValueError(f"lsh.n_buckets={n_buckets}: every factor of a bucket list must be an even number")
-            n_buckets = _product(self.factors)
+            n_buckets = product(self.factors)
         elif n_buckets is not None and (n_buckets < 1 or (n_buckets > 1 and n_buckets % 2)):
             raise ValueError(f"lsh.n_buckets={n_buckets} must be 1 or an even number (or null for automatic)")
         if convention not in ("longrange", "hf"):
@@ -130,14 +122,10 @@ class LSHAttention(AttentionModule):
         return self.n_buckets or max(2, 2 * (tp // self.chunk))  # even by construction
 
     def bucket_factors(self, n_buckets: int) -> list[int]:
-        return self.factors or _factorise(n_buckets)
+        return self.factors or factorise(n_buckets)
 
     def rotations(self, dim: int, n_rotations: int, device, dtype) -> Tensor:
-        shape = (dim, self.n_hashes, n_rotations)
-        if self.training:
-            return torch.randn(shape, device=device, dtype=dtype)
-        g = torch.Generator(device="cpu").manual_seed(self.hash_seed if self.hash_seed is not None else 0)
-        return torch.randn(shape, generator=g).to(device=device, dtype=dtype)
+        return draw_rotations((dim, self.n_hashes, n_rotations), self.training, self.hash_seed, device, dtype)
 
     def no_cache_reason(self) -> str | None:
         """Why this layer cannot keep an exact decode cache (None: it can)."""
@@ -206,10 +194,16 @@ class LSHAttention(AttentionModule):
             return qk.new_zeros((qk.shape[0], qk.shape[1], self.n_hashes, qk.shape[2]), dtype=torch.long)
         factors = self.bucket_factors(n_buckets)
         rot = self.rotations(qk.shape[-1], sum(f // 2 for f in factors), qk.device, qk.dtype)  # (E, R, sum K_i / 2)
-        # blocks of positions: the rotated vectors of one block stay in cache between the product and the
-        # maxima (the whole (B, H, R, sum K_i / 2, Tp) tensor is 400 MB at 64K: 1.3x slower)
-        blocks = [_bucket_ids(rot, part, factors) for part in qk.split(HASH_BLOCK, dim=2)]
-        return blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=-1)
+        return hash_buckets(qk, rot, factors)
+
+    def kernel(self, device: torch.device, dtype: torch.dtype, head_dim: int) -> str:
+        """Which kernel attends the sorted items: ``"native"`` (the C one), ``"torch"`` (the fused PyTorch one) or
+        ``"plain"`` (masked softmax over sorted chunks). The fused kernels are CPU code without attention dropout
+        (and `kernel_torch` counts shared rounds in int8), so every other case takes the plain path."""
+        if not self.fused or device.type != "cpu" or self.n_hashes >= 128 or (self.training and self.dropout > 0):
+            return "plain"
+        # the C kernel where it builds for qk's dtype (not x's: under autocast they differ)
+        return "native" if self.native and kernel_native.available(dtype, head_dim) else "torch"
 
     def forward(self, x: Tensor, *, state=None, doc_start=None, pad_mask=None, carry=None) -> AttentionOutput:
         self.check_input(x, self.causal)
@@ -226,82 +220,39 @@ class LSHAttention(AttentionModule):
         v = split_heads(v_rows, self.n_heads)
         e = qk.shape[-1]
         n_buckets = self.buckets_for(tp)
-        buckets = self.hash(qk, n_buckets)  # (B, H, R, Tp)
-
-        # padding gets its own bucket K, so no real query ever shares a bucket with it
-        buckets = buckets.masked_fill(~real[:, None, None, :], n_buckets)
-        stride = n_buckets + 1
-        # sort by (round, bucket, position): key = (round * (K + 1) + bucket) * Tp + position
-        pos = torch.arange(tp, device=x.device)
-        rounds = torch.arange(r, device=x.device)[:, None]
-        round_bucket = (rounds * stride + buckets).flatten(2)  # (B, H, S) bucket id, unique per round
-        order = (round_bucket * tp + pos.repeat(r)).argsort(dim=-1)
-        n_chunks = r * tp // c
-        window = (self.before, self.after) if n_chunks > 1 else (0, 0)  # one chunk: itself only
-        if self.fused and x.device.type == "cpu" and r < 128 and not (self.training and self.dropout > 0):
-            # a fused kernel (lsh_native, or lsh_sorted): the same attention without score blocks in memory;
-            # neither has attention dropout (and lsh_sorted counts shared rounds in int8), so those cases take
-            # the plain path. Both read the projections' own (B, Tp, H, E) layout: no head transposes are copied
-            qk_4d, v_4d = qk_rows.view(b, tp, self.n_heads, e), v_rows.view(b, tp, self.n_heads, e)
-            order_rows = order.flatten(0, 1)  # (BH, S)
-            bucket_s = round_bucket.gather(2, order).flatten(0, 1)  # (BH, S) sorted (round, bucket) ids
-            by_pos = buckets.transpose(2, 3).flatten(0, 1) if self.dedup and r > 1 else None  # (BH, Tp, R)
-            # the C kernel: exactly each query's band (qk's dtype, not x's: under autocast they differ)
-            if self.native and lsh_native.available(qk_rows.dtype, e):
-                lo, hi = band_bounds(bucket_s, c, window, self.causal)
-                y = lsh_native.band_attention(qk_4d, v_4d, order_rows, lo, hi, by_pos)
-            else:
-                y = sorted_lsh_attention(
-                    qk_4d, v_4d, order_rows, bucket_s, by_pos, c=c, window=window, causal=self.causal
-                )
-            y = y.flatten(2)  # (B, Tp, D)
-            return AttentionOutput(self.out(y[:, :t] if t < tp else y), None)  # a full slice would copy its gradient
-        item_pos = order % tp  # original position of each sorted item
-        undo = order.argsort(dim=-1)
-
-        def gather(z: Tensor) -> Tensor:  # (B, H, Tp, E) -> sorted chunks (B, H, N, C, E)
-            return z.gather(2, item_pos[..., None].expand(-1, -1, -1, z.shape[-1])).view(
-                b, self.n_heads, -1, c, z.shape[-1]
-            )
-
-        q_s = gather(qk)
-        v_s = gather(v)
-        bucket_s = round_bucket.gather(2, order).view(b, self.n_heads, n_chunks, c)  # (B, H, N, C)
-        dedup = (buckets.transpose(2, 3), item_pos.view_as(bucket_s)) if self.dedup and r > 1 else None
-
-        # the (N, C, W) score blocks are the memory: compute them a few heads at a time and
-        # recompute them in the backward pass, so only one group's blocks exist at once
-        groups = max(1, min(b * self.n_heads, (b * self.n_heads * n_chunks * c * c * 2) // GROUP_ELEMENTS))
-        outs, lses = [], []
-        flat = [z.flatten(0, 1) for z in (q_s, v_s, bucket_s)]
-        dedup_flat = [z.flatten(0, 1) for z in dedup] if dedup is not None else None
-        for idx in torch.arange(b * self.n_heads, device=x.device).tensor_split(groups):
-            args = [z[idx] for z in flat] + ([z[idx] for z in dedup_flat] if dedup_flat else [None, None])
-            fn = partial(
-                _sorted_chunk_attention,
+        buckets, round_bucket, order = sort_by_bucket(self.hash(qk, n_buckets), real, n_buckets)
+        window = (self.before, self.after) if r * tp // c > 1 else (0, 0)  # one chunk: itself only
+        kernel = self.kernel(x.device, qk_rows.dtype, e)
+        if kernel == "plain":
+            dropout = self.dropout if self.training else 0.0
+            y = plain_lsh_attention(
+                qk,
+                v,
+                buckets,
+                round_bucket,
+                order,
                 c=c,
                 window=window,
                 causal=self.causal,
-                dropout=self.dropout if self.training else 0.0,
+                dedup=self.dedup,
+                dropout=dropout,
             )
-            if torch.is_grad_enabled():
-                out_g, lse_g = checkpoint(fn, *args, use_reentrant=False)
-            else:
-                out_g, lse_g = fn(*args)
-            outs.append(out_g)
-            lses.append(lse_g)
-        out_s = torch.cat(outs).view(b, self.n_heads, n_chunks, c, e)
-        lse = torch.cat(lses).view(b, self.n_heads, n_chunks, c, 1)
-
-        # unsort, then merge the rounds by their logsumexp weights
-        out = out_s.view(b, self.n_heads, -1, e).gather(2, undo[..., None].expand(-1, -1, -1, e))
-        lse = lse.view(b, self.n_heads, -1).gather(2, undo)
-        out, lse = out.view(b, self.n_heads, r, tp, e), lse.view(b, self.n_heads, r, tp)
-        y = (out * lse.softmax(dim=2)[..., None]).sum(dim=2)[:, :, :t]  # (B, H, T, E)
-        return AttentionOutput(self.out(merge_heads(y)), None)
+            return AttentionOutput(self.out(merge_heads(y[:, :, :t])), None)
+        # the fused kernels read the projections' own (B, Tp, H, E) layout: no head transposes are copied
+        qk_4d, v_4d = qk_rows.view(b, tp, self.n_heads, e), v_rows.view(b, tp, self.n_heads, e)
+        order_rows = order.flatten(0, 1)  # (BH, S)
+        bucket_s = round_bucket.gather(2, order).flatten(0, 1)  # (BH, S) sorted (round, bucket) ids
+        by_pos = buckets.transpose(2, 3).flatten(0, 1) if self.dedup and r > 1 else None  # (BH, Tp, R)
+        if kernel == "native":  # exactly each query's band
+            lo, hi = band_bounds(bucket_s, c, window, self.causal)
+            y = kernel_native.band_attention(qk_4d, v_4d, order_rows, lo, hi, by_pos)
+        else:
+            y = sorted_lsh_attention(qk_4d, v_4d, order_rows, bucket_s, by_pos, c=c, window=window, causal=self.causal)
+        y = y.flatten(2)  # (B, Tp, D)
+        return AttentionOutput(self.out(y[:, :t] if t < tp else y), None)  # a full slice would copy its gradient
 
     def _forward_hf(self, x: Tensor, pad_mask: Tensor | None) -> AttentionOutput:
-        """x (B, T, D) -> out (B, T, D) in transformers' convention (module docstring of lsh_hf)."""
+        """x (B, T, D) -> out (B, T, D) in transformers' convention (module docstring of `hf`)."""
         b, t, _ = x.shape
         tp = t if t <= self.chunk else -(-t // self.chunk) * self.chunk
         x, real = pad_to_length(x, pad_mask, tp)
@@ -323,88 +274,14 @@ class LSHAttention(AttentionModule):
         return AttentionOutput(self.out(merge_heads(y[:, :, :t])), None)
 
 
-def _bucket_ids(rot: Tensor, qk: Tensor, factors: list[int]) -> Tensor:
-    """rot (E, R, sum K_i / 2) rotations, qk (B, H, T, E) -> buckets (B, H, R, T), bucket = b1 + K1 * b2 + ..."""
-    r, k = rot.shape[1:]
-    # (B, H, R, sum K_i / 2, T): positions innermost, so the maxima over rotations are vectorised across them
-    rotated = (rot.permute(1, 2, 0).reshape(r * k, -1) @ qk.transpose(-1, -2)).view(*qk.shape[:2], r, k, -1)
-    buckets, scale, start = 0, 1, 0
-    for f in factors:
-        part = rotated[..., start : start + f // 2, :]
-        # argmax over [x ; -x] without building it: the largest |x_i|, in the second half when that x_i < 0
-        negative = part.amin(-2).neg_() > part.amax(-2)
-        index = part.abs_().max(-2).indices + (f // 2) * negative
-        buckets, scale, start = buckets + scale * index, scale * f, start + f // 2
-    return buckets
-
-
-def _product(xs: list[int]) -> int:
-    out = 1
-    for x in xs:
-        out *= x
-    return out
-
-
-def _factorise(n_buckets: int, largest: int = 64) -> list[int]:
-    """Even factors of n_buckets (each <= `largest` when possible): [K] or [K1, K2]."""
-    if n_buckets <= largest:
-        return [n_buckets]
-    for k1 in range(largest, 1, -2):
-        if n_buckets % k1 == 0 and (n_buckets // k1) % 2 == 0:
-            return [k1, n_buckets // k1]
-    return [n_buckets]
-
-
-def _sorted_chunk_attention(
-    q_s: Tensor,
-    v_s: Tensor,
-    bucket_s: Tensor,
-    by_pos: Tensor | None,
-    pos_s: Tensor | None,
-    *,
-    c: int,
-    window: tuple[int, int],
-    causal: bool,
-    dropout: float,
-) -> tuple[Tensor, Tensor]:
-    """Attention inside sorted chunks for G (batch x head) rows.
-
-    q_s, v_s (G, N, C, E) sorted items; bucket_s (G, N, C) their (round, bucket) ids. Keys are the
-    unit-norm queries of the item's own chunk and its `window` neighbours (W keys). A key is visible
-    when it is in the query's bucket and at most C items away in sorted order (and not after it when
-    causal). Returns out (G, N, C, E) and the logsumexp of the scores (G, N, C, 1).
-    by_pos (G, Tp, R) / pos_s (G, N, C): every round's bucket of each position, for the dedup correction.
-    """
-    before, after = window
-    k_w = look_around(F.normalize(q_s, dim=-1)[:, None], before, after, 0.0)[:, 0]  # (G, N, W, E)
-    v_w = look_around(v_s[:, None], before, after, 0.0)[:, 0]
-    kb_w = look_around(bucket_s[:, None, ..., None], before, after, -1)[:, 0, ..., 0]  # (G, N, W)
-    n = q_s.shape[1]
-    index = torch.arange(n * c, device=q_s.device, dtype=torch.int32).view(1, n, c)  # sorted index of queries
-    ki_w = look_around(index[:, None, ..., None], before, after, -1)[:, 0, ..., 0]  # (1, N, W), -1 outside
-    qi, ki = index[..., None], ki_w[..., None, :]  # (1, N, C, 1), (1, N, 1, W)
-    visible = (kb_w[..., None, :] == bucket_s[..., None]) & (ki >= qi - c) & (ki >= 0)
-    visible = visible & (ki <= qi) if causal else visible & (ki <= qi + c)
-    scores = (q_s @ k_w.transpose(-1, -2)) * q_s.shape[-1] ** -0.5  # (G, N, C, W)
-    scores = scores.masked_fill(~visible, MASKED).masked_fill(ki == qi, SELF_SCORE)
-    if by_pos is not None:
-        pos_k = look_around(pos_s[:, None, ..., None], before, after, 0)[:, 0, ..., 0]
-        scores = scores - _duplicate_log_counts(by_pos, pos_s, pos_k, scores.dtype)
-    lse = scores.logsumexp(dim=-1, keepdim=True)
-    weights = F.dropout((scores - lse).exp(), dropout, dropout > 0)
-    return weights @ v_w, lse
-
-
-def _duplicate_log_counts(by_pos: Tensor, pos_q: Tensor, pos_k: Tensor, dtype: torch.dtype) -> Tensor:
-    """log(number of rounds in which query and key share a bucket), (G, N, C, W), in `dtype`.
-
-    by_pos (G, Tp, R) buckets of each position in every round; pos_q (G, N, C), pos_k (G, N, W). The logarithm
-    is taken in the scores' dtype, as the fused kernels do (in float32 a float64 layer would differ by 1e-8).
-    """
-    r = by_pos.shape[-1]
-
-    def rounds_of(p: Tensor) -> Tensor:  # positions (G, ...) -> their buckets in every round (G, ..., R)
-        return by_pos.gather(1, p.flatten(1)[..., None].expand(-1, -1, r)).view(*p.shape, r)
-
-    shared = (rounds_of(pos_q)[..., :, None, :] == rounds_of(pos_k)[..., None, :, :]).sum(-1)
-    return shared.clamp(min=1).to(dtype).log()
+def sort_by_bucket(buckets: Tensor, real: Tensor, n_buckets: int) -> tuple[Tensor, Tensor, Tensor]:
+    """buckets (B, H, R, Tp), real (B, Tp) -> buckets with padding in bucket K, round_bucket (B, H, S) ids unique
+    per round in time order, and order (B, H, S): the sort by (round, bucket, position)."""
+    tp, r = buckets.shape[-1], buckets.shape[2]
+    # padding gets its own bucket K, so no real query ever shares a bucket with it
+    buckets = buckets.masked_fill(~real[:, None, None, :], n_buckets)
+    rounds = torch.arange(r, device=buckets.device)[:, None]
+    round_bucket = (rounds * (n_buckets + 1) + buckets).flatten(2)  # (B, H, S) bucket id, unique per round
+    # sort key = (round * (K + 1) + bucket) * Tp + position
+    order = (round_bucket * tp + torch.arange(tp, device=buckets.device).repeat(r)).argsort(dim=-1)
+    return buckets, round_bucket, order
