@@ -6,6 +6,9 @@
   document (its ``.py`` files sorted by path, each preceded by a ``# file: path`` line), a
   code-repository corpus; top-level modules are one document each. Test suites are left out.
   The manifest records the Python version and a sha256 of the document list so runs compare.
+- a directory prepared by ``longrange data prepare`` (it holds ``manifest.json``): a `PreparedCorpus`, whose
+  splits are the prepared ones and whose documents are read from the memory-mapped byte store beside the
+  manifest (``tokens/bytes/``, built on first use for corpora prepared before it existed), never loaded whole;
 - a directory: every text file under it (recursively, sorted) is one document;
 - a ``.jsonl`` file: one document per line, from the field ``text``;
 - any other file: one text file, documents separated by form feeds (``\\f``) if any, else one document.
@@ -30,6 +33,10 @@ import sys
 import sysconfig
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
+
+from longrange.data.token_store import TokenDocuments, TokenStoreWriter, open_split, store_meta
 
 log = logging.getLogger(__name__)
 
@@ -82,14 +89,84 @@ class Corpus:
     def num_bytes(self) -> int:
         return sum(len(d) for d in self.documents)
 
+    def text_documents(self, name: str):
+        """The documents of split `name` as bytes, one at a time (what a tokenizer reads)."""
+        return iter(self.split(name))
+
+
+BYTE_STORE = "tokens/bytes"  # the byte-token store of a prepared corpus, relative to its manifest
+
+
+@dataclass
+class PreparedCorpus:
+    """A corpus written by ``longrange data prepare``: its own train/valid/test splits (from the manifest)
+    and its text in a memory-mapped byte store, so a corpus larger than RAM trains in bounded memory."""
+
+    name: str
+    root: Path
+    manifest: dict = field(default_factory=dict)
+
+    def byte_store(self) -> Path:
+        store = self.root / BYTE_STORE
+        if store_meta(store) is None:  # prepared before stores existed: the manifest lists text files
+            writer = TokenStoreWriter(store, np.uint8, {"tokenizer": "bytes", "vocab_size": 256})
+            for split, info in self._recorded["splits"].items():
+                writer.write_split(split, ((self.root / d["file"]).read_bytes() for d in info["documents"]))
+            writer.close()
+        return store
+
+    @property
+    def _recorded(self) -> dict:
+        return json.loads((self.root / "manifest.json").read_text())
+
+    def split(self, name: str) -> TokenDocuments:
+        if name not in SPLITS:
+            raise ValueError(f"split {name!r} is not one of {list(SPLITS)}")
+        return open_split(self.byte_store(), name)
+
+    def held_out(self, name: str) -> TokenDocuments:
+        documents = self.split(name)
+        if not len(documents):
+            raise ValueError(f"prepared corpus {self.name!r} has no {name!r} documents; prepare it again")
+        return documents
+
+    def text_documents(self, name: str):
+        """The documents of split `name` as bytes, one at a time (what a tokenizer reads)."""
+        return (doc.tobytes() for doc in self.split(name))
+
+    @property
+    def num_bytes(self) -> int:
+        return int(self.manifest.get("bytes", 0))
+
+
+def load_prepared(path: Path) -> PreparedCorpus:
+    """The prepared corpus at `path` (a folder with manifest.json); its content hash is the manifest's."""
+    text = (path / "manifest.json").read_bytes()
+    recorded = json.loads(text)
+    splits = recorded.get("splits", {})
+    manifest = {
+        "source": "prepared",
+        "name": recorded.get("name", path.name),
+        "documents": sum(len(s["documents"]) for s in splits.values()),
+        "bytes": sum(s["bytes"] for s in splits.values()),
+        "sha256": hashlib.sha256(text).hexdigest(),
+    }
+    return PreparedCorpus(recorded.get("name", path.name), path, manifest)
+
 
 def load_corpus(
     spec: str | Path | None = None, text_field: str = "text", max_document_bytes: int = MAX_DOCUMENT_BYTES
-) -> Corpus:
+) -> Corpus | PreparedCorpus:
     """Load the corpus named by `spec` (see module docstring); raises ValueError when it is empty or a
     file is larger than `max_document_bytes`."""
     if spec is None or str(spec) == "stdlib":
         corpus = stdlib_corpus()
+    elif str(spec).startswith("hf:"):
+        from longrange.data.hf import hf_corpus
+
+        corpus = hf_corpus(str(spec), text_field)
+    elif Path(spec).is_dir() and (Path(spec) / "manifest.json").is_file():
+        return load_prepared(Path(spec))
     else:
         path = Path(spec)
         if not path.exists():

@@ -249,3 +249,119 @@ def prepare(
     tmp.replace(out / "manifest.json")
     log.info("prepared %s: %s", out, {k: len(v["documents"]) for k, v in manifest["splits"].items()})
     return out
+
+
+# ----------------------------------------------------------------------------- corpora users already have
+#
+# `prepare_local(name, source, root)` reads a copy the user downloaded (nothing is fetched), checks what can be
+# checked, and writes ROOT/NAME/manifest.json plus the memory-mapped byte store ROOT/NAME/tokens/bytes/ (see
+# `longrange.data.token_store`): documents are streamed one at a time, so PG-19's 11 GB never sit in memory.
+# Train with `--data ROOT/NAME` (the prepared splits); a subword tokenizer writes its own store beside it.
+
+ENWIK8_BYTES = 10**8  # enwik8 is the first 10^8 bytes of the 2006 English Wikipedia dump (Hutter prize)
+ENWIK8_SPLIT = (90_000_000, 95_000_000)  # the standard split: 90M train, 5M valid, 5M test (Dai et al. 2019)
+PG19_SPLITS = {"train": "train", "validation": "valid", "test": "test"}
+WIKITEXT_FILES = {"train": "wiki.train.tokens", "valid": "wiki.valid.tokens", "test": "wiki.test.tokens"}
+LOCAL_CORPORA = ("enwik8", "pg19", "wikitext103")
+
+
+def _write_prepared(out: Path, name: str, source: dict, parts: dict[str, Iterator[tuple[str, bytes]]]) -> Path:
+    """Stream each split's (name, text) documents into the byte store; write the manifest last (atomically)."""
+    from longrange.data.corpus import BYTE_STORE
+    from longrange.data.token_store import TokenStoreWriter
+
+    out.mkdir(parents=True, exist_ok=True)
+    writer = TokenStoreWriter(out / BYTE_STORE, "uint8", {"tokenizer": "bytes", "vocab_size": 256})
+    manifest: dict = {"name": name, "sources": [source], "splits": {}, "store": BYTE_STORE}
+    for split in SPLITS:
+        records: list[dict] = []
+
+        def texts(items=parts[split], records=records):
+            for doc_name, data in items:
+                records.append({"source": doc_name, "bytes": len(data)})
+                yield data
+
+        writer.write_split(split, texts())
+        manifest["splits"][split] = {"documents": records, "bytes": sum(r["bytes"] for r in records)}
+    writer.close()
+    tmp = Path(tempfile.mkstemp(dir=out, suffix=".json")[1])
+    tmp.write_text(json.dumps(manifest, indent=1))
+    tmp.replace(out / "manifest.json")
+    log.info("prepared %s: %s", out, {k: len(v["documents"]) for k, v in manifest["splits"].items()})
+    return out
+
+
+def _enwik8(source: Path, expected_bytes: int) -> tuple[dict, dict]:
+    """enwik8.zip (or the unzipped enwik8): the first 90M / next 5M / last 5M bytes, each one document."""
+    if not source.is_file():
+        raise ValueError(f"enwik8: --from {str(source)!r} is not a file (give enwik8.zip or enwik8)")
+    if zipfile.is_zipfile(source):
+        with zipfile.ZipFile(source) as z:
+            if "enwik8" not in z.namelist():
+                raise ValueError(f"enwik8: {source.name} holds no member 'enwik8' (it has {z.namelist()[:5]})")
+            data = z.read("enwik8")
+    else:
+        data = source.read_bytes()
+    if len(data) != expected_bytes:
+        raise ValueError(
+            f"enwik8: {source.name} holds {len(data):,} bytes, not the {expected_bytes:,} of enwik8; "
+            "is it the file from the Hutter prize page (enwik8.zip)?"
+        )
+    a, b = (expected_bytes * k // ENWIK8_BYTES for k in ENWIK8_SPLIT)
+    record = {"file": source.name, "sha256": sha256_file(source), "enwik8_sha256": hashlib.sha256(data).hexdigest()}
+    parts = {"train": data[:a], "valid": data[a:b], "test": data[b:]}
+    return record, {k: iter([(f"enwik8[{k}]", v)]) for k, v in parts.items()}
+
+
+def _pg19(source: Path) -> tuple[dict, dict]:
+    """PG-19 as distributed: train/, validation/, test/ folders of books, one ``<id>.txt`` each."""
+    missing = [d for d in PG19_SPLITS if not (source / d).is_dir()]
+    if missing:
+        raise ValueError(f"pg19: --from {str(source)!r} lacks the folder(s) {missing} (PG-19 has {list(PG19_SPLITS)})")
+
+    def books(folder: Path):
+        for path in sorted(folder.glob("*.txt")):  # one book in memory at a time
+            yield f"{folder.name}/{path.name}", path.read_bytes()
+
+    return {"folder": source.name}, {ours: books(source / theirs) for theirs, ours in PG19_SPLITS.items()}
+
+
+def _wikitext(source: Path) -> tuple[dict, dict]:
+    """WikiText-103 (wiki.{train,valid,test}.tokens): one document per article, cut at its `` = Title = `` line."""
+    missing = [f for f in WIKITEXT_FILES.values() if not (source / f).is_file()]
+    if missing:
+        raise ValueError(f"wikitext103: --from {str(source)!r} lacks {missing}")
+
+    def articles(path: Path):
+        title, lines = None, []
+        with open(path, "rb") as f:  # line by line: an article in memory at a time
+            for line in f:
+                # a top-level heading is " = Title = " alone; " = = Section = = " lines are inside an article
+                stripped = line.strip()
+                if stripped.startswith(b"= ") and stripped.endswith(b" =") and not stripped.startswith(b"= ="):
+                    if title is not None and b"".join(lines).strip():
+                        yield title, b"".join(lines)
+                    title, lines = stripped[2:-2].decode("utf-8", errors="replace"), []
+                lines.append(line)
+        if title is not None and b"".join(lines).strip():
+            yield title, b"".join(lines)
+
+    return {"folder": source.name}, {k: articles(source / f) for k, f in WIKITEXT_FILES.items()}
+
+
+def prepare_local(name: str, source: str | Path, root: str | Path = "data", *, enwik8_bytes: int = ENWIK8_BYTES):
+    """Prepare corpus `name` (one of LOCAL_CORPORA) from the user's copy at `source` into ``root/name``.
+
+    ``enwik8_bytes`` is the size enwik8 must have (tests pass a small one for a fixture)."""
+    source = Path(source)
+    if not source.exists():
+        raise ValueError(f"{name}: --from {str(source)!r} does not exist")
+    if name == "enwik8":
+        record, parts = _enwik8(source, enwik8_bytes)
+    elif name == "pg19":
+        record, parts = _pg19(source)
+    elif name == "wikitext103":
+        record, parts = _wikitext(source)
+    else:
+        raise ValueError(f"unknown local corpus {name!r}; choose one of {list(LOCAL_CORPORA)}")
+    return _write_prepared(Path(root) / name, name, {"registry": "local", **record}, parts)

@@ -13,6 +13,10 @@ Every step yields a `Batch` of ``tokens (B, T)``, ``targets (B, T)`` and ``doc_s
 - with ``loop=False`` a row that has finished its documents yields padding until every row is done.
 
 `state_dict()` holds the per-row cursors, so a resumed stream continues exactly where it stopped.
+
+Documents are a list of ``bytes`` (byte tokens) or a `TokenDocuments` (token arrays, possibly memory-mapped
+from a token store larger than RAM): rows hold document indices and lengths come from the offsets, so a
+step reads only the ``T + 1`` tokens of each row's segment, never a whole document or corpus.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 from torch import Tensor
+
+from longrange.data.token_store import TokenDocuments
 
 PAD_TOKEN = 0
 IGNORE_INDEX = -100
@@ -37,7 +43,7 @@ class Batch(NamedTuple):
 class DocumentStream:
     def __init__(
         self,
-        documents: list[bytes],
+        documents: list[bytes] | TokenDocuments,
         batch_size: int,
         segment_len: int,
         *,
@@ -51,12 +57,15 @@ class DocumentStream:
             raise ValueError(f"batch_size={batch_size} and segment_len={segment_len} must be >= 1")
         if batch_size % world_size:
             raise ValueError(f"batch_size={batch_size} must be a multiple of the number of ranks ({world_size})")
-        documents = [d for d in documents if len(d) >= 2]
+        self.documents = documents if isinstance(documents, TokenDocuments) else list(documents)
+        lengths = documents.lengths() if isinstance(documents, TokenDocuments) else [len(d) for d in self.documents]
+        self.lengths = np.asarray(lengths, dtype=np.int64)  # tokens per document
+        keep = np.flatnonzero(self.lengths >= 2)  # a document needs an input and a target
         local = batch_size // world_size  # rows of this rank
-        self.rows = [documents[g::batch_size] for g in range(rank * local, (rank + 1) * local)]
-        if loop and any(not row for row in self.rows):
+        self.rows = [keep[g::batch_size] for g in range(rank * local, (rank + 1) * local)]  # document indices
+        if loop and any(not len(row) for row in self.rows):
             raise ValueError(
-                f"{len(documents)} documents cannot feed {batch_size} rows; "
+                f"{len(keep)} documents cannot feed {batch_size} rows; "
                 "use a smaller batch_size or a corpus with more documents"
             )
         self.batch_size, self.segment_len = local, segment_len
@@ -85,17 +94,29 @@ class DocumentStream:
         targets = np.full(t, IGNORE_INDEX, dtype=np.int64)
         if c["index"] >= len(self.rows[row]):  # finished (loop=False): padding only
             return tokens, targets, False
-        doc = self.rows[row][self._order(row, c["epoch"])[c["index"]]]
-        start = c["offset"]
-        piece = np.frombuffer(doc, dtype=np.uint8, count=min(t + 1, len(doc) - start), offset=start)
+        index = int(self.rows[row][self._order(row, c["epoch"])[c["index"]]])
+        start, length = c["offset"], int(self.lengths[index])
+        piece = self._piece(index, start, min(t + 1, length - start))
         n = len(piece) - 1
         tokens[:n], targets[:n] = piece[:-1], piece[1:]
         c["offset"] += n
-        if c["offset"] >= len(doc) - 1:  # document done: next segment starts the next one
+        if c["offset"] >= length - 1:  # document done: next segment starts the next one
             c["index"], c["offset"] = c["index"] + 1, 0
             if c["index"] >= len(self.rows[row]) and self.loop:
                 c["epoch"], c["index"] = c["epoch"] + 1, 0
         return tokens, targets, start == 0
+
+    def _piece(self, index: int, start: int, count: int) -> np.ndarray:
+        """Tokens [start, start + count) of document `index`, copied out of a memory map (a page or two)."""
+        doc = self.documents[index]
+        if isinstance(doc, bytes | bytearray):
+            return np.frombuffer(doc, dtype=np.uint8, count=count, offset=start)
+        return np.asarray(doc[start : start + count])
+
+    def segments_per_row(self) -> list[int]:
+        """Segments each row of a non-looping stream yields (its documents' ceil((n - 1) / T), summed)."""
+        t = self.segment_len
+        return [int((-(-(self.lengths[row] - 1) // t)).sum()) for row in self.rows]
 
     def done(self) -> bool:
         return not self.loop and all(c["index"] >= len(r) for c, r in zip(self.cursor, self.rows, strict=True))

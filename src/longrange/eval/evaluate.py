@@ -53,8 +53,7 @@ def check_result(result: dict, vocab_size: int, *, allow_worse_than_uniform: boo
 
 def count_segments(stream: DocumentStream) -> int:
     """How many batches a non-looping stream yields: the longest row's segments."""
-    t = stream.segment_len
-    return max((sum(-(-(len(d) - 1) // t) for d in row) for row in stream.rows), default=0)
+    return max(stream.segments_per_row(), default=0)
 
 
 @torch.no_grad()
