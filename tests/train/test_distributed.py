@@ -4,6 +4,7 @@ kill -9; another world size is refused; fp16 with a scaler and --compile train."
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -102,3 +103,28 @@ def test_compile_trains_a_transformer(tmp_path, corpus_dir):
     torch.testing.assert_close(
         torch.tensor(_losses(tmp_path / "compiled")), torch.tensor(_losses(tmp_path / "eager")), rtol=1e-4, atol=1e-4
     )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", ["transformer-tiny", "transformer-xl-tiny"])
+def test_fsdp_on_two_processes_equals_one_and_resumes(tmp_path, corpus_dir, preset):
+    """FSDP2 (`--shard fsdp`): parameters and optimiser state split over 2 ranks; losses, held-out checks and the
+    gathered checkpoint equal one process's; the run resumes from its full checkpoint under torchrun."""
+    args = ["-m", "longrange.cli", "train", "--preset", preset, "--data", str(corpus_dir), "--batch-size", "4"]
+    args += ["--segment-len", "16", "--no-progress", "--seed", "1", "--log-every", "1", "--checkpoint-every", "2"]
+    args += ["--eval-every", "2", "--eval-segments", "1", "--lr", "1e-2", "--min-lr", "1e-2", "--warmup-steps", "0"]
+    # a constant learning rate, so a 2-step run extended to 4 on resume has the schedule of a 4-step run
+    one = subprocess.run([sys.executable, *args, "--steps", "4", "--out", str(tmp_path / "one")], env=ENV, cwd=ROOT)
+    assert one.returncode == 0
+    two = _torchrun(*args, "--steps", "2", "--shard", "fsdp", "--out", str(tmp_path / "two"))
+    assert two.returncode == 0, two.stderr[-3000:]
+    (tmp_path / "two" / "train.yaml").write_text(
+        (tmp_path / "two" / "train.yaml").read_text().replace("steps: 2", "steps: 4")
+    )
+    resumed = _torchrun("-m", "longrange.cli", "train", "--out", str(tmp_path / "two"), "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    torch.testing.assert_close(torch.tensor(_losses(tmp_path / "two")), torch.tensor(_losses(tmp_path / "one")))
+    w1, w2 = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    for key in w1:
+        torch.testing.assert_close(w2[key], w1[key], rtol=2e-3, atol=2e-4, msg=key)
+    assert lr.load(tmp_path / "two") is not None  # one full safetensors file, like any other run

@@ -30,8 +30,10 @@ from pathlib import Path
 
 import torch
 import yaml
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
-from longrange.model.io import CheckpointError, checkpoint_dir, load_weights, save
+from longrange.model.io import CONFIG, WEIGHTS, CheckpointError, checkpoint_dir, load_weights, save
 
 TRAINER_STATE = "trainer.pt"
 TRAIN_CONFIG = "train.yaml"
@@ -88,18 +90,25 @@ def write_checkpoint(
     keep: int = 2,
     name: str = LATEST,
     barrier: Callable[[], None] = lambda: None,
+    weights: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write ``out_dir/name`` atomically, every rank its own trainer shard; returns its path.
 
     Called by every rank with the same arguments but its own `trainer_state`; rank 0 writes the
     weights and swaps the folder in once every shard is on disk. ``keep`` counts the newest
-    checkpoint too (``keep=1``: only the newest).
+    checkpoint too (``keep=1``: only the newest). ``weights``: the full weights gathered from a sharded
+    model (FSDP), written instead of `model`'s own.
     """
     final, tmp = out_dir / name, out_dir / f"{name}.tmp"
     try:
         if rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
-            save(model, tmp)
+            if weights is None:
+                save(model, tmp)
+            else:
+                tmp.mkdir(parents=True)
+                model.config.to_file(tmp / CONFIG)
+                save_file(_untied(weights), str(tmp / WEIGHTS))
             (tmp / TRAIN_CONFIG).write_text(yaml.safe_dump(train_config, sort_keys=False))
             (tmp / META).write_text(json.dumps({**(meta or {}), "world_size": world_size}))
             _fault_point("checkpoint-weights")
@@ -153,8 +162,27 @@ def find_checkpoint(out_dir: Path) -> Path | None:
     return None
 
 
+def _untied(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """safetensors refuses tensors that share memory (tied embeddings): keep one name, as `save_model` does."""
+    seen: dict[int, str] = {}
+    out = {}
+    for name, tensor in weights.items():
+        if tensor.data_ptr() in seen:
+            continue
+        seen[tensor.data_ptr()] = name
+        out[name] = tensor.contiguous()
+    return out
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(checkpoint_dir(path) / WEIGHTS))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"cannot read weights in {str(path)!r} (truncated or corrupt?): {err}") from err
+
+
 def read_checkpoint(path: Path, model, rank: int = 0, world_size: int = 1) -> dict:
-    """Load weights into `model` and return this rank's trainer state; clear errors for bad files."""
+    """Load weights into `model` (None: leave them) and return this rank's trainer state; clear errors for bad files."""
     saved_world = read_meta(path).get("world_size", 1)
     if saved_world != world_size:
         raise CheckpointError(
@@ -162,7 +190,8 @@ def read_checkpoint(path: Path, model, rank: int = 0, world_size: int = 1) -> di
             f"`torchrun --nproc_per_node {saved_world} ...` (the data rows and memories are per process), "
             "or start a new run from its weights"
         )
-    load_weights(model, checkpoint_dir(path))
+    if model is not None:
+        load_weights(model, checkpoint_dir(path))
     shard = path / shard_name(rank)
     if not shard.is_file():
         raise CheckpointError(f"{str(path)!r} lacks {shard.name} (the trainer state of rank {rank})")

@@ -36,7 +36,7 @@ from longrange.memory.state import ModelState
 from longrange.model.build import build_model
 from longrange.model.io import checkpoint_dir, load_weights
 from longrange.model.lm import LongRangeLM
-from longrange.train.checkpoint import BEST, LATEST, find_checkpoint, read_checkpoint, write_checkpoint
+from longrange.train.checkpoint import BEST, LATEST, find_checkpoint, read_checkpoint, read_weights, write_checkpoint
 from longrange.train.distributed import DistInfo, init_distributed, shutdown_distributed
 from longrange.train.optim import build_optimizer, lr_at
 from longrange.train.run_folder import (
@@ -50,6 +50,14 @@ from longrange.train.run_folder import (
     truncate_metrics,
 )
 from longrange.train.runtime import autocast, configure_device, maybe_compile, resolve_device
+from longrange.train.sharding import (
+    full_optimizer_state,
+    full_weights,
+    load_full_optimizer_state,
+    load_full_weights,
+    local_value,
+    shard_model,
+)
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +96,11 @@ class TrainConfig:
     )
     log_every: int = _option(10, "write metrics every N steps")
     device: str = _option("auto", "cpu, cuda, cuda:N or auto (cuda when available)")
+    shard: Literal["ddp", "fsdp"] = _option(
+        "ddp",
+        "under torchrun: ddp (each rank holds the whole model) or fsdp (FSDP2: parameters, gradients and optimiser "
+        "state split across ranks, for models larger than one device)",
+    )
     compile: bool = _option(False, "torch.compile the model")
     threads: int | None = _option(None, "torch CPU threads (default: torch's: OMP_NUM_THREADS or the physical cores)")
     progress: bool = _option(True, "show a progress bar (off: a plain loss line every --log-every steps)")
@@ -253,6 +266,9 @@ class Trainer:
         self.device = resolve_device(cfg.device, local_rank=self.dist.local_rank)
         configure_device(self.device)
         self.model = model.to(self.device)
+        self.fsdp = self.dist.enabled and cfg.shard == "fsdp"
+        if self.fsdp:
+            shard_model(self.model)  # before the optimiser: it must hold the sharded parameters
         self.segment_len = cfg.segment_len or model.config.segment_len
         self.stream = DocumentStream(
             train_docs,
@@ -276,7 +292,7 @@ class Trainer:
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=model.stateful,
             )
-            if self.dist.enabled
+            if self.dist.enabled and not self.fsdp
             else None
         )
         self.forward = maybe_compile(self.ddp or self.model, cfg.compile)
@@ -290,7 +306,9 @@ class Trainer:
     # -- checkpointing ---------------------------------------------------------------
     def save(self, name: str = LATEST, valid_bpb: float | None = None) -> Path | None:
         """Write a checkpoint (every rank its shard); refused when the weights are not finite."""
-        finite = all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
+        weights = full_weights(self.model) if self.fsdp else None  # gathered to rank 0 (a collective)
+        tensors = weights.values() if weights is not None else self.model.parameters()
+        finite = not self.dist.any(not all(bool(torch.isfinite(t).all()) for t in tensors))
         if not finite:
             log.error("step %d: the weights are not finite; keeping the last checkpoint", self.step)
             return None
@@ -303,8 +321,9 @@ class Trainer:
             "bad_steps": self.bad_steps,
             "best_valid": self.best_valid,
         }
-        if self.dist.is_main:  # the optimiser state is the same on every rank (DDP): one copy
-            trainer_state["optimizer"] = self.optimizer.state_dict()
+        optimizer = full_optimizer_state(self.model, self.optimizer) if self.fsdp else self.optimizer.state_dict()
+        if self.dist.is_main:  # the optimiser state is the same on every rank (DDP) or gathered (FSDP): one copy
+            trainer_state["optimizer"] = optimizer
             trainer_state["scaler"] = self.scaler.state_dict()
         meta = {"step": self.step, "valid_bpb": valid_bpb}
         return write_checkpoint(
@@ -318,6 +337,7 @@ class Trainer:
             keep=self.cfg.keep_checkpoints,
             name=name,
             barrier=self.dist.barrier,
+            weights=weights,
         )
 
     def resume(self) -> bool:
@@ -325,10 +345,15 @@ class Trainer:
         path = find_checkpoint(self.out_dir)
         if path is None:
             return False
-        saved = read_checkpoint(path, self.model, self.dist.rank, self.dist.world_size)
-        shared = saved if self.dist.is_main else read_checkpoint(path, self.model, 0, self.dist.world_size)
+        target = None if self.fsdp else self.model  # FSDP: the full weights are scattered from rank 0 below
+        saved = read_checkpoint(path, target, self.dist.rank, self.dist.world_size)
+        shared = saved if self.dist.is_main else read_checkpoint(path, None, 0, self.dist.world_size)
         self.step = int(saved["step"])
-        self.optimizer.load_state_dict(shared["optimizer"])
+        if self.fsdp:
+            load_full_weights(self.model, read_weights(path) if self.dist.is_main else {})
+            load_full_optimizer_state(self.model, self.optimizer, shared["optimizer"] if self.dist.is_main else {})
+        else:
+            self.optimizer.load_state_dict(shared["optimizer"])
         if shared.get("scaler"):
             self.scaler.load_state_dict(shared["scaler"])
         self.stream.load_state_dict(saved["stream"])
@@ -389,7 +414,7 @@ class Trainer:
         assert sums is not None
         self.scaler.unscale_(self.optimizer)
         max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        grad_norm = local_value(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
         totals = self.dist.sum_(torch.cat([sums, grad_norm.detach().float().reshape(1).to(self.device)]))
         totals[-1] /= self.dist.world_size  # the norm is the same on every rank after DDP's all-reduce
         values = totals.tolist()  # the one host sync of a step
@@ -468,7 +493,7 @@ class Trainer:
     def validate(self, max_segments: int | None = None) -> dict[str, float]:
         from longrange.eval.evaluate import evaluate
 
-        if not self.valid_docs or not self.dist.is_main:
+        if not self.valid_docs or not (self.dist.is_main or self.fsdp):  # FSDP: every rank runs the shards
             return {}
         with autocast(self.device, self.cfg.precision):
             result = evaluate(
@@ -480,7 +505,7 @@ class Trainer:
                 max_segments=max_segments,
             )
         self.model.train()
-        return {"valid_bpb": result["bpb"]}
+        return {"valid_bpb": result["bpb"]} if self.dist.is_main else {}
 
     def _log(self, record: dict) -> None:
         self.history.append(record)
@@ -631,10 +656,9 @@ def train(
         if resume:
             trainer.resume()
         trainer.fit()
-        if dist_info.is_main:
-            final = trainer.validate(train_cfg.eval_segments)  # a bounded check; `longrange eval` reads everything
-            if final:
-                trainer._log({"step": trainer.step, **final})
+        final = trainer.validate(train_cfg.eval_segments)  # a bounded check; `longrange eval` reads everything
+        if final:
+            trainer._log({"step": trainer.step, **final})
     finally:
         if lock is not None:
             lock.release()
