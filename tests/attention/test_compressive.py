@@ -5,8 +5,13 @@ import torch
 
 import longrange as lr
 from longrange.attention.base import split_heads
-from longrange.attention.compressive import CompressiveAttention, _attention, _position_scores
-from longrange.attention.xl import RelativePositionScores, relative_attention
+from longrange.attention.compressive import CompressiveAttention
+from longrange.attention.memory_attention import (
+    RelativePositionScores,
+    explicit_relative_attention,
+    relative_attention,
+    shifted_position_scores,
+)
 from longrange.generate import generate
 from longrange.memory.compress import Compressor
 
@@ -147,7 +152,7 @@ def test_shifted_position_scores_equal_the_gathered_xl_scores_on_every_allowed_k
     q = torch.randn(2, H, 5, D // H)
     for n_prev in (0, 3, 9):
         allowed = torch.ones(5, n_prev + 5, dtype=torch.bool).tril(n_prev)  # key j <= n_prev + i
-        torch.testing.assert_close(_position_scores(rel, q, n_prev)[..., allowed], rel(q, n_prev)[..., allowed])
+        torch.testing.assert_close(shifted_position_scores(rel, q, n_prev)[..., allowed], rel(q, n_prev)[..., allowed])
 
 
 def test_explicit_attention_equals_xl_relative_attention_with_gradients():
@@ -157,7 +162,7 @@ def test_explicit_attention_equals_xl_relative_attention_with_gradients():
     rel, u = torch.randn(2, H, 5, 9, requires_grad=True), torch.randn(H, 4, requires_grad=True)
     mask = torch.ones(2, 1, 5, 9, dtype=torch.bool).tril(4)
     mask[0, ..., :2] = False  # two invalid memory slots in row 0
-    ours, weights = _attention(q, keys, values, rel, mask, u, 0.0, True)
+    ours, weights = explicit_relative_attention(q, keys, values, rel, mask, u, 0.0, True)
     theirs = relative_attention(q, keys, values, rel, mask, u, 0.0)
     torch.testing.assert_close(ours, theirs)
     assert torch.allclose(weights.sum(-1), torch.ones(())) and (weights[0, ..., :2] == 0).all()

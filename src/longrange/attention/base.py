@@ -83,20 +83,6 @@ def pad_to_length(x: Tensor, pad_mask: Tensor | None, length: int) -> tuple[Tens
     return torch.nn.functional.pad(x, (0, 0, 0, length - t)), real
 
 
-def memory_causal_mask(valid: Tensor | None, n_mem: int, t: int, device: torch.device) -> Tensor:
-    """Boolean mask (B or 1, 1, T, M+T), True = may attend: every valid memory slot, causal within segment.
-
-    ``valid`` (B, M) bool marks memory slots that hold real states (False after a document reset).
-    """
-    causal = torch.ones(t, t, dtype=torch.bool, device=device).tril()
-    if n_mem == 0:
-        return causal.view(1, 1, t, t)
-    mem = torch.ones(1, 1, t, n_mem, dtype=torch.bool, device=device)
-    if valid is not None:
-        mem = valid[:, None, None, :].expand(-1, 1, t, n_mem)
-    return torch.cat([mem, causal.view(1, 1, t, t).expand(mem.shape[0], 1, t, t)], dim=-1)
-
-
 def empty_memory(batch_size: int, slots: int, width: int, device, dtype) -> dict[str, Tensor]:
     """An empty FIFO memory: ``mem`` (B, M, D) zeros and ``valid`` (B, M) all False."""
     return {

@@ -33,8 +33,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from longrange.attention.base import AttentionModule, AttentionOutput, merge_heads, split_heads
-from longrange.attention.positions import sinusoid
-from longrange.attention.xl import RelativePositionScores
+from longrange.attention.memory_attention import (
+    RelativePositionScores,
+    explicit_relative_attention,
+    memory_segment_mask,
+    project,
+    shifted_position_scores,
+)
 from longrange.memory.compress import Compressor
 from longrange.memory.state import LayerState
 
@@ -112,15 +117,11 @@ class CompressiveAttention(AttentionModule):
             state = self.init_state(b, x.device, x.dtype)
         cmem, mem = state["cmem"].to(x.dtype), state["mem"].to(x.dtype)
         n_prev = cmem.shape[1] + mem.shape[1]
-        keys_in = torch.cat([cmem, mem, x], dim=1)  # (B, L, D)
-        q = split_heads(self.q(x), self.n_heads)  # (B, H, T, E)
-        k, v = (split_heads(z, self.n_heads) for z in self.kv(keys_in).chunk(2, dim=-1))  # (B, H, L, E)
+        q, k, v = project(self.q, self.kv, x, torch.cat([cmem, mem], dim=1), self.n_heads)  # keys [cmem ; mem ; x]
         prev_valid = torch.cat([state["cmem_valid"], state["mem_valid"]], dim=1)  # (B, S + M)
-        causal = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
-        mask = torch.cat([prev_valid[:, None, None, :].expand(b, 1, t, n_prev), causal.expand(b, 1, t, t)], -1)
-        y, weights = _attention(
-            q, k, v, _position_scores(self.rel, q, n_prev), mask, self.u_bias, self.dropout, self.training
-        )
+        mask = memory_segment_mask(prev_valid, n_prev, t, x.device)  # (B, 1, T, L)
+        position = shifted_position_scores(self.rel, q, n_prev)
+        y, weights = explicit_relative_attention(q, k, v, position, mask, self.u_bias, self.dropout, self.training)
         if self.record_attention:
             self.last_attention = {"weights": weights.detach(), "cmem": cmem.shape[1], "mem": mem.shape[1]}
 
@@ -253,42 +254,3 @@ def _append_rows(memory: Tensor, valid: Tensor, new: Tensor, new_valid: Tensor, 
     k = counts[:, None] + torch.arange(s, device=memory.device)  # (B, S): position in [memory ; kept new]
     index = torch.where(k < s, k, k + g - counts[:, None])  # ... skipping the fillers
     return _take(torch.cat([memory, new], 1), index), torch.cat([valid, new_valid], 1).gather(1, index)
-
-
-def _position_scores(rel: RelativePositionScores, q: Tensor, n_prev: int) -> Tensor:
-    """The XL position term (q + v) . W_R R[i - j] for keys [previous slots ; segment], unscaled (B, H, T, L).
-
-    Equal to ``rel(q, n_prev)`` (`RelativePositionScores`, the same parameters) on every key a query may attend
-    to; entries of future keys (j > P + i) hold arbitrary finite values that the causal mask removes. Instead of
-    gathering each query's distances (an index tensor, and a scatter-add over (B, H, T, L) backward), the scores
-    are computed for the L + 1 distances L, L - 1, ..., 0 and row i is shifted left by T - i by reading the
-    (T, L + 1) rows as (L + 1, T) and dropping the first T entries (the shift of the Transformer-XL paper's
-    appendix B, here with no padding copy: the extra distance column plays the padding's part). A view, no copy.
-    """
-    b, h, t, e = q.shape
-    n_keys = n_prev + t
-    distance = torch.arange(n_keys, -1, -1, device=q.device)  # column c holds distance L - c
-    r = rel.r_proj(sinusoid(distance, rel.d_model).to(q.dtype)).view(n_keys + 1, h, e).permute(1, 2, 0)  # (H, E, L+1)
-    by_distance = (q + rel.v_bias[:, None, :]) @ r  # (B, H, T, L + 1)
-    # out[i, j] = by_distance[i, j + T - i], i.e. distance L - (j + T - i) = (P + i) - j, for every j <= P + i
-    return by_distance.view(b, h, n_keys + 1, t)[:, :, 1:].view(b, h, t, n_keys)
-
-
-def _attention(
-    q: Tensor, k: Tensor, v: Tensor, rel: Tensor, mask: Tensor, u_bias: Tensor, dropout: float, training: bool
-) -> tuple[Tensor, Tensor]:
-    """XL attention computed explicitly: returns (out (B, H, T, E), weights (B, H, T, L) before dropout).
-
-    The same function as `relative_attention` (xl.py). ``F.scaled_dot_product_attention`` with a bias that needs a
-    gradient falls back on CPU to its math path, which copies and checks the (B, H, T, L) scores several times;
-    here the scores are built once and edited in place (content + position, scale, mask bias), which is faster, and the
-    weights come for free (most-used compression and the attention analysis read them).
-    """
-    scale = q.shape[-1] ** -0.5
-    scores = ((q + u_bias[:, None, :]) * scale) @ k.transpose(-1, -2)  # (B, H, T, L)
-    # the mask as an additive bias: (B|1, 1, T, L), H times smaller than the scores, and its backward is free
-    bias = torch.zeros(mask.shape, dtype=scores.dtype, device=scores.device).masked_fill_(~mask, float("-inf"))
-    scores = scores.add_(rel, alpha=scale).add_(bias)
-    weights = scores.softmax(-1)
-    dropped = F.dropout(weights, dropout) if training and dropout > 0 else weights
-    return dropped @ v, weights

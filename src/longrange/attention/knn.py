@@ -38,15 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from longrange.attention.base import (
-    AttentionModule,
-    AttentionOutput,
-    empty_memory,
-    fifo_append,
-    memory_causal_mask,
-    merge_heads,
-    split_heads,
-)
+from longrange.attention.base import AttentionModule, AttentionOutput, empty_memory, fifo_append, merge_heads
+from longrange.attention.memory_attention import memory_segment_mask, project, relative_distance
 from longrange.attention.positions import T5RelativeBias
 from longrange.memory.knn_store import KNNMemory
 from longrange.memory.state import LayerState
@@ -123,17 +116,15 @@ class KNNAttention(AttentionModule):
             state = self.init_state(b, x.device, x.dtype)
         mem, valid = state["mem"].to(x.dtype), state["valid"]
         n_mem = mem.shape[1]
-        q = _unit(split_heads(self.q(x), self.n_heads))  # (B, H, T, E)
-        k, v = (split_heads(z, self.n_heads) for z in self.kv(torch.cat([mem, x], 1)).chunk(2, -1))  # (B, H, L, E)
-        k = _unit(k)
+        q, k, v = project(self.q, self.kv, x, mem, self.n_heads)  # (B, H, T, E), (B, H, L, E) x 2
+        q, k = _unit(q), _unit(k)
         scale = self.log_scale.exp()[None, :, None, None]  # (1, H, 1, 1)
 
         # local attention with T5 relative bias over [cache ; segment]
-        distance = (n_mem + torch.arange(t, device=x.device))[:, None] - torch.arange(n_mem + t, device=x.device)
-        mask = memory_causal_mask(valid, n_mem, t, x.device)
-        if pad_mask is not None:
-            mask = mask & torch.cat([valid, pad_mask], 1)[:, None, None, :]
-        local_bias = self.rel_bias(distance)[None].masked_fill(~mask, float("-inf"))  # (B, H, T, L)
+        mask = memory_segment_mask(valid, n_mem, t, x.device, pad_mask)
+        local_bias = self.rel_bias(relative_distance(n_mem, t, x.device))[None].masked_fill(
+            ~mask, float("-inf")
+        )  # (B, H, T, L)
         local = F.scaled_dot_product_attention(
             q * scale, k, v, attn_mask=local_bias, scale=1.0, dropout_p=self.dropout if self.training else 0.0
         )

@@ -16,57 +16,17 @@ are stored as invalid slots, so no later segment attends to padding.
 
 from __future__ import annotations
 
-import math
-
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from longrange.attention.base import (
-    AttentionModule,
-    AttentionOutput,
-    empty_memory,
-    fifo_append,
-    memory_causal_mask,
-    merge_heads,
-    split_heads,
+from longrange.attention.base import AttentionModule, AttentionOutput, empty_memory, fifo_append, merge_heads
+from longrange.attention.memory_attention import (
+    RelativePositionScores,
+    memory_segment_mask,
+    project,
+    relative_attention,
 )
-from longrange.attention.positions import sinusoid
 from longrange.memory.state import LayerState
-
-
-class RelativePositionScores(nn.Module):
-    """The position term (q + v) . W_R R[i - j] of XL attention, for a segment after a memory."""
-
-    def __init__(self, d_model: int, n_heads: int):
-        super().__init__()
-        self.n_heads, self.d_model = n_heads, d_model
-        self.r_proj = nn.Linear(d_model, d_model, bias=False)  # W_R
-        self.v_bias = nn.Parameter(torch.zeros(n_heads, d_model // n_heads))  # v
-
-    def forward(self, q: Tensor, n_mem: int) -> Tensor:
-        """q (B, H, T, E) -> scores (B, H, T, M+T) for keys [memory ; segment], unscaled."""
-        b, h, t, e = q.shape
-        n_keys = n_mem + t
-        rel = sinusoid(torch.arange(n_keys, device=q.device), self.d_model).to(q.dtype)  # (L, D), distance d
-        r = self.r_proj(rel).view(n_keys, h, e).permute(1, 2, 0)  # (H, E, L)
-        by_distance = (q + self.v_bias[:, None, :]) @ r  # (B, H, T, L): score of query i at distance d
-        # key j sits at distance d = (M + i) - j from query i; future keys (d < 0) are masked later
-        distance = (n_mem + torch.arange(t, device=q.device))[:, None] - torch.arange(n_keys, device=q.device)
-        index = distance.clamp(min=0).expand(b, h, t, n_keys)
-        return by_distance.gather(-1, index)
-
-
-def relative_attention(
-    q: Tensor, k: Tensor, v: Tensor, rel_scores: Tensor, mask: Tensor, u_bias: Tensor, dropout: float
-) -> Tensor:
-    """Softmax attention with content bias u and additive relative scores.
-
-    q (B, H, T, E), k/v (B, H, L, E), rel_scores (B, H, T, L) unscaled, mask (B|1, 1, T, L) bool.
-    """
-    scale = 1.0 / math.sqrt(q.shape[-1])
-    bias = (rel_scores * scale).masked_fill(~mask, float("-inf"))
-    return F.scaled_dot_product_attention(q + u_bias[:, None, :], k, v, attn_mask=bias, dropout_p=dropout)
 
 
 class XLAttention(AttentionModule):
@@ -99,12 +59,8 @@ class XLAttention(AttentionModule):
             state = self.init_state(x.shape[0], x.device, x.dtype)
         mem, valid = state["mem"].to(x.dtype), state["valid"]
         n_mem, t = mem.shape[1], x.shape[1]
-        keys_in = torch.cat([mem, x], dim=1)  # (B, L, D)
-        q = split_heads(self.q(x), self.n_heads)  # (B, H, T, E)
-        k, v = (split_heads(z, self.n_heads) for z in self.kv(keys_in).chunk(2, dim=-1))  # (B, H, L, E)
-        mask = memory_causal_mask(valid, n_mem, t, x.device)
-        if pad_mask is not None:
-            mask = mask & torch.cat([valid, pad_mask], dim=1)[:, None, None, :]
+        q, k, v = project(self.q, self.kv, x, mem, self.n_heads)  # (B, H, T, E), (B, H, L, E) x 2
+        mask = memory_segment_mask(valid, n_mem, t, x.device, pad_mask)
         y = relative_attention(q, k, v, self.rel(q, n_mem), mask, self.u_bias, self.dropout if self.training else 0.0)
         # padded tokens enter the memory as invalid slots: the next segment must not attend to them
         new_valid = pad_mask.bool() if pad_mask is not None else None
