@@ -26,8 +26,7 @@ products and sums across chunks a prefix sum over chunk totals, all chunks at on
 memory O(T * (C + l) * H + (T / C) * l * D). The chunks go through `causal_luna` in blocks of
 ``BLOCK_TOKENS`` (a loop over blocks, carrying the sums as the recurrent form does): each block's
 temporaries, and those of its backward pass, then stay cache-sized, so the cost per token does not
-grow with T (measured: 1.8x faster at 16K than all chunks at once, l = 128; peak memory ~20% higher,
-from the per-block temporaries of the backward pass). The chunks are laid out chunk-major (N, B, H, C, .)
+grow with T (figures in benchmarks/README.md, "attention/luna.py"). The chunks are laid out chunk-major (N, B, H, C, .)
 so that a block is one contiguous slab and no matmul copies (and saves) its block.
 
 Projections. Every per-token projection of X is one GEMM (``in_proj``): unpack queries, pack keys
