@@ -505,3 +505,18 @@ def test_native_kernel_compiles_without_a_graph_break():
     torch.testing.assert_close(
         fn(qk, v, order, lo, hi, by_pos), kernel_native.band_attention(qk, v, order, lo, hi, by_pos)
     )
+
+
+def test_kernel_choice_follows_device_dropout_and_settings():
+    cpu, meta = torch.device("cpu"), torch.device("meta")
+    attn = _lsh(2, 8, 4)
+    attn.native = False
+    assert attn.kernel(cpu, torch.float32, D // H) == "torch"
+    assert attn.kernel(meta, torch.float32, D // H) == "plain"  # the fused kernels are CPU code
+    attn.fused = False
+    assert attn.kernel(cpu, torch.float32, D // H) == "plain"
+    dropping = _lsh(2, 8, 4, dropout=0.1, train=True)
+    assert dropping.kernel(cpu, torch.float32, D // H) == "plain"  # no fused kernel has attention dropout
+    dropping.eval()
+    dropping.native = False
+    assert dropping.kernel(cpu, torch.float32, D // H) == "torch"
