@@ -68,60 +68,108 @@ def generate(model: LongRangeLM, prompt_tokens: list[int], max_new_tokens: int, 
     return list(stream_generate(model, prompt_tokens, max_new_tokens, **options))
 
 
+def generate_batch(
+    model: LongRangeLM, prompts: list[list[int]], max_new_tokens: int, *, seed: int | None = None, **options
+) -> list[list[int]]:
+    """The continuations of several prompts, each row of a batch with its own memories (see `stream_generate`).
+
+    Prompt i samples from its own generator seeded ``seed + i``, so its continuation is the one
+    ``generate(model, prompts[i], seed=seed + i)`` gives. Prompts of equal token length share one batch; prompts
+    of different lengths run as separate batches, deliberately: a shorter prompt would have to be padded, and
+    the padding would enter its memories (XL caches, the kNN store), so it would not continue like the prompt
+    alone.
+    """
+    results: list[list[int]] = [[] for _ in prompts]
+    groups: dict[int, list[int]] = {}
+    for i, prompt in enumerate(prompts):
+        groups.setdefault(len(prompt), []).append(i)
+    for rows in groups.values():
+        seeds = [None if seed is None else seed + i for i in rows]
+        for step in _stream_rows(model, [prompts[i] for i in rows], max_new_tokens, seeds=seeds, **options):
+            for i, token in zip(rows, step, strict=True):
+                results[i].append(token)
+    return results
+
+
 def stream_generate(
     model: LongRangeLM,
     prompt_tokens: list[int],
     max_new_tokens: int,
     *,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
     seed: int | None = None,
-    segment_len: int | None = None,
-    device: str | torch.device | None = None,
-    precision: str = "fp32",
-    compile: bool = False,
+    **options,
 ) -> Iterator[int]:
     """Yields the `max_new_tokens` tokens that follow `prompt_tokens`, each as soon as it is sampled
     (deterministic with a seed).
 
+    Options: ``temperature`` (1.0), ``top_k``, ``top_p``, ``segment_len`` (the model's), ``device``,
+    ``precision`` ("fp32"), ``compile`` (False).
     Sampling draws from a private CPU `torch.Generator`, so the same seed gives the same tokens on any
     device and global RNG state is left alone. ``device`` moves the model there (default: where it is).
     ``precision`` runs the model under autocast; ``compile`` through `torch.compile`.
     """
+    for step in _stream_rows(model, [prompt_tokens], max_new_tokens, seeds=[seed], **options):
+        yield step[0]
+
+
+def _stream_rows(
+    model: LongRangeLM,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    *,
+    seeds: list[int | None],
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    segment_len: int | None = None,
+    device: str | torch.device | None = None,
+    precision: str = "fp32",
+    compile: bool = False,
+) -> Iterator[list[int]]:
+    """Yields, per step, one sampled token for each of the B prompts (all of one length): rows of one batch."""
     check_sampling(max_new_tokens, temperature, top_k, top_p)
-    if not prompt_tokens:
+    if not prompts or not all(prompts):
         raise ValueError("the prompt is empty; give at least one token")
+    if len({len(p) for p in prompts}) != 1:
+        raise ValueError("prompts of one batch must have the same length (generate_batch groups them)")
     if device is not None:
         model.to(device)
     model.eval()
     device = model.embed.weight.device
     forward = maybe_compile(model, compile)
-    generator = torch.Generator(device="cpu")
-    generator.manual_seed(seed if seed is not None else torch.seed())
+    generators = []
+    for seed in seeds:
+        generator = torch.Generator(device="cpu")
+        generator.manual_seed(seed if seed is not None else torch.seed())
+        generators.append(generator)
     segment_len = segment_len or model.config.segment_len
-    sample = dict(temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+    sample = dict(temperature=temperature, top_k=top_k, top_p=top_p)
+    batch = len(prompts)
 
     def run(tokens: Tensor, state=None):
         with torch.no_grad(), autocast(device, precision):
             return forward(tokens, state=state)
 
+    def draw(logits: Tensor) -> list[int]:  # logits (B, V); one host copy per step, then per-row sampling
+        logits = logits.cpu()
+        return [sample_next(logits[b], generator=generators[b], **sample) for b in range(batch)]
+
     if carries_state(model):
-        state = model.init_state(1, device)
-        prompt = torch.tensor([prompt_tokens], dtype=torch.long, device=device)
+        state = model.init_state(batch, device)
+        prompt = torch.tensor(prompts, dtype=torch.long, device=device)  # (B, L)
         for start in range(0, prompt.shape[1], segment_len):  # stream the prompt into every memory
             out = run(prompt[:, start : start + segment_len], state)
             state = out.state
-        logits = out.logits[0, -1]
+        logits = out.logits[:, -1]  # (B, V)
         for _ in range(max_new_tokens):
-            token = sample_next(logits.cpu(), **sample)
-            yield token
-            out = run(torch.tensor([[token]], device=device), state)
-            state, logits = out.state, out.logits[0, -1]
+            tokens = draw(logits)
+            yield tokens
+            out = run(torch.tensor(tokens, device=device)[:, None], state)
+            state, logits = out.state, out.logits[:, -1]
         return
-    context = list(prompt_tokens)
+    context = torch.tensor(prompts, dtype=torch.long)  # (B, L + generated)
     for _ in range(max_new_tokens):
-        window = torch.tensor([context[-segment_len:]], dtype=torch.long, device=device)
-        token = sample_next(run(window).logits[0, -1].cpu(), **sample)
-        yield token
-        context.append(token)
+        window = context[:, -segment_len:].to(device)
+        tokens = draw(run(window).logits[:, -1])
+        yield tokens
+        context = torch.cat([context, torch.tensor(tokens)[:, None]], dim=1)

@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 
 from longrange.commands.train import parse_overrides
-from longrange.data.corpus import Corpus, corpus_change, load_corpus
+from longrange.data.corpus import Corpus, PreparedCorpus, corpus_change, load_corpus
+from longrange.data.tokenizers import TokenizedCorpus, load_run_tokenizer
 from longrange.eval.evaluate import check_result, evaluate
 from longrange.model.io import load
 from longrange.train.runtime import PRECISIONS, resolve_device
@@ -77,7 +78,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def corpus_of_run(run: Path, data: str | None, *, allow_change: bool = True) -> Corpus:
+def corpus_of_run(run: Path, data: str | None, *, allow_change: bool = True) -> Corpus | PreparedCorpus:
     """The corpus to evaluate `run` on: `data`, or the one recorded in RUN/corpus.json.
 
     When it is the run's own corpus, its content hash is compared with the recorded one: a change (files
@@ -120,7 +121,8 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    documents = corpus_of_run(args.run, args.data, allow_change=args.allow_corpus_change).held_out(args.split)
+    corpus = corpus_of_run(args.run, args.data, allow_change=args.allow_corpus_change)
+    documents = TokenizedCorpus(corpus, load_run_tokenizer(args.run)).held_out(args.split)  # the run's tokenizer
     documents = documents[: args.docs]
     model = load(args.run, **parse_overrides(args.set)).to(device)
     result = evaluate(
@@ -136,7 +138,10 @@ def run(args: argparse.Namespace) -> int:
     check_result(result, model.config.vocab_size, allow_worse_than_uniform=args.allow_worse_than_uniform)
     settings = settings_of(args)
     out = args.output or default_output(args.run, args.split, settings)
-    print(f"{args.split}: {result['bpb']:.4f} bits per byte over {result['tokens']:,} bytes", flush=True)
+    line = f"{args.split}: {result['bpb']:.4f} bits per byte over {result['bytes']:,} bytes"
+    if result["tokens"] != result["bytes"]:  # a subword tokenizer: the papers' per-token perplexity too
+        line += f" ({result['tokens']:,} tokens, perplexity {result['perplexity']:.2f} per token)"
+    print(line, flush=True)
     try:
         out.write_text(json.dumps({**result, "split": args.split, "settings": settings}, indent=1, allow_nan=False))
     except OSError as err:  # the result is already printed: a read-only run folder loses only the file

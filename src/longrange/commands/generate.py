@@ -2,6 +2,9 @@
 
 Example: longrange generate runs/xl --prompt-file notes.txt --max-new-tokens 200 --top-p 0.9 --seed 0
 The prompt is echoed (unless --no-echo), then each token is printed as soon as it is sampled.
+Several --prompt-file options sample every prompt at once (rows of one batch, each with its own memories; prompt
+i seeded --seed + i) and print each completion after a ``==> FILE <==`` line once all are done.
+Prompts are encoded and samples decoded with the run's tokenizer (RUN/tokenizer.json, else bytes).
 """
 
 from __future__ import annotations
@@ -13,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from longrange.data.tokenizer import ByteTokenizer
-from longrange.generate import check_sampling, stream_generate
+from longrange.data.tokenizers import load_run_tokenizer
+from longrange.generate import check_sampling, generate_batch, stream_generate
 from longrange.model.io import load
 from longrange.train.runtime import PRECISIONS, resolve_device
 
@@ -24,7 +27,12 @@ MAX_PROMPT_BYTES = 1 << 30  # a prompt file larger than this is a mistake (a dev
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", type=Path, help="run or checkpoint directory")
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--prompt-file", type=Path, help="file whose text is the prompt")
+    source.add_argument(
+        "--prompt-file",
+        type=Path,
+        action="append",
+        help="file whose text is the prompt; repeat it to sample several prompts at once",
+    )
     source.add_argument("--prompt", default="\n", help="prompt text")
     parser.add_argument("--max-new-tokens", type=int, default=200, help="tokens to sample (>= 0)")
     parser.add_argument("--temperature", type=float, default=1.0, help=">= 0; 0 is greedy (always the likeliest)")
@@ -58,28 +66,37 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    tokenizer = ByteTokenizer()
-    prompt = read_prompt(args.prompt_file) if args.prompt_file else args.prompt.encode()
+    tokenizer = load_run_tokenizer(args.run)
+    files = args.prompt_file or []
+    prompts = [read_prompt(f) for f in files] if files else [args.prompt.encode()]
     model = load(args.run).to(device)
-    tokens = stream_generate(
-        model,
-        tokenizer.encode(prompt),
-        args.max_new_tokens,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        seed=args.seed,
-        precision=args.precision,
-        compile=args.compile,
+    options = dict(
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, precision=args.precision, compile=args.compile
     )
-    # bytes -> text incrementally: a character split across tokens is printed once it is complete
+    if len(prompts) > 1:
+        samples = generate_batch(
+            model, [tokenizer.encode(p) for p in prompts], args.max_new_tokens, seed=args.seed, **options
+        )
+        for file, prompt, tokens in zip(files, prompts, samples, strict=True):
+            sys.stdout.write(f"==> {file} <==\n")
+            _write(prompt, tokens, tokenizer, echo=not args.no_echo)
+        return 0
+    tokens = stream_generate(model, tokenizer.encode(prompts[0]), args.max_new_tokens, seed=args.seed, **options)
+    _write(prompts[0], tokens, tokenizer, echo=not args.no_echo)
+    return 0
+
+
+def _write(prompt: bytes, tokens, tokenizer, *, echo: bool) -> None:
+    """Print the prompt (with `echo`) and each token as it comes, decoding bytes to text incrementally: a
+    character split across tokens is printed once it is complete. An id the tokenizer has no bytes for (a
+    converted model's head is larger than 256) prints as U+FFFD."""
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    if not args.no_echo:
+    if echo:
         sys.stdout.write(prompt.decode("utf-8", errors="replace"))
         sys.stdout.flush()
-    for token in tokens:  # a model with more than 256 tokens (a converted one) may sample a non-byte
-        sys.stdout.write(decoder.decode(bytes([token])) if token < 256 else "\ufffd")
+    for token in tokens:
+        data = tokenizer.id_to_bytes(token)
+        sys.stdout.write(decoder.decode(data) if data else "\ufffd")
         sys.stdout.flush()
     sys.stdout.write(decoder.decode(b"", final=True) + "\n")
     sys.stdout.flush()
-    return 0

@@ -56,6 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="YAML file with `model:` and/or `train:` sections")
     parser.add_argument("--recipe", help="named training recipe, e.g. compressive-paper")
     parser.add_argument("--data", default=None, help="corpus: 'stdlib' (default), a directory, a text or .jsonl file")
+    parser.add_argument(
+        "--tokenizer", default=None, help="bytes (default), bpe:VOCAB (trained on the training split) or FILE.json"
+    )
     parser.add_argument("--out", type=Path, required=True, help="run directory")
     parser.add_argument(
         "--resume",
@@ -150,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
             resume=args.resume,
             overwrite=args.overwrite,
             init_from=args.init_from,
+            tokenizer=args.tokenizer,
         )
     except TrainingInterrupted as stop:
         print(f"longrange train: {stop}; continue with: longrange train --out {args.out} --resume", file=sys.stderr)

@@ -60,7 +60,12 @@ class TokenDocuments:
     def __len__(self) -> int:
         return len(self.offsets) - 1
 
-    def __getitem__(self, i: int) -> np.ndarray:
+    def __getitem__(self, i: int | slice) -> np.ndarray | TokenDocuments:
+        if isinstance(i, slice):  # the first n documents (`docs[:n]`), still a view
+            if i.start not in (None, 0) or i.step not in (None, 1):
+                raise ValueError("TokenDocuments slices only as docs[:n]")
+            n = len(self) if i.stop is None else min(max(i.stop, 0), len(self))
+            return TokenDocuments(self.tokens[: self.offsets[n]], self.offsets[: n + 1], self.token_bytes)
         if not -len(self) <= i < len(self):
             raise IndexError(f"document {i} of {len(self)}")
         i %= len(self)

@@ -9,6 +9,12 @@ that shows whether a model uses long context.
 `check_result` is what a report of the result must pass: a non-finite loss, or one far worse than a
 uniform guess over the vocabulary, comes from broken weights (a diverged run), never from a model, and
 is refused instead of being printed as a number.
+
+With a subword tokenizer the documents carry ``token_bytes`` (bytes per token id, see
+`longrange.data.tokenizers`): bits per byte are the total loss over the bytes the predicted tokens cover,
+``sum(nats) / (sum(token_bytes[targets]) * ln 2)``, so systems and tokenizers compare on one scale; the
+per-token loss and perplexity are reported beside them (the papers' word/token perplexities). For bytes
+both definitions coincide: ``bpb = loss / ln 2``. Positions are then counted in tokens.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from longrange.data.stream import IGNORE_INDEX, DocumentStream
+from longrange.data.token_store import TokenDocuments
 from longrange.model.lm import LongRangeLM
 from longrange.train.runtime import autocast, maybe_compile
 
@@ -37,17 +44,18 @@ def check_result(result: dict, vocab_size: int, *, allow_worse_than_uniform: boo
     """Raise ImplausibleResult (one line) for a non-finite result or, unless allowed, one worse than a
     uniform guess over `vocab_size` by more than IMPLAUSIBLE_MARGIN_BITS bits per byte."""
     bpb = result["bpb"]
+    tokens_per_byte = result["tokens"] / result["bytes"] if result.get("bytes") else 1.0
     if not math.isfinite(bpb) or not math.isfinite(result["loss"]):
         raise ImplausibleResult(
             f"the evaluation gave {bpb} bits per byte: the model's outputs are not finite "
             "(diverged weights, or overflow in --precision fp16); no result is reported"
         )
-    uniform = math.log2(vocab_size)
+    uniform = math.log2(vocab_size) * tokens_per_byte  # a uniform guess per token, spread over its bytes
     if bpb > uniform + IMPLAUSIBLE_MARGIN_BITS and not allow_worse_than_uniform:
         raise ImplausibleResult(
             f"the evaluation gave {bpb:.4f} bits per byte, worse than a uniform guess over {vocab_size} tokens "
-            f"({uniform:.2f}): the weights are likely broken (a diverged run); pass --allow-worse-than-uniform "
-            "if the text is unlike the training data"
+            f"({uniform:.2f}): the weights are likely broken (a diverged run); pass "
+            "--allow-worse-than-uniform if the text is unlike the training data"
         )
 
 
@@ -59,7 +67,7 @@ def count_segments(stream: DocumentStream) -> int:
 @torch.no_grad()
 def evaluate(
     model: LongRangeLM,
-    documents: list[bytes],
+    documents: list[bytes] | TokenDocuments,
     *,
     batch_size: int = 4,
     segment_len: int | None = None,
@@ -69,9 +77,10 @@ def evaluate(
     compile: bool = False,
     progress: bool = False,
 ) -> dict:
-    """Returns ``{"bpb", "loss", "perplexity", "tokens", "segments", "by_position": [...]}``.
+    """Returns ``{"bpb", "loss", "perplexity", "tokens", "bytes", "segments", "by_position": [...]}``.
 
-    ``loss`` is nats per predicted byte; ``bpb = loss / ln 2``. ``by_position`` lists buckets
+    ``loss`` is nats per predicted token and ``perplexity`` its exponential; ``bpb`` is the total loss over the
+    bytes the predicted tokens cover, in bits (for bytes: ``loss / ln 2``). ``by_position`` lists buckets
     ``{"start", "end", "tokens", "bpb"}`` of target positions [2^i, 2^(i+1)) in the document.
     ``max_segments`` caps the work (a partial evaluation, for periodic validation during training).
     ``precision`` ("fp32", "bf16", "fp16") runs the model under autocast (losses are taken in fp32);
@@ -92,6 +101,9 @@ def evaluate(
     n_buckets = 40
     bucket_loss = torch.zeros(n_buckets, dtype=torch.float64)
     bucket_count = torch.zeros(n_buckets, dtype=torch.float64)
+    bucket_bytes = torch.zeros(n_buckets, dtype=torch.float64)
+    table = getattr(documents, "token_bytes", None)  # (V,) bytes per token id; None: one byte per token
+    table = None if table is None else torch.as_tensor(table, dtype=torch.float64)
     position = torch.zeros(batch_size, dtype=torch.long)  # offset of each row's segment in its document
     segments = 0
     for batch in stream:
@@ -114,6 +126,8 @@ def evaluate(
         real = batch.targets != IGNORE_INDEX
         bucket_loss.index_add_(0, bucket[real], losses[real])
         bucket_count.index_add_(0, bucket[real], torch.ones_like(losses[real]))
+        covered = torch.ones_like(losses[real]) if table is None else table[batch.targets[real]]
+        bucket_bytes.index_add_(0, bucket[real], covered)
         position = position + segment_len
         segments += 1
         bar.update()
@@ -121,23 +135,25 @@ def evaluate(
             break
     bar.close()
     model.train(was_training)
-    tokens = int(bucket_count.sum())
+    tokens, num_bytes = int(bucket_count.sum()), int(bucket_bytes.sum())
     loss = float(bucket_loss.sum() / max(tokens, 1))
+    bpb = float(bucket_loss.sum() / max(num_bytes, 1) / math.log(2))
     by_position = [
         {
             "start": 2**i,
             "end": 2 ** (i + 1),
             "tokens": int(bucket_count[i]),
-            "bpb": float(bucket_loss[i] / bucket_count[i] / math.log(2)),
+            "bpb": float(bucket_loss[i] / bucket_bytes[i] / math.log(2)),
         }
         for i in range(n_buckets)
         if bucket_count[i] > 0
     ]
     return {
-        "bpb": loss / math.log(2),
+        "bpb": bpb,
         "loss": loss,
         "perplexity": math.exp(min(loss, 50.0)),
         "tokens": tokens,
+        "bytes": num_bytes,
         "segments": segments,
         "by_position": by_position,
     }

@@ -30,8 +30,8 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from longrange.config import ConfigError, ModelConfig, _check_literals, _from_dict, _read_yaml
-from longrange.data.corpus import load_corpus
 from longrange.data.stream import IGNORE_INDEX, DocumentStream
+from longrange.data.tokenizers import run_corpus, save_run_tokenizer
 from longrange.memory.state import ModelState
 from longrange.model.build import build_model
 from longrange.model.io import checkpoint_dir, load_weights
@@ -612,6 +612,7 @@ def train(
     resume: bool = False,
     overwrite: bool = False,
     init_from: str | Path | None = None,
+    tokenizer: str | None = None,
 ) -> Path:
     """Train `model_cfg` on corpus `data` into `out_dir`; returns the run directory.
 
@@ -620,6 +621,7 @@ def train(
     the run. ``init_from`` (a run or checkpoint folder) starts a new run from its weights only (fine-tuning,
     e.g. a transformer-xl run into a memorizing model): tensors it lacks start fresh and are listed,
     tensors this model has no place for are skipped and listed, mis-shaped ones are an error.
+    ``tokenizer``: bytes (None), ``bpe:VOCAB`` or a FILE.json (`longrange.data.tokenizers`), kept in the run.
     Raises `TrainingDiverged` and `TrainingInterrupted` (after writing a checkpoint).
     """
     out_dir = Path(out_dir)
@@ -642,7 +644,8 @@ def train(
             return held
 
         lock = dist_info.agree(claim_folder)
-        corpus = dist_info.agree(lambda: load_corpus(data), main_only=False)
+        corpus = dist_info.agree(lambda: run_corpus(data, tokenizer, out_dir, resume), main_only=False)
+        model_cfg = corpus.model_config(model_cfg)  # a subword tokenizer's vocabulary size
         torch.manual_seed(train_cfg.seed)
         model = build_model(_disk_memory_config(model_cfg, out_dir))
         if init_from is not None and not resume:
@@ -652,6 +655,7 @@ def train(
             record_invocation(out_dir, dist_info.world_size)
             if not resume:
                 write_run_config(out_dir, model_cfg, train_cfg, data, corpus.manifest, init_from)
+                save_run_tokenizer(out_dir, corpus.tokenizer)
         dist_info.barrier()
         if resume:
             trainer.resume()

@@ -1,0 +1,228 @@
+"""Tokenizers: bytes (the default) or byte-level BPE through the optional Hugging Face `tokenizers` package.
+
+``--tokenizer bytes | bpe:VOCAB | FILE.json``:
+
+- ``bytes``: 256 ids, one per byte;
+- ``bpe:VOCAB``: a byte-level BPE (GPT-2's byte-to-unicode alphabet, its pre-tokenizer regex) trained on the
+  training split with VOCAB ids (VOCAB > 256: the 256 byte symbols come first, so any text encodes);
+- ``FILE.json``: a byte-level BPE saved by `tokenizers` (ours, from a run folder's ``tokenizer.json``, or
+  GPT-2's); any other kind of tokenizer is refused, because bits per byte need each id's exact bytes.
+
+Every id of a byte-level vocabulary stands for a fixed byte string (`id_to_bytes`), so ``token_bytes[id]``
+(its length) turns a loss over tokens into bits per byte of the text the tokens cover, and generation prints
+bytes through an incremental UTF-8 decoder whatever the tokenizer.
+
+`TokenizedCorpus` gives a corpus's splits as token documents: a prepared corpus's are written once into a
+memory-mapped store beside its manifest (``tokens/bpe-<hash>/``) and reused; other corpora are tokenized in
+memory. A run keeps its tokenizer as ``RUN/tokenizer.json`` (`save_run_tokenizer`, `load_run_tokenizer`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+
+from longrange.data.corpus import Corpus, PreparedCorpus
+from longrange.data.token_store import TokenDocuments, TokenStoreWriter, dtype_for, open_split, store_meta
+from longrange.data.tokenizer import ByteTokenizer
+
+log = logging.getLogger(__name__)
+
+RUN_TOKENIZER = "tokenizer.json"
+CHOICES = "bytes, bpe:VOCAB (train a byte-level BPE of VOCAB > 256 ids) or a tokenizer FILE.json"
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible map of the 256 bytes to printable characters (what byte-level BPE vocabularies hold)."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
+    chars, extra = list(keep), 0
+    for b in range(256):
+        if b not in keep:
+            keep.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return {b: chr(c) for b, c in zip(keep, chars, strict=True)}
+
+
+_UNICODE_TO_BYTE = {c: b for b, c in _bytes_to_unicode().items()}
+
+
+def _require_tokenizers():
+    try:
+        import tokenizers
+    except ImportError as err:
+        raise ValueError(
+            "--tokenizer bpe:VOCAB / FILE.json needs the Hugging Face `tokenizers` package: "
+            "pip install 'longrange[bpe]'"
+        ) from err
+    return tokenizers
+
+
+class BPETokenizer:
+    """A byte-level BPE `tokenizers.Tokenizer` with each id's bytes known."""
+
+    name = "bpe"
+
+    def __init__(self, tokenizer, source: str = "trained"):
+        self._tok, self.source = tokenizer, source
+        spec = json.loads(tokenizer.to_str())
+        if spec.get("model", {}).get("type") != "BPE" or "ByteLevel" not in json.dumps(spec.get("pre_tokenizer")):
+            raise ValueError(
+                f"tokenizer {source!r} is not a byte-level BPE (model {spec.get('model', {}).get('type')!r}, no "
+                f"ByteLevel pre-tokenizer); bits per byte need each id's bytes. Use --tokenizer {CHOICES}"
+            )
+        self.vocab_size = tokenizer.get_vocab_size()
+        self._bytes: list[bytes] = []
+        for i in range(self.vocab_size):
+            token = tokenizer.id_to_token(i)
+            if token is None or any(c not in _UNICODE_TO_BYTE for c in token):
+                raise ValueError(
+                    f"tokenizer {source!r} is not a byte-level BPE (id {i} is {token!r}); bits per byte need each "
+                    f"id's bytes. Use --tokenizer {CHOICES}"
+                )
+            self._bytes.append(bytes(_UNICODE_TO_BYTE[c] for c in token))
+        self.token_bytes = np.array([len(b) for b in self._bytes], dtype=np.int64)  # (V,) bytes per id
+        self.dtype = dtype_for(self.vocab_size)
+        self.identity = hashlib.sha256(tokenizer.to_str().encode()).hexdigest()
+
+    @classmethod
+    def train(cls, texts: Iterable[bytes], vocab_size: int) -> BPETokenizer:
+        tk = _require_tokenizers()
+        tok = tk.Tokenizer(tk.models.BPE())
+        tok.pre_tokenizer = tk.pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = tk.decoders.ByteLevel()
+        trainer = tk.trainers.BpeTrainer(
+            vocab_size=vocab_size, initial_alphabet=tk.pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+        )
+        tok.train_from_iterator((t.decode("utf-8", errors="replace") for t in texts), trainer=trainer)
+        return cls(tok, f"bpe:{vocab_size}")
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> BPETokenizer:
+        tk = _require_tokenizers()
+        try:
+            tok = tk.Tokenizer.from_file(str(path))
+        except Exception as err:  # noqa: BLE001 -- the library raises a bare Exception for a bad file
+            raise ValueError(f"--tokenizer {str(path)!r} is not a tokenizers JSON file: {err}") from err
+        return cls(tok, str(path))
+
+    def save(self, path: str | Path) -> None:
+        self._tok.save(str(path))
+
+    def encode(self, text: str | bytes) -> list[int]:
+        text = text.decode("utf-8", errors="replace") if isinstance(text, bytes | bytearray) else text
+        return self._tok.encode(text).ids
+
+    def decode(self, tokens: Iterable[int]) -> str:
+        return b"".join(self.id_to_bytes(int(t)) for t in tokens).decode("utf-8", errors="replace")
+
+    def id_to_bytes(self, token: int) -> bytes:
+        return self._bytes[token] if 0 <= token < self.vocab_size else b""
+
+    def encode_document(self, data: bytes) -> np.ndarray:
+        return np.asarray(self.encode(data), dtype=self.dtype)
+
+    def describe(self) -> dict:
+        return {"name": self.name, "vocab_size": self.vocab_size, "source": self.source, "sha256": self.identity}
+
+
+Tokenizer = ByteTokenizer | BPETokenizer
+
+
+def get_tokenizer(spec: str | None, train_texts: Callable[[], Iterable[bytes]] | None = None) -> Tokenizer:
+    """The tokenizer `spec` names; ``bpe:VOCAB`` is trained on ``train_texts()`` (the training split)."""
+    if spec is None or spec == "bytes":
+        return ByteTokenizer()
+    if spec.startswith("bpe:"):
+        try:
+            vocab = int(spec[4:])
+        except ValueError:
+            vocab = 0
+        if vocab <= 256:
+            raise ValueError(f"--tokenizer {spec!r}: VOCAB must be an integer > 256; choose {CHOICES}")
+        if train_texts is None:
+            raise ValueError(f"--tokenizer {spec!r} trains on a corpus; none was given")
+        return BPETokenizer.train(train_texts(), vocab)
+    if spec.endswith(".json") and Path(spec).is_file():
+        return BPETokenizer.from_file(spec)
+    raise ValueError(f"--tokenizer {spec!r} is not one of: {CHOICES}")
+
+
+def save_run_tokenizer(run: str | Path, tokenizer: Tokenizer) -> None:
+    """Keep a subword tokenizer in the run folder (bytes need nothing: no file means bytes)."""
+    if isinstance(tokenizer, BPETokenizer):
+        tokenizer.save(Path(run) / RUN_TOKENIZER)
+
+
+def load_run_tokenizer(path: str | Path) -> Tokenizer:
+    """The tokenizer of a run: RUN/tokenizer.json (looked up from a checkpoint folder too), else bytes."""
+    path = Path(path)
+    for folder in (path, path.parent, path.parent.parent):
+        if (folder / RUN_TOKENIZER).is_file():
+            return BPETokenizer.from_file(folder / RUN_TOKENIZER)
+    return ByteTokenizer()
+
+
+class TokenizedCorpus:
+    """A corpus's splits as token documents under `tokenizer`; bytes leave the corpus as it is."""
+
+    def __init__(self, corpus: Corpus | PreparedCorpus, tokenizer: Tokenizer):
+        self.corpus, self.tokenizer = corpus, tokenizer
+        self.name = corpus.name
+        self.manifest = {**corpus.manifest, "tokenizer": tokenizer.describe()}
+        self._store: Path | None = None
+
+    @classmethod
+    def load(cls, corpus: Corpus | PreparedCorpus, spec: str | None) -> TokenizedCorpus:
+        """`corpus` under the tokenizer `spec` names (a BPE is trained on its training split)."""
+        return cls(corpus, get_tokenizer(spec, lambda: corpus.text_documents("train")))
+
+    def split(self, name: str) -> list[bytes] | TokenDocuments:
+        return self._tokenize(self.corpus.split(name), name)
+
+    def held_out(self, name: str) -> list[bytes] | TokenDocuments:
+        return self._tokenize(self.corpus.held_out(name), name)
+
+    def _tokenize(self, documents, name: str):
+        tok = self.tokenizer
+        if isinstance(tok, ByteTokenizer):
+            return documents
+        if isinstance(self.corpus, PreparedCorpus):  # once, into a memory-mapped store beside the manifest
+            return open_split(self._prepared_store(), name, tok.token_bytes)
+        return TokenDocuments.from_arrays([tok.encode_document(d) for d in documents], tok.dtype, tok.token_bytes)
+
+    def _prepared_store(self) -> Path:
+        if self._store is None:
+            tok = self.tokenizer
+            store = self.corpus.root / "tokens" / f"bpe-{tok.identity[:16]}"
+            if store_meta(store) is None:
+                log.info("tokenizing %s with %s into %s", self.name, tok.source, store)
+                writer = TokenStoreWriter(store, tok.dtype, {"tokenizer": tok.describe()})
+                for split in ("train", "valid", "test"):
+                    writer.write_split(split, (tok.encode_document(d) for d in self.corpus.text_documents(split)))
+                tok.save(writer.tmp / RUN_TOKENIZER)
+                writer.close()
+            self._store = store
+        return self._store
+
+    def model_config(self, model_cfg):
+        """`model_cfg` with the tokenizer's vocabulary size (bytes leave the config alone: 256, or a converted
+        model's own head)."""
+        if isinstance(self.tokenizer, BPETokenizer) and model_cfg.vocab_size != self.tokenizer.vocab_size:
+            return model_cfg.replace(vocab_size=self.tokenizer.vocab_size)
+        return model_cfg
+
+
+def run_corpus(data: str | None, spec: str | None, run: str | Path, resume: bool = False) -> TokenizedCorpus:
+    """What a training run reads: corpus `data` under tokenizer `spec`; a resumed run keeps its own tokenizer."""
+    from longrange.data.corpus import load_corpus
+
+    corpus = load_corpus(data)
+    if resume and (Path(run) / RUN_TOKENIZER).is_file():
+        return TokenizedCorpus(corpus, BPETokenizer.from_file(Path(run) / RUN_TOKENIZER))
+    return TokenizedCorpus.load(corpus, spec)

@@ -1,0 +1,30 @@
+"""The optional W&B logger: off without a project, a clear error without the package, numbers sent per step."""
+
+import sys
+import types
+
+import pytest
+
+from longrange.train.loggers import wandb_logger
+
+
+def test_no_project_no_logger_and_missing_package_is_one_clear_line(monkeypatch, tmp_path):
+    assert wandb_logger(None, tmp_path) is None
+    monkeypatch.setitem(sys.modules, "wandb", None)  # as if not installed
+    with pytest.raises(ValueError, match="needs the `wandb` package"):
+        wandb_logger("proj", tmp_path)
+
+
+def test_records_go_to_the_wandb_run(monkeypatch, tmp_path):
+    sent, inits = [], []
+
+    class Run:
+        def log(self, data, step):
+            sent.append((step, data))
+
+    fake = types.SimpleNamespace(init=lambda **kw: inits.append(kw) or Run())
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    log = wandb_logger("proj", tmp_path / "run-a", {"lr": 1e-3})
+    log({"step": 10, "loss": 2.5, "lr": 1e-3, "note": "text", "grad_norm": float("nan")})
+    assert inits[0]["project"] == "proj" and inits[0]["name"] == "run-a" and inits[0]["config"] == {"lr": 1e-3}
+    assert sent == [(10, {"loss": 2.5, "lr": 1e-3})]  # strings and non-finite values are left out
