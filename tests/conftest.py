@@ -8,10 +8,32 @@ import torch
 torch.set_num_threads(1)
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--device",
+        default="cpu",
+        help="default device of the tensors and models tests make (`make test-gpu`: cuda); CI runs cpu",
+    )
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
     random.seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _default_device(request):
+    """`--device cuda` runs the same tests with every factory-made tensor and module on the GPU."""
+    device = request.config.getoption("--device")
+    if device == "cpu":
+        yield
+        return
+    torch.set_default_device(device)
+    try:
+        yield
+    finally:
+        torch.set_default_device("cpu")
 
 
 def make_documents(n: int = 8, seed: int = 0) -> list[bytes]:

@@ -21,8 +21,11 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(
 
 
 def _torchrun(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """2 processes with gloo on the CPU (a GPU machine running `make test-gpu` may have one GPU: CUDA_VISIBLE_DEVICES
+    is emptied so `--device auto` means the CPU in these runs)."""
+    env = {**(env or ENV), "CUDA_VISIBLE_DEVICES": ""}
     cmd = torchrun_command(2)
-    return subprocess.run([*cmd, *args], env=env or ENV, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    return subprocess.run([*cmd, *args], env=env, capture_output=True, text=True, cwd=ROOT, timeout=300)
 
 
 def _losses(run: Path) -> list[float]:

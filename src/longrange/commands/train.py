@@ -142,7 +142,7 @@ def configs_from_args(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfi
 
 def run(args: argparse.Namespace) -> int:
     if args.resume and args.init_from is not None:
-        raise ConfigError("--init-from starts a new run from other weights; --resume continues this run's own: pick one")
+        raise ConfigError("--init-from starts a new run from other weights; --resume continues this run's: pick one")
     model_cfg, train_cfg, data = configs_from_args(args)
     try:
         out = train(

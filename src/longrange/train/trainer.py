@@ -38,6 +38,7 @@ from longrange.model.io import checkpoint_dir, load_weights
 from longrange.model.lm import LongRangeLM
 from longrange.train.checkpoint import BEST, LATEST, find_checkpoint, read_checkpoint, read_weights, write_checkpoint
 from longrange.train.distributed import DistInfo, init_distributed, shutdown_distributed
+from longrange.train.loggers import wandb_logger
 from longrange.train.optim import build_optimizer, lr_at
 from longrange.train.run_folder import (
     METRICS,
@@ -104,6 +105,7 @@ class TrainConfig:
     compile: bool = _option(False, "torch.compile the model")
     threads: int | None = _option(None, "torch CPU threads (default: torch's: OMP_NUM_THREADS or the physical cores)")
     progress: bool = _option(True, "show a progress bar (off: a plain loss line every --log-every steps)")
+    wandb: str | None = _option(None, "also log to this Weights & Biases project (needs the optional wandb package)")
 
     def __post_init__(self) -> None:
         _check_literals(self)
@@ -151,6 +153,7 @@ RESUMABLE_KEYS = (
     "device",
     "compile",
     "threads",
+    "wandb",
 )
 
 
@@ -302,6 +305,7 @@ class Trainer:
         self.state: ModelState | None = None
         self.history: list[dict] = []
         self._tensorboard: Any = False  # created on the first log line (False: not tried yet)
+        self._wandb = wandb_logger(cfg.wandb, self.out_dir, cfg.to_dict()) if self.dist.is_main else None
 
     # -- checkpointing ---------------------------------------------------------------
     def save(self, name: str = LATEST, valid_bpb: float | None = None) -> Path | None:
@@ -513,6 +517,8 @@ class Trainer:
             return
         strict = {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in record.items()}
         append_line(self.out_dir / METRICS, json.dumps(strict, allow_nan=False))  # NaN is not JSON: null
+        if self._wandb is not None:
+            self._wandb(record)
         if self._tensorboard is False:
             self._tensorboard = _tensorboard_writer(self.out_dir)
         if self._tensorboard is not None:
