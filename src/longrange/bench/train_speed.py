@@ -9,28 +9,39 @@ import torch
 from longrange.config import ModelConfig
 from longrange.data.corpus import load_corpus
 from longrange.model.build import build_model
+from longrange.train.runtime import peak_memory_mib, synchronize
 from longrange.train.trainer import TrainConfig, Trainer
 
 
 def train_tokens_per_s(
-    preset: str, steps: int, batch_size: int, threads: int, warmup: int = 2, overrides: dict | None = None
+    preset: str,
+    steps: int,
+    batch_size: int,
+    threads: int,
+    warmup: int = 2,
+    overrides: dict | None = None,
+    runtime: dict | None = None,
 ) -> dict:
+    """Tokens/s of whole training steps; `runtime`: TrainConfig's device / precision / compile (default: CPU fp32)."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
+    runtime = runtime or {}
     cfg = ModelConfig.from_name(preset, **(overrides or {}))
     documents = load_corpus(None).split("train")
     trainer = Trainer(
         build_model(cfg),
-        TrainConfig(steps=steps + warmup, batch_size=batch_size, progress=False),
+        TrainConfig(steps=steps + warmup, batch_size=batch_size, progress=False, **{"device": "cpu", **runtime}),
         documents,
         None,
         "unused",
     )
     for _ in range(warmup):
         trainer.train_step()
+    synchronize(trainer.device)
     tokens, start = 0, time.perf_counter()
     for _ in range(steps):
         tokens += trainer.train_step()["tokens"]
+    synchronize(trainer.device)
     elapsed = time.perf_counter() - start
     return {
         "preset": preset,
@@ -39,5 +50,7 @@ def train_tokens_per_s(
         "segment_len": cfg.segment_len,
         "params": build_model(cfg).num_parameters(),
         "tokens_per_s": tokens / elapsed,
+        "device": str(trainer.device),
+        "peak_mib": peak_memory_mib(trainer.device),
         "step_s": elapsed / steps,
     }

@@ -19,6 +19,7 @@ import torch
 from longrange.bench import attention as attention_bench
 from longrange.bench import report
 from longrange.bench.variants import VARIANTS
+from longrange.train.runtime import add_runtime_options, resolve_device
 
 
 def _csv(kind):
@@ -35,7 +36,7 @@ def add_attention_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--causal", dest="bidirectional", action="store_false", help="causal attention (the default)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--timeout", type=float, default=300, help="seconds per point before it is recorded as a timeout")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: CUDA when available)")
     p.add_argument(
         "--full-max-length",
         type=int,
@@ -50,6 +51,7 @@ def run_attention(args: argparse.Namespace) -> int:
     if unknown:
         raise ValueError(f"unknown variant {unknown[0]!r}; choose from {sorted(VARIANTS)}")
     variants = args.variants if "full" in args.variants else ["full", *args.variants]
+    args.device = str(resolve_device(args.device))
     rows = []
     for length in args.lengths:
         for variant in variants:
@@ -83,13 +85,15 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--presets", type=_csv(str), default=["transformer-tiny", "transformer-xl-tiny"])
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=8)
+    add_runtime_options(p)
 
 
 def run_train(args: argparse.Namespace) -> int:
     """Training tokens/s per preset on the built-in corpus."""
     from longrange.bench.train_speed import train_tokens_per_s
 
-    rows = [train_tokens_per_s(p, args.steps, args.batch_size, args.threads) for p in args.presets]
+    runtime = {"device": str(resolve_device(args.device)), "precision": args.precision, "compile": args.compile}
+    rows = [train_tokens_per_s(p, args.steps, args.batch_size, args.threads, runtime=runtime) for p in args.presets]
     for r in rows:
         r["ratio"] = r["tokens_per_s"] / rows[0]["tokens_per_s"]
         print(

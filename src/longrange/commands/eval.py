@@ -25,7 +25,7 @@ from longrange.data.corpus import Corpus, PreparedCorpus, corpus_change, load_co
 from longrange.data.tokenizers import TokenizedCorpus, load_run_tokenizer
 from longrange.eval.evaluate import check_result, evaluate
 from longrange.model.io import load
-from longrange.train.runtime import PRECISIONS, resolve_device
+from longrange.train.runtime import add_runtime_options, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--set", "--override", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides (e.g. memory)"
     )
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
-    parser.add_argument("--precision", default="fp32", choices=sorted(PRECISIONS), help="autocast dtype")
-    parser.add_argument("--compile", action="store_true", help="run the model through torch.compile")
+    add_runtime_options(parser)
     parser.add_argument("--threads", type=_at_least(1), default=None, help="torch threads (default: torch's)")
     parser.add_argument(
         "--output",

@@ -19,7 +19,7 @@ import torch
 from longrange.data.tokenizers import load_run_tokenizer
 from longrange.generate import check_sampling, generate_batch, stream_generate
 from longrange.model.io import load
-from longrange.train.runtime import PRECISIONS, resolve_device
+from longrange.train.runtime import add_runtime_options, resolve_device
 
 MAX_PROMPT_BYTES = 1 << 30  # a prompt file larger than this is a mistake (a device, a dump), not a prompt
 
@@ -40,9 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling: probability mass in (0, 1]")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--no-echo", action="store_true", help="print only the sampled text, not the prompt")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
-    parser.add_argument("--precision", default="fp32", choices=sorted(PRECISIONS), help="autocast dtype")
-    parser.add_argument("--compile", action="store_true", help="run the model through torch.compile")
+    add_runtime_options(parser)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
 
 

@@ -8,6 +8,8 @@ call these instead of each interpreting the options itself.
 
 from __future__ import annotations
 
+import argparse
+
 import torch
 from torch import nn
 
@@ -65,3 +67,29 @@ def maybe_compile(model: nn.Module, enabled: bool) -> nn.Module:
     """`torch.compile(model)` when `enabled`, else `model` itself. The compiled wrapper shares the
     parameters and forwards attribute reads to the model, so callers may keep using either."""
     return torch.compile(model) if enabled else model
+
+
+def add_runtime_options(parser: argparse.ArgumentParser, *, compile: bool = True) -> None:
+    """``--device``, ``--precision`` (and ``--compile``): the same options, with the same help, in every command."""
+    parser.add_argument("--device", default="auto", help=f"{DEVICE_CHOICES} (default auto: CUDA when available)")
+    parser.add_argument(
+        "--precision",
+        default="fp32",
+        choices=sorted(PRECISIONS),
+        help="fp32, or autocast to bf16 / fp16 (training adds a gradient scaler for fp16)",
+    )
+    if compile:
+        parser.add_argument("--compile", action="store_true", help="run the model through torch.compile")
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work (timing); nothing to wait for on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_memory_mib(device: torch.device) -> float | None:
+    """Peak allocated memory of a CUDA device since start (None on the CPU: measured per process by the benches)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return None
