@@ -37,7 +37,13 @@ from longrange.model.blocks import Block
 
 
 class _RecordedRNG:
-    """Record the RNG state before a call; replay the call later under the same state."""
+    """Record the RNG state before a call; replay the call later under the same state.
+
+    Under `torch.compile` this is a graph break per reversible block (dynamo does not trace
+    `torch.get_rng_state`): a compiled reversible stack runs as one graph per block. The replay is what
+    makes the recomputed backward see the same dropout masks and LSH rotations as the forward, so it
+    stays; a plain (non-reversible) stack compiles into one graph.
+    """
 
     def __init__(self):
         self.cpu = torch.get_rng_state()

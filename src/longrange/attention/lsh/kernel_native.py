@@ -52,6 +52,7 @@ FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-ffp-contract=fast", "-fno-st
 SCALARS = {torch.float32: "float", torch.float64: "double"}
 
 
+@torch.compiler.assume_constant_result  # torch.compile asks once, outside the graph (it stats the kernel cache)
 def available(dtype: torch.dtype = torch.float32, head_dim: int = 0) -> bool:
     """Whether the native kernel can run tensors of `dtype` here (compiling it on first use, for heads of
     `head_dim` values; 0: the build for any width)."""

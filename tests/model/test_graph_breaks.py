@@ -1,0 +1,34 @@
+"""`torch.compile` sees each system's training forward as one graph: no graph break a user pays every step.
+
+The one exception is stated where it happens: a reversible stack records and replays RNG states per block
+(`model/reversible.py`, `_RecordedRNG`), a break per block; the same Reformer with plain blocks is one graph.
+"""
+
+import pytest
+import torch
+import torch._dynamo as dynamo
+
+import longrange as lr
+
+SYSTEMS = [
+    ("transformer-tiny", {}),
+    ("transformer-xl-tiny", {}),
+    ("luna-tiny", {}),
+    ("compressive-tiny", {}),
+    ("memorizing-tiny", {"knn.memory_size": 64}),
+    ("reformer-tiny", {"reversible": False}),
+]
+
+
+@pytest.mark.parametrize(("preset", "overrides"), SYSTEMS, ids=[p for p, _ in SYSTEMS])
+def test_training_forward_traces_without_graph_breaks(preset, overrides):
+    model = lr.build_model(lr.ModelConfig.from_name(preset).replace(**overrides)).train()
+    length = 256 if preset.startswith("reformer") else 64
+    tokens = torch.randint(0, 256, (2, length))
+    state = model.init_state(2) if model.stateful else None
+    try:
+        explained = dynamo.explain(model)(tokens, state=state, doc_start=torch.tensor([True, False]), targets=tokens)
+    finally:
+        dynamo.reset()
+    reasons = [b.reason.splitlines()[0] for b in explained.break_reasons]
+    assert explained.graph_break_count == 0, reasons
