@@ -276,6 +276,12 @@ def test_out_that_is_a_file_is_one_line(tmp_path, data, capsys):
     assert "is a file" in capsys.readouterr().err
 
 
+def test_an_out_that_cannot_be_created_is_one_line(tmp_path, data, capsys):
+    (tmp_path / "file").write_text("x")
+    assert main(["train", "--data", data, "--out", str(tmp_path / "file" / "run"), "--steps", "2", *TINY]) == 2
+    assert "cannot create the run folder" in capsys.readouterr().err
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes read-only folders")
 def test_read_only_out_is_one_line(tmp_path, data, capsys):
     ro = tmp_path / "ro"
