@@ -6,6 +6,7 @@ import time
 
 import torch
 
+from longrange.bench.mfu import matmul_ceiling, mfu, model_flops_per_token
 from longrange.config import ModelConfig
 from longrange.data.corpus import load_corpus
 from longrange.model.build import build_model
@@ -22,7 +23,11 @@ def train_tokens_per_s(
     overrides: dict | None = None,
     runtime: dict | None = None,
 ) -> dict:
-    """Tokens/s of whole training steps; `runtime`: TrainConfig's device / precision / compile (default: CPU fp32)."""
+    """Tokens/s of whole training steps; `runtime`: TrainConfig's device / precision / compile (default: CPU fp32).
+
+    Also the model FLOPs per token, the fp32 matmul ceiling measured in this process right after the timed steps
+    (at the model's shapes, same threads and device) and their ratio, the model-FLOPs utilisation ``mfu``.
+    """
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     runtime = runtime or {}
@@ -43,13 +48,19 @@ def train_tokens_per_s(
         tokens += trainer.train_step()["tokens"]
     synchronize(trainer.device)
     elapsed = time.perf_counter() - start
+    tokens_per_s = tokens / elapsed
+    flops = model_flops_per_token(cfg)
+    ceiling = matmul_ceiling(cfg, batch_size * cfg.segment_len, threads, device=trainer.device)
     return {
         "preset": preset,
         "threads": threads,
         "batch_size": batch_size,
         "segment_len": cfg.segment_len,
         "params": build_model(cfg).num_parameters(),
-        "tokens_per_s": tokens / elapsed,
+        "tokens_per_s": tokens_per_s,
+        "model_flops_per_token": flops,
+        "ceiling_gflops": ceiling["gflops"],
+        "mfu": mfu(flops, tokens_per_s, ceiling["gflops"]),
         "device": str(trainer.device),
         "peak_mib": peak_memory_mib(trainer.device),
         "step_s": elapsed / steps,

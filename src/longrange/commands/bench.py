@@ -97,8 +97,9 @@ def run_train(args: argparse.Namespace) -> int:
     for r in rows:
         r["ratio"] = r["tokens_per_s"] / rows[0]["tokens_per_s"]
         print(
-            f"{r['preset']:>24}: {r['tokens_per_s']:10.0f} tokens/s  x{r['ratio']:.2f}  ({r['params']:,} params,"
-            f" threads={r['threads']})"
+            f"{r['preset']:>24}: {r['tokens_per_s']:10.0f} tokens/s  x{r['ratio']:.2f}  MFU {r['mfu']:.0%} "
+            f"({r['model_flops_per_token'] / 1e6:.1f} MFLOP/token, ceiling {r['ceiling_gflops']:.0f} GFLOP/s; "
+            f"{r['params']:,} params, threads={r['threads']})"
         )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "train.json").write_text(json.dumps({"meta": _meta(args), "rows": rows}, indent=1))
