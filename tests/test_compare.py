@@ -161,3 +161,34 @@ def test_prepared_corpus_is_used_with_its_own_split(tmp_path):
     cc = CompareConfig(data=str(root), eval_bytes=0)
     assert _train_spec(str(root)) == str(root / "train") and _train_spec("stdlib") == "stdlib"
     assert _eval_documents(cc) == [b"test book"]
+
+
+def test_demo_runs_the_fair_comparison(tmp_path, monkeypatch):
+    """`longrange demo` compares every system on the same rows x tokens per update, with seeds (not run here:
+    the budget is minutes; the layout it asks for is checked through `plan`)."""
+    import argparse
+
+    import longrange.compare
+    from longrange.commands import demo
+    from longrange.compare import SYSTEMS, plan
+
+    seen = []
+
+    def fake_compare(cc, out, **kw):
+        seen.append(cc)
+        Path(out).mkdir(parents=True)
+        (Path(out) / "summary.md").write_text("table\n")
+        return Path(out)
+
+    monkeypatch.setattr(longrange.compare, "compare", fake_compare)
+    args = argparse.Namespace(out=tmp_path / "demo", steps=None, seeds=2, eval_docs=8, threads=None, preset=None)
+    assert demo.run(args) == 0
+    (cc,) = seen
+    assert (cc.systems, cc.rows, cc.row_tokens, cc.seeds) == (list(SYSTEMS), 8, 1024, 2)
+    cfgs, skipped, row_tokens = plan(cc)
+    assert not skipped and row_tokens == 1024
+    assert {s: c.segment_len for s, c in cfgs.items()} == {
+        **{s: 64 for s in SYSTEMS},
+        "reformer": 1024,
+        "luna": 1024,
+    }  # 16 segments of a row per update for the others, memories carried

@@ -1,12 +1,14 @@
-"""Compare every registered system at a small budget on the built-in code corpus; print the table.
+"""Compare every registered system fairly at a small budget on the built-in code corpus; print the table.
 
 Example: longrange demo --out runs/demo
-Runs `longrange compare` with size tiny, 600 updates of 1,024 bytes per system, evaluated on the
-first 16 KiB of 8 held-out documents (whole standard-library documents reach 1.4 MB; `longrange eval`
-reads them whole), and writes the report to OUT/report.md and OUT/report.html. Measured on a 2-core
-CPU, run alone with 2 threads, it takes 2.9 minutes (each tiny system trains at 24-55k tokens/s, and
-start-up, evaluation and memory ablations add ~10 s per system). Rerun with the same
---out to continue an interrupted demo.
+Runs `longrange compare` with size tiny: every system reads the same 8 rows x 1,024 tokens per row per update
+(its own segments of the row, memories carried; Reformer and Luna read the whole row in one pass), 64 updates,
+each system trained with 2 seeds (mean and spread in the table), evaluated on the first 16 KiB of 8 held-out
+documents (whole standard-library documents reach 1.4 MB; `longrange eval` reads them whole), and writes the
+report to OUT/report.md and OUT/report.html. Budget estimate for a 2-core CPU run alone with 2 threads: about
+5 minutes (about 3.5 of training, 12 runs of 524,288 tokens at 15-45k tokens per CPU-second per system, plus
+start-up, evaluation and memory ablations); see the issue-17 report for how it was measured. Rerun with
+the same --out to continue an interrupted demo.
 `--preset NAME` trains a single preset instead (the earlier demo: train, evaluate, sample).
 """
 
@@ -27,13 +29,17 @@ from longrange.generate import generate
 from longrange.train.trainer import TrainConfig, train
 
 EVAL_BYTES = 16 * 1024
-DEMO_STEPS = 600  # per system in the comparison; see the docstring for the measured time
+DEMO_STEPS = 64  # updates per system and seed in the comparison; see the docstring for the time
+DEMO_ROWS = 8  # rows per update, the same for every system
+DEMO_ROW_TOKENS = 1024  # tokens per row per update: Reformer's one-pass length, 16 segments of the others
+DEMO_SEEDS = 2  # the fewest that show a spread
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/demo"))
     parser.add_argument("--preset", default=None, help="train only this preset (no comparison)")
     parser.add_argument("--steps", type=int, default=None, help=f"updates per system (default {DEMO_STEPS})")
+    parser.add_argument("--seeds", type=int, default=DEMO_SEEDS, help="seeds per system in the comparison")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--eval-docs", type=int, default=8)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
@@ -100,13 +106,19 @@ def _run_compare(args: argparse.Namespace, start: float) -> int:
     from longrange.compare import SYSTEMS, CompareConfig, compare
 
     steps = args.steps or DEMO_STEPS
-    print(f"comparing {', '.join(SYSTEMS)} (size tiny, {steps} updates each) on the Python standard library")
+    print(
+        f"comparing {', '.join(SYSTEMS)} (size tiny, {steps} updates of {DEMO_ROWS} rows x {DEMO_ROW_TOKENS} tokens, "
+        f"{args.seeds} seed(s) each) on the Python standard library"
+    )
     cc = CompareConfig(
         size="tiny",
         steps=steps,
+        rows=DEMO_ROWS,
+        row_tokens=DEMO_ROW_TOKENS,
+        seeds=args.seeds,
         eval_docs=args.eval_docs,
         eval_bytes=EVAL_BYTES,
-        command=f"longrange demo --out {args.out} --steps {steps}",
+        command=f"longrange demo --out {args.out} --steps {steps} --seeds {args.seeds}",
     )
     out = compare(cc, args.out)
     print(f"\n{(out / 'summary.md').read_text()}")
