@@ -101,7 +101,13 @@ def test_row_tokens_must_be_a_multiple_of_every_segment(corpus):
 
 
 def test_seeds_give_different_runs_and_a_spread(tmp_path, corpus):
-    out = compare(_cc(corpus, ["transformer"], seeds=2, ablations=False, eval_docs=1), tmp_path / "cmp", isolate=False)
+    from longrange.cli import main
+
+    out = tmp_path / "cmp"
+    args = ["--systems", "transformer", "--seeds", "2", "--rows", "4", "--row-tokens", "128", "--steps", "3"]
+    args += ["--data", corpus, "--eval-docs", "1", "--eval-bytes", "256", "--no-ablations", "--in-process"]
+    assert main(["compare", *args, "--out", str(out)]) == 0
+    assert json.loads((out / "report.json").read_text())["tokens_per_update"] == 512
     r = json.loads((out / "results.json").read_text())["transformer"]
     first, second = r["seed_bpb"]
     assert r["seeds"] == [0, 1] and first != second  # different initial weights and document order

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from longrange.compare import SYSTEMS, CompareConfig, compare
+from longrange.compare import SYSTEMS, WHOLE_ROW, CompareConfig, compare
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,6 +29,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--row-tokens", type=int, default=None, help="tokens per row per update (default: the longest segment)"
     )
     parser.add_argument("--seeds", type=int, default=1, help="train each system with seeds 0 .. N-1")
+    parser.add_argument(
+        "--whole-row",
+        default=",".join(WHOLE_ROW),
+        help="systems that read a row in one pass (segment = row tokens); others read it in their own segments",
+    )
     parser.add_argument("--param-tolerance", type=float, default=0.10, help="parameter counts equal within this")
     parser.add_argument("--data", default=None, help="corpus spec (default: built-in stdlib code)")
     parser.add_argument("--eval-docs", type=int, default=8)
@@ -52,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
         rows=args.rows,
         row_tokens=args.row_tokens,
         seeds=args.seeds,
+        whole_row=[s.strip() for s in args.whole_row.split(",") if s.strip()],
         param_tolerance=args.param_tolerance,
         data=args.data,
         eval_docs=args.eval_docs,
