@@ -230,12 +230,131 @@ def run_reversible(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_peers_args(p: argparse.ArgumentParser) -> None:
+    from longrange.bench.peers import SYSTEMS
+
+    p.add_argument("--systems", type=_csv(str), default=list(SYSTEMS), help=f"any of {list(SYSTEMS)}")
+    p.add_argument("--lengths", type=_csv(int), default=[1024, 4096], help="target tokens per training step")
+    p.add_argument("--d-model", type=int, default=512)
+    p.add_argument("--depth", type=int, default=6)
+    p.add_argument("--heads", type=int, default=8)
+    p.add_argument("--vocab", type=int, default=256)
+    p.add_argument("--segment", type=int, default=512, help="segment length of the systems with memories")
+    p.add_argument("--knn-memory", type=int, default=64000, help="M, kNN memories per row")
+    p.add_argument("--bucket", type=int, default=64, help="LSH bucket size")
+    p.add_argument("--steps", type=int, default=3, help="timed steps per point (the fastest is kept)")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=1, help="rounds of interleaved points; the best round is kept")
+    p.add_argument("--ours-only", action="store_true", help="run our side alone (peers not installed)")
+    p.add_argument("--timeout", type=float, default=600, help="seconds per point")
+
+
+def run_peers(args: argparse.Namespace) -> int:
+    """Training tokens/s of each system against its peer library, same layout, interleaved fresh processes."""
+    import subprocess
+
+    from longrange.bench.mfu import matmul_ceiling, mfu, model_flops_per_token
+    from longrange.bench.peers import SYSTEMS, Layout, measure_in_subprocess, our_config, peer_available
+
+    unknown = [s for s in args.systems if s not in SYSTEMS]
+    if unknown:
+        raise ValueError(f"--systems: unknown system {unknown[0]!r}; choose from {list(SYSTEMS)}")
+    layout = Layout(args.vocab, args.d_model, args.depth, args.heads, args.segment, args.knn_memory, bucket=args.bucket)
+    points = []
+    for repeat in range(args.repeats):
+        for system in args.systems:
+            with_peer = not args.ours_only and peer_available(system)
+            for length in args.lengths:
+                runs = [("ours", False)] + ([("peer", False)] if with_peer else [])
+                if system == "memorizing":
+                    runs.append(("ours", True))  # memory carried across steps, as our trainer runs
+                for side, carry in runs if repeat % 2 == 0 else runs[::-1]:
+                    points.append({"system": system, "length": length, "side": side, "carry": carry})
+    meta = _meta(args)
+    meta["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout
+    meta["commit"] = meta["commit"].strip() or "unknown"
+    meta["layout"] = vars(layout)
+    ceilings: dict[int, float] = {}
+    best: dict[tuple, dict] = {}
+    for point in points:
+        full = {**point, "threads": args.threads, "steps": args.steps, "warmup": args.warmup, "layout": vars(layout)}
+        row = measure_in_subprocess(full, args.timeout)
+        key = (point["system"], point["length"], point["side"], point["carry"])
+        print(
+            f"{point['system']:>12} L={point['length']:>5} {point['side']:>4}{' carried' if point['carry'] else ''}: "
+            f"{row.get('tokens_per_s', float('nan')):8.0f} tokens/s  {row['status']}",
+            flush=True,
+        )
+        if row["status"] == "ok" and row["tokens_per_s"] > best.get(key, {}).get("tokens_per_s", 0):
+            best[key] = row
+        elif key not in best:
+            best[key] = row
+    rows = []
+    for system in args.systems:
+        for length in args.lengths:
+            cfg = our_config(system, layout, length)
+            if cfg.segment_len not in ceilings:
+                ceilings[cfg.segment_len] = matmul_ceiling(cfg, cfg.segment_len, args.threads)["gflops"]
+            flops, ceiling = model_flops_per_token(cfg), ceilings[cfg.segment_len]
+            peer = best.get((system, length, "peer", False), {})
+            for carry in (False, True) if system == "memorizing" else (False,):
+                ours = best.get((system, length, "ours", carry), {})
+                ours_tps, peer_tps = ours.get("tokens_per_s"), peer.get("tokens_per_s")
+                rows.append(
+                    {
+                        "system": system + (" (memory carried)" if carry else ""),
+                        "length": length,
+                        "peer_tokens_per_s": peer_tps,
+                        "ours_tokens_per_s": ours_tps,
+                        "ratio": ours_tps / peer_tps if ours_tps and peer_tps else None,
+                        "model_flops_per_token": flops,
+                        "ceiling_gflops": ceiling,
+                        "ours_mfu": mfu(flops, ours_tps, ceiling) if ours_tps else None,
+                        "peer_mfu": mfu(flops, peer_tps, ceiling) if peer_tps else None,
+                        "status": f"ours {ours.get('status', 'not run')}, peer {peer.get('status', 'not run')}",
+                    }
+                )
+    table = _peers_table(rows, meta)
+    print(table)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "peers.json").write_text(
+        json.dumps({"meta": meta, "rows": rows, "points": list(best.values())}, indent=1)
+    )
+    (args.out / "peers.md").write_text(table)
+    print(f"-> {args.out}/peers.{{json,md}}")
+    return 0
+
+
+def _peers_table(rows: list[dict], meta: dict) -> str:
+    def num(x, fmt="{:,.0f}"):
+        return "-" if x is None else fmt.format(x)
+
+    lay = meta["layout"]
+    lines = [
+        f"Training step (forward + backward + AdamW), batch 1, vocab {lay['vocab']}, d {lay['d_model']}, depth "
+        f"{lay['depth']}, {lay['heads']} heads, segments {lay['segment']}, M {lay['knn_memory']:,}; commit "
+        f"{meta['commit']}, torch {meta['torch']}, {meta['threads']} thread(s). MFU: our model FLOPs per token x "
+        "tokens/s over the fp32 matmul ceiling measured in this run.",
+        "",
+        "| system | L | peer tokens/s | ours tokens/s | ratio | MFU ours | MFU peer | ceiling GFLOP/s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['system']} | {r['length']:,} | {num(r['peer_tokens_per_s'])} | {num(r['ours_tokens_per_s'])} | "
+            f"{num(r['ratio'], '{:.2f}x')} | {num(r['ours_mfu'], '{:.0%}')} | {num(r['peer_mfu'], '{:.0%}')} | "
+            f"{r['ceiling_gflops']:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 # name -> (add_arguments, run); mechanisms add their benchmarks here
 BENCHES = {
     "attention": (add_attention_args, run_attention),
     "train": (add_train_args, run_train),
     "knn": (add_knn_args, run_knn),
     "reversible": (add_reversible_args, run_reversible),
+    "peers": (add_peers_args, run_peers),
 }
 
 

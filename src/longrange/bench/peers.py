@@ -1,0 +1,259 @@
+"""Training speed against the library a user would install instead (the `bench-peers` extra), side by side.
+
+Each system is built twice on one layout: the peer as its README shows, ours configured to the same layers.
+A point is one whole training step (forward + backward + AdamW) on L target tokens, batch 1, in a fresh process
+(`measure_in_subprocess`); points are interleaved (repeat, system, length, side) so that drift on a shared
+machine hits both sides alike, and each point keeps its fastest timed step. Systems with memories read the L tokens
+as L / segment segments in order, carrying memories from one segment to the next within the step and
+back-propagating each segment's loss (truncated BPTT, as both libraries train); the memories start empty at each
+step as the peers' training loops do, and for the memorizing system ours is also run with its memory carried
+across steps (how our trainer runs). Peers (pinned in pyproject's `bench-peers`):
+
+- transformer: x-transformers ``TransformerWrapper(Decoder(attn_flash=True))``; ours ``full`` x depth.
+- reformer: reformer-pytorch ``ReformerLM(causal=True, n_hashes=4, bucket_size=64)`` (reversible, every layer
+  LSH); ours ``lsh`` x depth, reversible, n_hashes 4, bucket 64.
+- compressive: compressive-transformer-pytorch with memory in the top half of the layers (mem = segment,
+  cmem = segment / 4, rate 4, conv, attention reconstruction loss), through its ``AutoregressiveWrapper``;
+  ours ``full`` below, ``compressive`` above with the same sizes.
+- memorizing: memorizing-transformers-pytorch, plain layers 1-2, XL 3-4, XL + kNN 5-6 (its 1-based numbering),
+  M kNN memories, k = 32, XL memory = segment, memories made per step by ``knn_memories_context``; ours ``full``
+  x 2, ``xl`` x 2, ``knn`` x 2 (each knn layer has its own XL cache of one segment, as the peer's).
+
+The MFU column is `model_flops_per_token` of our config (the same layout) x tokens/s over the fp32 matmul
+ceiling measured by the parent process at the start of the run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+SYSTEMS = ("transformer", "reformer", "compressive", "memorizing")
+PEER_PACKAGES = {
+    "transformer": "x_transformers",
+    "reformer": "reformer_pytorch",
+    "compressive": "compressive_transformer_pytorch",
+    "memorizing": "memorizing_transformers_pytorch",
+}
+
+
+@dataclass
+class Layout:
+    """The issue's layout: vocab 256, d 512, depth 6, 8 heads, batch 1, segments 512, M = 64,000, k = 32."""
+
+    vocab: int = 256
+    d_model: int = 512
+    depth: int = 6
+    heads: int = 8
+    segment: int = 512
+    knn_memory: int = 64000
+    topk: int = 32
+    bucket: int = 64
+    hashes: int = 4
+
+
+def our_config(system: str, layout: Layout, length: int):
+    """Our ModelConfig for `system` on `layout` at L = `length` tokens per step (segments for stateful systems)."""
+    from longrange.config import ModelConfig
+
+    shared = {"vocab_size": layout.vocab, "d_model": layout.d_model, "n_heads": layout.heads}
+    n = layout.depth
+    if system == "transformer":
+        return ModelConfig(**shared, layers=["full"] * n, segment_len=length)
+    if system == "reformer":
+        lsh = {"n_hashes": layout.hashes, "bucket_size": layout.bucket, "n_buckets": 2 * length // layout.bucket}
+        return ModelConfig(**shared, layers=["lsh"] * n, segment_len=length, reversible=True, lsh=lsh)
+    seg = min(layout.segment, length)
+    if system == "compressive":
+        sec = {"mem_len": seg, "cmem_len": seg // 4, "rate": 4, "compression": "conv", "loss": "attention"}
+        layers = ["full"] * (n - n // 2) + ["compressive"] * (n // 2)
+        return ModelConfig(**shared, layers=layers, segment_len=seg, compressive=sec)
+    if system == "memorizing":
+        third = n // 3
+        layers = ["full"] * (n - 2 * third) + ["xl"] * third + ["knn"] * third
+        knn = {"mem_len": seg, "memory_size": layout.knn_memory, "topk": layout.topk, "backend": "exact"}
+        return ModelConfig(**shared, layers=layers, segment_len=seg, xl={"mem_len": seg}, knn=knn)
+    raise ValueError(f"system={system!r} is not one of {list(SYSTEMS)}")
+
+
+def _our_step(system: str, layout: Layout, length: int, carry: bool):
+    """A closure doing one training step of our model on random tokens (L + 1 of them: inputs and targets)."""
+    from longrange.model.build import build_model
+
+    cfg = our_config(system, layout, length)
+    model = build_model(cfg).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    tokens = torch.randint(1, layout.vocab, (1, length + 1))
+    seg = cfg.segment_len
+    held = {"state": None}
+
+    def step() -> None:
+        state = held["state"] if carry else None
+        opt.zero_grad(set_to_none=True)
+        for start in range(0, length, seg):
+            out = model(tokens[:, start : start + seg], state=state, targets=tokens[:, start + 1 : start + seg + 1])
+            loss = out.loss if out.aux_loss is None else out.loss + out.aux_loss
+            loss.backward()
+            state = out.state.detach() if model.stateful else None
+        opt.step()
+        held["state"] = state
+
+    return step
+
+
+def _peer_step(system: str, layout: Layout, length: int):
+    """A closure doing one training step of the peer library, configured as its README shows."""
+    tokens = torch.randint(1, layout.vocab, (1, length + 1))
+    seg = min(layout.segment, length)
+    n = layout.depth
+    if system == "transformer":
+        from x_transformers import Decoder, TransformerWrapper
+
+        model = TransformerWrapper(
+            num_tokens=layout.vocab,
+            max_seq_len=length,
+            attn_layers=Decoder(dim=layout.d_model, depth=n, heads=layout.heads, attn_flash=True),
+        )
+
+        def losses():
+            logits = model(tokens[:, :-1])
+            yield F.cross_entropy(logits.transpose(1, 2), tokens[:, 1:])
+
+    elif system == "reformer":
+        from reformer_pytorch import ReformerLM
+
+        model = ReformerLM(
+            num_tokens=layout.vocab,
+            dim=layout.d_model,
+            depth=n,
+            max_seq_len=length,
+            heads=layout.heads,
+            causal=True,
+            bucket_size=layout.bucket,
+            n_hashes=layout.hashes,
+        )
+
+        def losses():
+            logits = model(tokens[:, :-1])
+            yield F.cross_entropy(logits.transpose(1, 2), tokens[:, 1:])
+
+    elif system == "compressive":
+        from compressive_transformer_pytorch import AutoregressiveWrapper, CompressiveTransformer
+
+        net = CompressiveTransformer(
+            num_tokens=layout.vocab,
+            dim=layout.d_model,
+            depth=n,
+            heads=layout.heads,
+            seq_len=seg,
+            mem_len=seg,
+            cmem_len=seg // 4,
+            cmem_ratio=4,
+            memory_layers=list(range(n - n // 2 + 1, n + 1)),  # 1-based: the top half
+            enhanced_recurrence=True,
+            gru_gated_residual=False,
+            mogrify_gru=False,
+        )
+        model = AutoregressiveWrapper(net)
+
+        def losses():
+            for loss, aux_loss, _ in model(tokens, return_loss=True):
+                yield loss + aux_loss
+
+    elif system == "memorizing":
+        from memorizing_transformers_pytorch import MemorizingTransformer
+
+        third = n // 3
+        directory = tempfile.mkdtemp(prefix="peer-knn-")
+        model = MemorizingTransformer(
+            num_tokens=layout.vocab,
+            dim=layout.d_model,
+            depth=n,
+            heads=layout.heads,
+            dim_head=layout.d_model // layout.heads,
+            memorizing_layers=tuple(range(n - third + 1, n + 1)),
+            max_knn_memories=layout.knn_memory,
+            num_retrieved_memories=layout.topk,
+            xl_memory_layers=tuple(range(n - 2 * third + 1, n + 1)),
+            xl_max_memories=seg,
+            knn_memories_directory=directory,
+        )
+
+        def losses():
+            with model.knn_memories_context(batch_size=1) as knn_memories:
+                xl_memories = None
+                for start in range(0, length, seg):
+                    loss, xl_memories = model(
+                        tokens[:, start : start + seg],
+                        knn_memories=knn_memories,
+                        xl_memories=xl_memories,
+                        labels=tokens[:, start + 1 : start + seg + 1],
+                    )
+                    xl_memories = [m.detach() for m in xl_memories]
+                    yield loss
+
+    else:
+        raise ValueError(f"system={system!r} is not one of {list(SYSTEMS)}")
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        for loss in losses():
+            loss.backward()
+        opt.step()
+
+    return step
+
+
+def run_point(point: dict) -> dict:
+    """Time one point in this process: {"system", "side": peer|ours, "length", "carry", "steps", "warmup", layout}."""
+    torch.set_num_threads(point["threads"])
+    torch.manual_seed(0)
+    layout = Layout(**point["layout"])
+    if point["side"] == "peer":
+        step = _peer_step(point["system"], layout, point["length"])
+    else:
+        step = _our_step(point["system"], layout, point["length"], point.get("carry", False))
+    for _ in range(point["warmup"]):
+        step()
+    times = []
+    for _ in range(point["steps"]):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    best = min(times)
+    return {**point, "step_s": best, "tokens_per_s": point["length"] / best, "status": "ok"}
+
+
+def measure_in_subprocess(point: dict, timeout: float) -> dict:
+    """`run_point` in a fresh Python process (no allocator or thread-pool state shared between points)."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(point["threads"])}
+    cmd = [sys.executable, "-m", "longrange.bench.peers", json.dumps(point)]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return {**point, "status": f"timeout after {timeout:.0f} s"}
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        reason = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return {**point, "status": f"failed: {reason}"}
+    return json.loads(lines[-1])
+
+
+def peer_available(system: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(PEER_PACKAGES[system]) is not None
+
+
+if __name__ == "__main__":
+    print(json.dumps(run_point(json.loads(sys.argv[1]))), flush=True)
