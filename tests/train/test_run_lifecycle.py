@@ -154,8 +154,15 @@ def test_a_run_folder_in_use_is_refused_and_a_dead_holder_is_taken_over(tmp_path
         assert f"in use by process {os.getpid()}" in capsys.readouterr().err
     finally:
         held.release()
-    (run / ".lock").write_text("999999")  # a lock file left by a killed process: no flock is held on it
     assert main(["train", "--data", data, "--out", str(run), "--steps", "2", *TINY]) == 0
+    held = RunLock(run)  # a run in progress in a folder that already holds files: still named as in use
+    try:
+        assert main(["train", "--data", data, "--out", str(run), "--steps", "2", "--overwrite", *TINY]) == 2
+        assert f"in use by process {os.getpid()}" in capsys.readouterr().err
+    finally:
+        held.release()
+    (run / ".lock").write_text("999999")  # a lock file left by a killed process: no flock is held on it
+    assert main(["train", "--data", data, "--out", str(run), "--steps", "2", "--overwrite", *TINY]) == 0
 
 
 # -- 5. folders that are not this run's ----------------------------------------------------------------------------

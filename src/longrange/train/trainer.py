@@ -639,14 +639,20 @@ def train(
     try:
 
         def claim_folder() -> RunLock:
-            prepare_run_folder(out_dir, resume=resume, overwrite=overwrite)
-            held = RunLock(out_dir)
-            if resume and find_checkpoint(out_dir) is None:
-                held.release()
-                raise RunFolderError(
-                    f"cannot resume {str(out_dir)!r}: it has no checkpoint yet (killed before its first one?); "
-                    "start it again with --overwrite"
-                )
+            # an existing folder is locked before it is judged, so a run in progress is named as such
+            held = RunLock(out_dir) if out_dir.is_dir() else None
+            try:
+                prepare_run_folder(out_dir, resume=resume, overwrite=overwrite)
+                held = held or RunLock(out_dir)
+                if resume and find_checkpoint(out_dir) is None:
+                    raise RunFolderError(
+                        f"cannot resume {str(out_dir)!r}: it has no checkpoint yet (killed before its first one?); "
+                        "start it again with --overwrite"
+                    )
+            except BaseException:
+                if held is not None:
+                    held.release()
+                raise
             return held
 
         lock = dist_info.agree(claim_folder)
