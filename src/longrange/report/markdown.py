@@ -194,11 +194,13 @@ def write_report(out: Path, cc: Any, results: dict[str, dict], skipped: dict[str
             "",
             "## Training curves",
             "",
+            "Seed 0 of each system; the x axis counts target tokens (padding at document ends excluded).",
+            "",
             "![training curves](training_curves.png)",
             "",
             "## Loss by position in the document",
             "",
-            "Held-out bits per byte of targets at byte offsets [2^i, 2^(i+1)) of their document. "
+            "Held-out bits per byte of targets at byte offsets [2^i, 2^(i+1)) of their document, mean over seeds. "
             "A curve that keeps falling with position means the model uses long context.",
             "",
             "![loss by position](loss_by_position.png)",
