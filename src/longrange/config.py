@@ -48,6 +48,7 @@ class FullConfig:
     """Exact softmax attention (SDPA): the baseline and the test oracle."""
 
     rotary: bool = True  # rotary position embedding on q/k (positions restart every segment)
+    shared_qk: bool = False  # Reformer's shared-QK: keys = unit-norm queries, a token attends to itself last
 
 
 @dataclass
