@@ -5,6 +5,9 @@ Examples:
   longrange repro listops                # Luna / LRA: full vs Luna-16 / Luna-128 vs LSH classifiers
   longrange repro compression            # Compressive: XL vs compressed memories, recall task
   longrange repro memory-size            # Memorizing: bits per byte as the kNN memory grows
+  longrange repro reformer-ablations     # Reformer: shared QK, reversible layers, hash rounds vs full
+  longrange repro luna-seq2seq           # Luna encoder-decoder vs full attention on a whole-input task
+  longrange repro memory-finetune        # Memorizing: a trained transformer-xl fine-tuned into a kNN memory
   longrange repro all                    # every one in sequence
 """
 
@@ -15,7 +18,15 @@ import json
 import time
 from pathlib import Path
 
-from longrange.repro import compression, duplication, listops, memory_size
+from longrange.repro import (
+    compression,
+    duplication,
+    listops,
+    luna_seq2seq,
+    memory_finetune,
+    memory_size,
+    reformer_ablations,
+)
 
 # name -> (add_arguments, run(args) -> Markdown table)
 REPROS = {
@@ -23,6 +34,9 @@ REPROS = {
     "listops": listops,
     "compression": compression,
     "memory-size": memory_size,
+    "reformer-ablations": reformer_ablations,
+    "luna-seq2seq": luna_seq2seq,
+    "memory-finetune": memory_finetune,
 }
 
 

@@ -42,6 +42,7 @@ def train_model(
         progress=False,
         seed=seed,
     )
+    out.mkdir(parents=True, exist_ok=True)  # the Trainer writes into the folder; `train()` is what creates one
     trainer = Trainer(model, train_cfg, documents, None, out)
     history = trainer.fit()
     return model, history
