@@ -46,11 +46,23 @@ def test_reformer_ablations_table_has_every_comparison(tmp_path):
 def test_luna_seq2seq_reports_both_models(tmp_path):
     from longrange.repro import luna_seq2seq
 
-    args = _args("luna-seq2seq", tmp_path, steps=2, batch_size=2, max_len=8, d_model=16, heads=2, layers=1, test=2)
+    args = _args(
+        "luna-seq2seq",
+        tmp_path,
+        steps=2,
+        batch_size=2,
+        max_len=8,
+        d_model=16,
+        heads=2,
+        layers=1,
+        test=2,
+        speed_len=12,
+        speed_batch=2,
+    )
     table = luna_seq2seq.run(args)
-    assert "| luna-16 |" in table and "| full |" in table and "exact match" in table
+    assert "| luna-16 |" in table and "| full |" in table and "greedy ms / sequence at 12 |" in table
     result = json.loads((tmp_path / "luna_seq2seq.json").read_text())["results"]["luna-16"]
-    assert 0 <= result["exact_match"] <= 1 and result["decode_ms_per_sequence"] > 0
+    assert 0 <= result["exact_match"] <= 1 and result["decode_ms_per_sequence"] > 0 and result["speed_decode_ms"] > 0
     with pytest.raises(ValueError, match="--models"):
         luna_seq2seq.run(_args("luna-seq2seq", tmp_path, models="luna-16,nope"))
 
