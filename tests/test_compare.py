@@ -187,7 +187,17 @@ def test_demo_runs_the_fair_comparison(tmp_path, monkeypatch):
         return Path(out)
 
     monkeypatch.setattr(longrange.compare, "compare", fake_compare)
-    args = argparse.Namespace(out=tmp_path / "demo", steps=None, seeds=2, eval_docs=8, threads=None, preset=None)
+    args = argparse.Namespace(
+        out=tmp_path / "demo",
+        steps=None,
+        seeds=2,
+        eval_docs=8,
+        threads=None,
+        preset=None,
+        device="cpu",
+        precision="fp32",
+        compile=False,
+    )
     assert demo.run(args) == 0
     (cc,) = seen
     assert (cc.systems, cc.rows, cc.row_tokens, cc.seeds) == (list(SYSTEMS), 8, 1024, 2)

@@ -71,7 +71,9 @@ class CompareConfig:
     eval_bytes: int = 16 * 1024  # per held-out document (None/0: whole documents)
     lr: float = 2e-3
     warmup_steps: int = 20
-    device: str = "cpu"
+    device: str = "cpu"  # cpu, cuda, cuda:N (resolved by the command from --device)
+    precision: str = "fp32"  # fp32 | bf16 | fp16, training and evaluation alike
+    compile: bool = False
     ablations: bool = True
     command: str = ""  # the command line that produced the report (recorded verbatim)
 
@@ -233,6 +235,8 @@ def run_system(cc: CompareConfig, system: str, cfg: ModelConfig, row_tokens: int
         log_every=max(min(10, cc.steps // 10), 1),
         seed=seed,
         device=cc.device,
+        precision=cc.precision,
+        compile=cc.compile,
         progress=False,
     )
     start = time.perf_counter()
@@ -243,7 +247,7 @@ def run_system(cc: CompareConfig, system: str, cfg: ModelConfig, row_tokens: int
     train_wall = time.perf_counter() - start
     model = load(run_dir).to(cc.device)
     docs = _eval_documents(cc)
-    result = evaluate(model, docs, batch_size=min(4, len(docs)), device=cc.device)
+    result = evaluate(model, docs, batch_size=min(4, len(docs)), device=cc.device, precision=cc.precision)
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
     speeds = [r["tokens_per_s"] for r in records if "tokens_per_s" in r]
     result.update(
@@ -309,7 +313,7 @@ def _ablations(cc: CompareConfig, run_dir: Path, cfg: ModelConfig, docs: list[by
     for label, value in (("off", 0), ("half", size // 2), ("trained", size), ("double", size * 2)):
         try:
             model = load(run_dir, **{key: value}).to(cc.device)
-            bpb = evaluate(model, docs, batch_size=min(4, len(docs)), device=cc.device)["bpb"]
+            bpb = evaluate(model, docs, batch_size=min(4, len(docs)), device=cc.device, precision=cc.precision)["bpb"]
             rows.append({"variant": label, "key": key, "value": value, "bpb": bpb})
         except (ValueError, RuntimeError) as err:  # e.g. a mechanism that refuses a zero-size memory
             rows.append({"variant": label, "key": key, "value": value, "bpb": None, "note": str(err)[:120]})

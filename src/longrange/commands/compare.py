@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from longrange.compare import SYSTEMS, WHOLE_ROW, CompareConfig, compare
+from longrange.train.runtime import add_runtime_options, resolve_device
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default=None, help="corpus spec (default: built-in stdlib code)")
     parser.add_argument("--eval-docs", type=int, default=8)
     parser.add_argument("--eval-bytes", type=int, default=16 * 1024, help="bytes read per held-out doc (0: all)")
-    parser.add_argument("--device", default="cpu")
+    add_runtime_options(parser)
     parser.add_argument("--no-ablations", action="store_true")
     parser.add_argument("--in-process", action="store_true", help="do not spawn a process per system")
     parser.add_argument("--threads", type=int, default=None)
@@ -62,7 +63,9 @@ def run(args: argparse.Namespace) -> int:
         data=args.data,
         eval_docs=args.eval_docs,
         eval_bytes=args.eval_bytes,
-        device=args.device,
+        device=str(resolve_device(args.device)),
+        precision=args.precision,
+        compile=args.compile,
         ablations=not args.no_ablations,
         command="longrange " + shlex.join(sys.argv[1:]),
     )

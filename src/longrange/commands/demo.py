@@ -26,6 +26,7 @@ from longrange.data.corpus import load_corpus
 from longrange.data.tokenizer import ByteTokenizer
 from longrange.eval.evaluate import evaluate
 from longrange.generate import generate
+from longrange.train.runtime import add_runtime_options, resolve_device
 from longrange.train.trainer import TrainConfig, train
 
 EVAL_BYTES = 16 * 1024
@@ -43,6 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--eval-docs", type=int, default=8)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    add_runtime_options(parser)
     parser.add_argument("--resume", action="store_true", help="continue an interrupted demo run")
 
 
@@ -118,6 +120,9 @@ def _run_compare(args: argparse.Namespace, start: float) -> int:
         seeds=args.seeds,
         eval_docs=args.eval_docs,
         eval_bytes=EVAL_BYTES,
+        device=str(resolve_device(args.device)),
+        precision=args.precision,
+        compile=args.compile,
         command=f"longrange demo --out {args.out} --steps {steps} --seeds {args.seeds}",
     )
     out = compare(cc, args.out)
