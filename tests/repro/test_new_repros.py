@@ -99,7 +99,7 @@ def test_listops_lra_option_sets_the_lra_setting_and_times_a_few_steps(tmp_path)
         5000,
         3,
     )
-    assert lra.train == 3 * 32  # timing only: the examples the timed steps read
+    assert lra.train == 3 * 4 and lra.time_batch == 4  # timing only: the examples the timed steps read
     args = _args("listops", tmp_path, max_len=32, d_model=16, layers=1, batch_size=4, models="luna-16", time_steps=2)
     table = listops.run(args)
     assert "timing only" in table and "extrapolated" in table and "| luna-16 |" in table

@@ -35,7 +35,7 @@ CLAIMS = {
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--segment-len", type=int, default=256)
     p.add_argument("--d-model", type=int, default=64)
