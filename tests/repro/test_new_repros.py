@@ -105,3 +105,19 @@ def test_listops_lra_option_sets_the_lra_setting_and_times_a_few_steps(tmp_path)
     assert "timing only" in table and "extrapolated" in table and "| luna-16 |" in table
     result = json.loads((tmp_path / "listops.json").read_text())["results"]["luna-16"]
     assert result["accuracy"] is None and result["step_s"] > 0
+
+
+def test_the_command_line_names_every_new_reproduction():
+    from longrange.commands import repro
+
+    parser = argparse.ArgumentParser()
+    repro.add_arguments(parser)
+    for argv in (
+        ["reformer-ablations", "--rounds", "1,8", "--seeds", "5"],
+        ["luna-seq2seq", "--task", "sort", "--max-len", "512"],
+        ["memory-finetune", "--from", "runs/xl", "--finetune-steps", "50"],
+        ["listops", "--lra", "--time-steps", "0"],
+    ):
+        args = parser.parse_args(argv)
+        assert args.repro == argv[0]
+    assert parser.parse_args(["memory-finetune", "--from", "runs/xl"]).source.name == "xl"
