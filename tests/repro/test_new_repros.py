@@ -72,7 +72,9 @@ def test_memory_finetune_from_a_pretrained_run_and_refuses_a_non_xl_run(tmp_path
     from longrange.repro import memory_finetune
 
     small = dict(batch_size=2, segment_len=16, memory_size=32, eval_bytes=256, eval_docs=1, finetune_steps=2)
-    table = memory_finetune.run(_args("memory-finetune", tmp_path / "a", pretrain_steps=2, **small))
+    args = _args("memory-finetune", tmp_path / "a", pretrain_steps=2, **small)
+    args.func = print  # the command line's handler rides along in args: not written to the JSON
+    table = memory_finetune.run(args)
     assert "| memorizing (kNN M = 32), fine-tuned | +2 |" in table and "| XL continued | +2 |" in table
     bpb = json.loads((tmp_path / "a" / "memory_finetune.json").read_text())["bpb"]
     assert set(bpb) == {"before", "xl-continued", "memorizing", "memorizing, memory off"}

@@ -101,7 +101,11 @@ def run(args: argparse.Namespace) -> str:
     write_json(
         args.out / "memory_finetune.json",
         {
-            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"},
+            "args": {  # the options (the command line adds its handler function: not JSON)
+                k: (str(v) if isinstance(v, Path) else v)
+                for k, v in vars(args).items()
+                if v is None or isinstance(v, int | float | str | Path)
+            },
             "bpb": results,
             "seconds": seconds,
             "source": str(source),

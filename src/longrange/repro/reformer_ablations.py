@@ -44,7 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bucket-size", type=int, default=32, help="LSH chunk length (paper: 64 at 4K tokens)")
     p.add_argument("--rounds", default="1,2,4,8", help="LSH hash rounds to train")
     p.add_argument("--seeds", type=int, default=3, help="seeds of the full-attention models of (a) and (b)")
-    p.add_argument("--lsh-seeds", type=int, default=1, help="seeds of each LSH model")
+    p.add_argument("--lsh-seeds", type=int, default=3, help="seeds of each LSH model")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--eval-bytes", type=int, default=8192, help="bytes of each held-out document evaluated")
     p.add_argument("--eval-docs", type=int, default=8)
