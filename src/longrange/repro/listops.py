@@ -192,7 +192,8 @@ def run(args: argparse.Namespace) -> str:
             f"{args.batch_size} rows = that time x {args.batch_size}/{args.time_batch}, and the whole budget = that "
             f"x {args.steps} steps: measured, then extrapolated linearly (not run). Peak memory is for "
             f"{args.time_batch} rows. No accuracy (LRA reports ~37% for full attention).\n\n"
-            f"| model | parameters | measured s / step | {args.steps} steps (hours, extrapolated) | peak MiB |\n"
+            f"| model | parameters | s / step of {args.batch_size} rows | {args.steps} steps (hours, extrapolated) "
+            f"| peak MiB ({args.time_batch} rows) |\n"
             "|---|---:|---:|---:|---:|\n" + "\n".join(rows)
         )
     return (

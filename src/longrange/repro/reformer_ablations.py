@@ -14,7 +14,8 @@ same held-out documents. Three comparisons, each beside the paper's claim:
 The differences in (a) and (b) are small, so those models train with several seeds (``--seeds``) and the
 table gives mean, standard deviation and every seed. Every model uses sinusoidal absolute positions (no
 rotary), so full and LSH layers see positions the same way. Wall time is each model's training time; the
-machine may be shared, so times are noisy.
+machine may be shared, so times are noisy. The defaults (21 runs of 1,000 steps x 8 x 256 bytes, 2 x d 64)
+take about 17 minutes on 2 CPU threads (benchmarks/results/repro/reformer-ablations.md).
 """
 
 from __future__ import annotations
