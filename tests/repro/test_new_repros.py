@@ -77,7 +77,7 @@ def test_memory_finetune_from_a_pretrained_run_and_refuses_a_non_xl_run(tmp_path
     table = memory_finetune.run(args)
     assert "| memorizing (kNN M = 32), fine-tuned | +2 |" in table and "| XL continued | +2 |" in table
     bpb = json.loads((tmp_path / "a" / "memory_finetune.json").read_text())["bpb"]
-    assert set(bpb) == {"before", "xl-continued", "memorizing", "memorizing, memory off"}
+    assert set(bpb) == {"before", "memorizing, not fine-tuned", "xl-continued", "memorizing", "memorizing, memory off"}
     # --from: the pretrained run is reused (not trained again)
     table = memory_finetune.run(
         _args("memory-finetune", tmp_path / "b", source=tmp_path / "a" / "runs" / "xl", **small)

@@ -1,4 +1,4 @@
-"""Memorizing Transformer: fine-tuning a pretrained model into an external memory (Wu et al. 2022, section 4.4).
+"""Memorizing Transformer: fine-tuning a pretrained model into an external memory (Wu et al. 2022).
 
 A `transformer-xl` run is trained on the built-in code corpus (or taken from ``--from RUN``); then two runs start
 from its weights (`train(..., init_from=RUN)`, the command line's ``longrange train --init-from RUN``) with the
@@ -8,10 +8,11 @@ same fine-tuning budget, data and learning rate:
   skipped), memory of ``--memory-size`` entries;
 - XL continued: the XL model trained on for the same steps (what fine-tuning alone gives).
 Held-out bits per byte on the longest test documents, state (and the kNN memory) carried across their segments:
-before fine-tuning, after each run, and the memorizing run with its memory switched off (M = 0: the same
-weights), which separates what the memory adds from what the extra steps add. Paper's claim: a pretrained model
-gains from an external memory after brief fine-tuning (its figure 6: most of the gain within ~1-2% of the
-pretraining steps); here the budgets are tiny, so the question is the sign and size of the gain.
+before fine-tuning (the XL model, and the memorizing model with the XL weights loaded), after each run, and the
+memorizing run with its memory switched off (M = 0: the same weights), which separates what the memory adds from
+what the extra steps add. Paper's claim: a model pretrained without memory gains from an external memory after
+a short fine-tuning (a small fraction of its pretraining steps). Defaults: 4,000 pretraining steps and 500
+fine-tuning steps of transformer-xl-tiny, 1.5 minutes on 2 CPU threads.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from pathlib import Path
 
 from longrange.config import ModelConfig, _memorizing_layers
 from longrange.data.corpus import load_corpus
-from longrange.model.io import load, load_config
+from longrange.model.build import build_model
+from longrange.model.io import checkpoint_dir, load, load_config, load_weights
 from longrange.repro.common import held_out_bpb, write_json
 from longrange.train.trainer import TrainConfig, train
 
@@ -31,8 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--from", dest="source", type=Path, default=None, help="a trained transformer-xl run to start from")
     p.add_argument("--preset", default="transformer-xl-tiny", help="XL preset to pretrain (without --from)")
     p.add_argument("--segment-len", type=int, default=64)
-    p.add_argument("--pretrain-steps", type=int, default=800)
-    p.add_argument("--finetune-steps", type=int, default=200)
+    p.add_argument("--pretrain-steps", type=int, default=4000)
+    p.add_argument("--finetune-steps", type=int, default=500)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=2e-3, help="pretraining peak learning rate")
     p.add_argument("--finetune-lr", type=float, default=1e-3)
@@ -88,7 +90,9 @@ def run(args: argparse.Namespace) -> str:
     finetune = _train_cfg(args, args.finetune_steps, args.finetune_lr)
     before = held_out_bpb(load(source).eval(), test_docs)["bpb"]
     print(f"pretrained transformer-xl: held-out bpb {before:.4f}", flush=True)
-    results = {"before": before}
+    swapped = build_model(mem_cfg)  # the fine-tuning's starting point: XL weights, fresh gate and T5 bias
+    load_weights(swapped, checkpoint_dir(source), strict=False)
+    results = {"before": before, "memorizing, not fine-tuned": held_out_bpb(swapped.eval(), test_docs)["bpb"]}
     for name, cfg in {"xl-continued": xl_cfg, "memorizing": mem_cfg}.items():
         start = time.perf_counter()
         out = train(cfg, finetune, None, runs / name, overwrite=True, init_from=source)
@@ -114,6 +118,8 @@ def run(args: argparse.Namespace) -> str:
     pretrain = "given run" if args.source is not None else f"{args.pretrain_steps} steps"
     rows = [
         f"| pretrained transformer-xl ({pretrain}) | - | {before:.4f} | - |",
+        f"| memorizing, XL weights loaded, not fine-tuned | 0 | {results['memorizing, not fine-tuned']:.4f} | "
+        f"{results['memorizing, not fine-tuned'] - before:+.4f} |",
         f"| XL continued | +{args.finetune_steps} | {results['xl-continued']:.4f} | "
         f"{results['xl-continued'] - before:+.4f} |",
         f"| memorizing (kNN M = {args.memory_size}), fine-tuned | +{args.finetune_steps} | "
