@@ -30,6 +30,7 @@ def test_reformer_ablations_table_has_every_comparison(tmp_path):
         bucket_size=8,
         rounds="1,2",
         seeds=2,
+        lsh_seeds=1,
         eval_bytes=128,
         eval_docs=1,
     )
