@@ -200,7 +200,7 @@ def test_demo_runs_the_fair_comparison(tmp_path, monkeypatch):
     )
     assert demo.run(args) == 0
     (cc,) = seen
-    assert (cc.systems, cc.rows, cc.row_tokens, cc.seeds) == (list(SYSTEMS), 8, 1024, 2)
+    assert (cc.systems, cc.rows, cc.row_tokens, cc.seeds) == (list(SYSTEMS), 4, 1024, 2)
     cfgs, skipped, row_tokens = plan(cc)
     assert not skipped and row_tokens == 1024
     assert {s: c.segment_len for s, c in cfgs.items()} == {

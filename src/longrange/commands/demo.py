@@ -1,14 +1,14 @@
 """Compare every registered system fairly at a small budget on the built-in code corpus; print the table.
 
 Example: longrange demo --out runs/demo
-Runs `longrange compare` with size tiny: every system reads the same 8 rows x 1,024 tokens per row per update
-(its own segments of the row, memories carried; Reformer and Luna read the whole row in one pass), 64 updates,
+Runs `longrange compare` with size tiny: every system reads the same 4 rows x 1,024 tokens per row per update
+(its own segments of the row, memories carried; Reformer and Luna read the whole row in one pass), 140 updates,
 each system trained with 2 seeds (mean and spread in the table), evaluated on the first 16 KiB of 8 held-out
 documents (whole standard-library documents reach 1.4 MB; `longrange eval` reads them whole), and writes the
-report to OUT/report.md and OUT/report.html. Budget estimate for a 2-core CPU run alone with 2 threads: about
-5 minutes (about 3.5 of training, 12 runs of 524,288 tokens at 15-45k tokens per CPU-second per system, plus
-start-up, evaluation and memory ablations); see the issue-17 report for how it was measured. Rerun with
-the same --out to continue an interrupted demo.
+report to OUT/report.md and OUT/report.html. Measured alone on a 2-core CPU with 2 threads: 8 rows x 64
+updates took 3.5 min and left every system near 4.1 bits per byte; 4 rows x 200 took 6.7 min; 4 rows x 140
+took 4.3 min (the README's table). Rerun with the same --out to
+continue an interrupted demo.
 `--preset NAME` trains a single preset instead (the earlier demo: train, evaluate, sample).
 """
 
@@ -30,8 +30,8 @@ from longrange.train.runtime import add_runtime_options, resolve_device
 from longrange.train.trainer import TrainConfig, train
 
 EVAL_BYTES = 16 * 1024
-DEMO_STEPS = 64  # updates per system and seed in the comparison; see the docstring for the time
-DEMO_ROWS = 8  # rows per update, the same for every system
+DEMO_STEPS = 140  # updates per system and seed in the comparison; see the docstring for the time
+DEMO_ROWS = 4  # rows per update, the same for every system
 DEMO_ROW_TOKENS = 1024  # tokens per row per update: Reformer's one-pass length, 16 segments of the others
 DEMO_SEEDS = 2  # the fewest that show a spread
 
