@@ -56,6 +56,9 @@ class XLConfig:
     """Transformer-XL segment recurrence (Dai et al. 2019)."""
 
     mem_len: int = 256  # hidden states of the previous segments each layer attends to
+    # "xl": sinusoidal relative positions with u, v biases (Dai et al.); "t5": a learned bias per head and distance
+    # bucket (Raffel et al.), what the Memorizing Transformer uses in every layer (`--set xl.positions=t5`)
+    positions: Literal["xl", "t5"] = "xl"
 
 
 @dataclass

@@ -66,3 +66,29 @@ def test_padded_tokens_never_become_memory():
         return model(second, state=state).logits
 
     torch.testing.assert_close(next_segment(first), next_segment(other_padding), rtol=0, atol=0)
+
+
+def test_t5_positions_equal_the_naive_formula_over_memory_and_segment():
+    """`positions="t5"` (the Memorizing Transformer's position scheme): softmax(q.k / sqrt(E) + b[bucket(i - j)])
+    over [memory ; segment], causal, with a filled memory; also equal for a model run segment by segment."""
+    torch.manual_seed(0)
+    d, h, t, m = 16, 2, 6, 4
+    attn = XLAttention(d, h, 0.0, True, 0, mem_len=m, positions="t5").eval()
+    with torch.no_grad():
+        attn.rel_bias.bias.weight.normal_()  # zero at init: give the bias something to do
+    x0, x1 = torch.randn(1, t, d), torch.randn(1, t, d)
+    state = attn(x0, state=None).state
+    out = attn(x1, state=state).out
+    mem = x0[:, -m:]
+    keys_in = torch.cat([mem, x1], 1)  # (1, L, D)
+    q = attn.q(x1).view(1, t, h, d // h).transpose(1, 2)
+    k, v = attn.kv(keys_in).chunk(2, -1)
+    k, v = (z.view(1, m + t, h, d // h).transpose(1, 2) for z in (k, v))
+    i = torch.arange(t)[:, None] + m  # query positions in [memory ; segment]
+    j = torch.arange(m + t)[None]
+    scores = q @ k.transpose(-1, -2) / (d // h) ** 0.5 + attn.rel_bias(i - j)[None]
+    scores = scores.masked_fill(j > i, float("-inf"))
+    naive = attn.out((scores.softmax(-1) @ v).transpose(1, 2).reshape(1, t, d))
+    torch.testing.assert_close(out, naive, rtol=1e-5, atol=1e-5)
+    model = lr.build_model(lr.ModelConfig.from_name("memorizing-tiny", **{"xl.positions": "t5"})).eval()
+    assert any(getattr(b.attention, "positions", None) == "t5" for b in model.blocks)

@@ -8,7 +8,9 @@ previous segments (the newest `mem_len` of them, FIFO). Scores follow the paper'
 
     A[i, j] = (q_i + u) . k_j  +  (q_i + v) . W_R R[i - j]
 
-with R sinusoidal encodings of the distance and u, v learned per head. The trainer detaches the
+with R sinusoidal encodings of the distance and u, v learned per head; ``positions="t5"`` replaces the
+position term by a learned bias per head and distance bucket (T5; the Memorizing Transformer's choice for
+every layer): A[i, j] = q_i . k_j / sqrt(E) + b[bucket(i - j)]. The trainer detaches the
 state between segments (the paper's stop-gradient on the memory). Memory slots carry a validity
 mask so a per-row document reset empties exactly that row's memory, and padded tokens (``pad_mask``)
 are stored as invalid slots, so no later segment attends to padding.
@@ -17,6 +19,7 @@ are stored as invalid slots, so no later segment attends to padding.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from longrange.attention.base import AttentionModule, AttentionOutput, empty_memory, fifo_append, merge_heads
@@ -25,7 +28,9 @@ from longrange.attention.memory_attention import (
     memory_segment_mask,
     project,
     relative_attention,
+    relative_distance,
 )
+from longrange.attention.positions import T5RelativeBias
 from longrange.memory.state import LayerState
 
 
@@ -33,10 +38,20 @@ class XLAttention(AttentionModule):
     stateful = True
     causal_only = True
 
-    def __init__(self, d_model: int, n_heads: int, dropout: float, causal: bool, layer_index: int, mem_len: int):
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        dropout: float,
+        causal: bool,
+        layer_index: int,
+        mem_len: int,
+        positions: str = "xl",
+    ):
         super().__init__()
         if mem_len < 0:
             raise ValueError(f"xl.mem_len={mem_len} must be >= 0")
+        self.positions = positions
         self.n_heads, self.causal, self.dropout, self.mem_len, self.d_model = (
             n_heads,
             causal,
@@ -47,8 +62,11 @@ class XLAttention(AttentionModule):
         self.q = nn.Linear(d_model, d_model, bias=False)
         self.kv = nn.Linear(d_model, 2 * d_model, bias=False)
         self.out = nn.Linear(d_model, d_model, bias=False)
-        self.u_bias = nn.Parameter(torch.zeros(n_heads, d_model // n_heads))
-        self.rel = RelativePositionScores(d_model, n_heads)
+        if positions == "t5":
+            self.rel_bias = T5RelativeBias(n_heads)
+        else:
+            self.u_bias = nn.Parameter(torch.zeros(n_heads, d_model // n_heads))
+            self.rel = RelativePositionScores(d_model, n_heads)
 
     def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> LayerState:
         return LayerState(empty_memory(batch_size, self.mem_len, self.d_model, device, dtype))
@@ -61,7 +79,12 @@ class XLAttention(AttentionModule):
         n_mem, t = mem.shape[1], x.shape[1]
         q, k, v = project(self.q, self.kv, x, mem, self.n_heads)  # (B, H, T, E), (B, H, L, E) x 2
         mask = memory_segment_mask(valid, n_mem, t, x.device, pad_mask)
-        y = relative_attention(q, k, v, self.rel(q, n_mem), mask, self.u_bias, self.dropout if self.training else 0.0)
+        dropout = self.dropout if self.training else 0.0
+        if self.positions == "t5":
+            bias = self.rel_bias(relative_distance(n_mem, t, x.device))[None].masked_fill(~mask, float("-inf"))
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout)  # (B, H, T, E)
+        else:
+            y = relative_attention(q, k, v, self.rel(q, n_mem), mask, self.u_bias, dropout)
         # padded tokens enter the memory as invalid slots: the next segment must not attend to them
         new_valid = pad_mask.bool() if pad_mask is not None else None
         new_mem, new_valid = fifo_append(mem, valid, x, self.mem_len, new_valid)
