@@ -3,6 +3,7 @@ kill -9; another world size is refused; fp16 with a scaler and --compile train."
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +26,23 @@ def _torchrun(*args: str, env: dict | None = None) -> subprocess.CompletedProces
     is emptied so `--device auto` means the CPU in these runs)."""
     env = {**(env or ENV), "CUDA_VISIBLE_DEVICES": ""}
     cmd = torchrun_command(2)
-    return subprocess.run([*cmd, *args], env=env, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    # its own session, so a timeout kills torchrun and its workers together (no orphaned rank keeps waiting)
+    proc = subprocess.Popen(
+        [*cmd, *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"torchrun timed out: {err[-3000:]}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def _losses(run: Path) -> list[float]:

@@ -89,7 +89,16 @@ def init_distributed(device: torch.device) -> DistInfo:
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, owns_group)
 
 
-def shutdown_distributed(info: DistInfo) -> None:
-    """Tear down the process group `init_distributed` started (a caller's own group is left to the caller)."""
-    if info.owns_group and dist.is_initialized():
+def shutdown_distributed(info: DistInfo, *, clean: bool = True) -> None:
+    """Tear down the process group `init_distributed` started (a caller's own group is left to the caller).
+
+    After a clean run every rank meets at a barrier first: a rank that reached the end early (rank 0 still
+    validating) and tore its side down alone was seen to hang for good in `destroy_process_group` once the
+    other rank had exited. After an error the group is left as it is: a barrier could wait for ranks that
+    will never come, and torchrun stops the other workers anyway.
+    """
+    if not (info.owns_group and dist.is_initialized()):
+        return
+    if clean:
+        dist.barrier()
         dist.destroy_process_group()

@@ -636,6 +636,7 @@ def train(
     device = resolve_device(train_cfg.device)
     dist_info = init_distributed(device)
     lock: RunLock | None = None
+    clean = False
     try:
 
         def claim_folder() -> RunLock:
@@ -675,8 +676,9 @@ def train(
         final = trainer.validate(train_cfg.eval_segments)  # a bounded check; `longrange eval` reads everything
         if final:
             trainer._log({"step": trainer.step, **final})
+        clean = True
     finally:
         if lock is not None:
             lock.release()
-        shutdown_distributed(dist_info)
+        shutdown_distributed(dist_info, clean=clean)
     return out_dir
