@@ -90,15 +90,13 @@ def init_distributed(device: torch.device) -> DistInfo:
 
 
 def shutdown_distributed(info: DistInfo, *, clean: bool = True) -> None:
-    """Tear down the process group `init_distributed` started (a caller's own group is left to the caller).
+    """End a run's part in the process group `init_distributed` started (a caller's own group is left alone).
 
-    After a clean run every rank meets at a barrier first: a rank that reached the end early (rank 0 still
-    validating) and tore its side down alone was seen to hang for good in `destroy_process_group` once the
-    other rank had exited. After an error the group is left as it is: a barrier could wait for ranks that
-    will never come, and torchrun stops the other workers anyway.
+    After a clean run every rank meets at a barrier, so no rank leaves while another still writes. The group
+    itself is not destroyed here: with torch 2.13 and gloo, `destroy_process_group` followed by the release of
+    DDP's reducer (which holds the group) was seen to hang a rank for good in ~ProcessGroupGloo, joining a
+    thread that waits on a peer that has exited. The group goes with the process, as torchrun expects. After
+    an error no barrier is tried (it could wait for ranks that will never come); torchrun stops the others.
     """
-    if not (info.owns_group and dist.is_initialized()):
-        return
-    if clean:
+    if info.owns_group and dist.is_initialized() and clean:
         dist.barrier()
-        dist.destroy_process_group()
