@@ -91,6 +91,11 @@ def empty_memory(batch_size: int, slots: int, width: int, device, dtype) -> dict
     }
 
 
+def newest(memory: Tensor, n: int) -> Tensor:
+    """The newest n slots of a FIFO memory (B, M, ...) (slots are ordered oldest first): (B, n, ...)."""
+    return memory[:, memory.shape[1] - n :]
+
+
 def fifo_append(
     memory: Tensor, valid: Tensor, new: Tensor, capacity: int, new_valid: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:

@@ -29,8 +29,9 @@ steps x 8 rows x 64 bytes, 2 seeds, held-out bpb): XL positions 3.393 / 3.324, T
 
 Numerics: keys and queries are normalised with a floor the dtype can hold (`_unit`), so empty
 (zero) XL-cache slots stay finite under float16. Padding (``pad_mask``) with a state is stored as
-invalid in the kNN store and in the XL cache. The layer runs without host synchronisation (the
-memory attention runs even when the store is empty; empty rows are gated to 0).
+invalid in the kNN store and in the XL cache. The layer runs without host synchronisation: the memory attention
+runs whenever the store's host-side counters say it may hold an entry (rows that turn out empty are gated to 0),
+and only the XL-cache slots that may hold states (`LayerState.live`) are scored.
 """
 
 from __future__ import annotations
@@ -41,8 +42,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from longrange.attention.base import AttentionModule, AttentionOutput, empty_memory, fifo_append, merge_heads
-from longrange.attention.memory_attention import memory_segment_mask, project, relative_distance
+from longrange.attention.base import (
+    AttentionModule,
+    AttentionOutput,
+    empty_memory,
+    fifo_append,
+    merge_heads,
+    newest,
+)
+from longrange.attention.memory_attention import explicit_attention, memory_segment_mask, project
 from longrange.attention.positions import T5RelativeBias
 from longrange.memory.knn_store import KNNMemory
 from longrange.memory.state import LayerState
@@ -104,6 +112,7 @@ class KNNAttention(AttentionModule):
                 "pos": torch.zeros(batch_size, dtype=torch.long, device=device),  # tokens seen in the document
             },
             store,
+            live={"mem": 0},
         )
 
     def forward(self, x: Tensor, *, state=None, doc_start=None, pad_mask=None, carry=None) -> AttentionOutput:
@@ -118,25 +127,24 @@ class KNNAttention(AttentionModule):
         if state is None:
             state = self.init_state(b, x.device, x.dtype)
         mem, valid = state["mem"].to(x.dtype), state["valid"]
-        n_mem = mem.shape[1]
-        q, k, v = project(self.q, self.kv, x, mem, self.n_heads)  # (B, H, T, E), (B, H, L, E) x 2
+        n_mem = state.live_slots("mem")  # the cache's newest slots that may hold states (older: never written)
+        q, k, v = project(self.q, self.kv, x, newest(mem, n_mem), self.n_heads)  # (B, H, T, E), (B, H, L, E) x 2
         q, k = _unit(q), _unit(k)
         scale = self.log_scale.exp()[None, :, None, None]  # (1, H, 1, 1)
 
         # local attention with T5 relative bias over [cache ; segment]
-        mask = memory_segment_mask(valid, n_mem, t, x.device, pad_mask)
-        local_bias = self.rel_bias(relative_distance(n_mem, t, x.device))[None].masked_fill(
-            ~mask, float("-inf")
-        )  # (B, H, T, L)
-        local = F.scaled_dot_product_attention(
-            q * scale, k, v, attn_mask=local_bias, scale=1.0, dropout_p=self.dropout if self.training else 0.0
-        )
+        mask = memory_segment_mask(newest(valid, n_mem), n_mem, t, x.device, pad_mask)  # (B, 1, T, L)
+        local_bias = self.rel_bias.shifted(n_mem, t, x.device)[None].to(q.dtype)  # (1, H, T, L)
+        dropout = self.dropout if self.training else 0.0
+        local, _ = explicit_attention(q * scale, k, v, local_bias, mask, dropout, self.training, 1.0)
 
-        # memory attention over the top-k retrieved pairs (searched before this segment is added). Always run
-        # when there is a store: asking whether it is empty would synchronise with the host, and an empty
-        # row's gate is multiplied by 0 (its parameters still get a gradient, 0, as DDP expects)
+        # memory attention over the top-k retrieved pairs (searched before this segment is added). Run whenever
+        # the store may hold an entry (its host-side counters say so without reading the device); a row that
+        # turns out empty is gated to 0. A store nothing was ever added to is skipped: the output is then the
+        # local attention exactly, and the gate gets the gradient 0 it would get from an empty store (DDP and
+        # AdamW see the same parameters used)
         store: KNNMemory | None = state.store
-        if store is not None:
+        if store is not None and not store.never_written:
             mem_keys, mem_values, _, found = store.search(q.detach(), self.topk)  # (B, H, T, k, E), mask (B, H, T, k)
             # one (1 x E) @ (E x k) product per query; gradient reaches q only (the store is detached)
             scores = (q.unsqueeze(-2) @ mem_keys.transpose(-1, -2)).squeeze(-2) * scale  # (B, H, T, k)
@@ -152,6 +160,8 @@ class KNNAttention(AttentionModule):
                     "slots": store.search_slots(q.detach(), self.topk)[1],
                     "gate": torch.sigmoid(self.gate_bias).detach(),
                 }
+        elif store is not None:
+            y = local + 0.0 * self.gate_bias.sum()
         else:
             y = local
 
@@ -166,7 +176,8 @@ class KNNAttention(AttentionModule):
             positions = state["pos"][:, None] + offsets
             store.add(new_keys.detach(), new_values.detach(), positions, valid=real)
         new_mem, new_valid = fifo_append(mem, valid, x, self.mem_len, new_valid=real)
-        next_state = state.replace(mem=new_mem, valid=new_valid, pos=state["pos"] + n_real)
+        live = {"mem": min(self.mem_len, n_mem + t)}
+        next_state = state.replace(live, mem=new_mem, valid=new_valid, pos=state["pos"] + n_real)
         return AttentionOutput(self.out(merge_heads(y)), next_state)
 
 

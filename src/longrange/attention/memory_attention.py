@@ -25,9 +25,15 @@ from longrange.attention.positions import sinusoid
 
 def project(q_proj: nn.Module, kv_proj: nn.Module, x: Tensor, memory: Tensor, n_heads: int):
     """Queries of the segment x (B, T, D) and keys/values of [memory (B, M, D) ; x]:
-    q (B, H, T, E), k and v (B, H, L, E). ``kv_proj`` maps D to 2D (keys then values)."""
+    q (B, H, T, E), k and v (B, H, L, E). ``kv_proj`` maps D to 2D (keys then values).
+
+    Memory and segment are projected separately and the projections joined: projecting ``cat([memory, x])``
+    would make backward compute the input gradient of the memory rows too (a (M x 2D) @ (2D x D) product per
+    layer), only to drop it, since the memory is detached.
+    """
     q = split_heads(q_proj(x), n_heads)
-    k, v = (split_heads(z, n_heads) for z in kv_proj(torch.cat([memory, x], dim=1)).chunk(2, dim=-1))
+    kv = kv_proj(x) if memory.shape[1] == 0 else torch.cat([kv_proj(memory), kv_proj(x)], dim=1)
+    k, v = (split_heads(z, n_heads) for z in kv.chunk(2, dim=-1))
     return q, k, v
 
 
@@ -110,21 +116,42 @@ def shifted_position_scores(rel: RelativePositionScores, q: Tensor, n_prev: int)
     return by_distance.view(b, h, n_keys + 1, t)[:, :, 1:].view(b, h, t, n_keys)
 
 
+def explicit_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    position: Tensor,
+    mask: Tensor,
+    dropout: float,
+    training: bool,
+    scale: float,
+    position_scale: float = 1.0,
+) -> tuple[Tensor, Tensor]:
+    """Softmax attention with an additive position term, computed explicitly: (out (B, H, T, E), weights (B, H, T, L)
+    before dropout).
+
+    q (B, H, T, E), k/v (B, H, L, E), ``position`` (B|1, H, T, L), mask (B|1, 1, T, L) bool; scores are
+    ``scale`` q.k + ``position_scale`` position.
+    ``F.scaled_dot_product_attention`` with a bias that needs a gradient falls back on CPU to its math path, which
+    copies and checks the (B, H, T, L) scores several times; here the scores are built once and edited in place
+    (content + position, mask bias), which is faster, and the weights come for free (most-used compression and the
+    attention analysis read them). Masked keys get the dtype's lowest finite value rather than -inf: equal
+    weights (exactly 0) wherever a query may attend to some key, and finite ones (uniform, not NaN) for a query that
+    may attend to none (a padded query whose memory is empty), whose output no loss reads.
+    """
+    scores = (q * scale if scale != 1.0 else q) @ k.transpose(-1, -2)  # (B, H, T, L)
+    # the mask as an additive bias: (B|1, 1, T, L), H times smaller than the scores, and its backward is free
+    bias = torch.zeros(mask.shape, dtype=scores.dtype, device=scores.device)
+    bias.masked_fill_(~mask, torch.finfo(scores.dtype).min)
+    weights = scores.add_(position, alpha=position_scale).add_(bias).softmax(-1)
+    dropped = F.dropout(weights, dropout) if training and dropout > 0 else weights
+    return dropped @ v, weights
+
+
 def explicit_relative_attention(
     q: Tensor, k: Tensor, v: Tensor, rel: Tensor, mask: Tensor, u_bias: Tensor, dropout: float, training: bool
 ) -> tuple[Tensor, Tensor]:
-    """XL attention computed explicitly: returns (out (B, H, T, E), weights (B, H, T, L) before dropout).
-
-    The same function as `relative_attention`. ``F.scaled_dot_product_attention`` with a bias that needs a
-    gradient falls back on CPU to its math path, which copies and checks the (B, H, T, L) scores several times;
-    here the scores are built once and edited in place (content + position, scale, mask bias), which is faster, and the
-    weights come for free (most-used compression and the attention analysis read them).
-    """
+    """XL attention computed explicitly (`explicit_attention`): the same function as `relative_attention`, with
+    the content bias u and the unscaled relative scores ``rel`` (B, H, T, L); returns (out, weights)."""
     scale = q.shape[-1] ** -0.5
-    scores = ((q + u_bias[:, None, :]) * scale) @ k.transpose(-1, -2)  # (B, H, T, L)
-    # the mask as an additive bias: (B|1, 1, T, L), H times smaller than the scores, and its backward is free
-    bias = torch.zeros(mask.shape, dtype=scores.dtype, device=scores.device).masked_fill_(~mask, float("-inf"))
-    scores = scores.add_(rel, alpha=scale).add_(bias)
-    weights = scores.softmax(-1)
-    dropped = F.dropout(weights, dropout) if training and dropout > 0 else weights
-    return dropped @ v, weights
+    return explicit_attention(q + u_bias[:, None, :], k, v, rel, mask, dropout, training, scale, scale)

@@ -63,3 +63,22 @@ class T5RelativeBias(nn.Module):
     def forward(self, distance: Tensor) -> Tensor:
         """distance (T, L) int64 (query position - key position) -> bias (H, T, L)."""
         return self.bias(self.bucket(distance)).permute(2, 0, 1)
+
+    def shifted(self, n_prev: int, t: int, device: torch.device) -> Tensor:
+        """The bias (H, T, L) of the T queries of a segment after P earlier slots over keys [earlier ; segment]
+        (L = P + T): equal to ``self(relative_distance(P, T))`` on every key a query may attend to (j <= P + i);
+        future keys hold arbitrary finite values that the causal mask removes.
+
+        Looking up a (T, L) table of buckets costs an embedding backward that scatters T * L rows (it was 6% of a
+        memorizing training step); here the L + 1 distances L, L - 1, ..., 0 are looked up once, repeated
+        over the T rows, and row i is shifted left by T - i by reading the (T, L + 1) rows as (L + 1, T) and
+        dropping the first T entries (the shift of `memory_attention.shifted_position_scores`). Backward is a
+        sum over the T rows and an embedding backward of L + 1 rows.
+        """
+        n_keys = n_prev + t
+        distance = torch.arange(n_keys, -1, -1, device=device)  # column c holds distance L - c
+        by_distance = self.bias(self.bucket(distance)).t()  # (H, L + 1)
+        h = by_distance.shape[0]
+        rows = by_distance[:, None, :].expand(h, t, n_keys + 1).contiguous()  # (H, T, L + 1)
+        # out[i, j] = rows[i, j + T - i]: distance L - (j + T - i) = (P + i) - j
+        return rows.view(h, n_keys + 1, t)[:, 1:].view(h, t, n_keys)

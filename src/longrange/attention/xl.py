@@ -19,16 +19,23 @@ are stored as invalid slots, so no later segment attends to padding.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from longrange.attention.base import AttentionModule, AttentionOutput, empty_memory, fifo_append, merge_heads
+from longrange.attention.base import (
+    AttentionModule,
+    AttentionOutput,
+    empty_memory,
+    fifo_append,
+    merge_heads,
+    newest,
+)
 from longrange.attention.memory_attention import (
     RelativePositionScores,
+    explicit_attention,
+    explicit_relative_attention,
     memory_segment_mask,
     project,
-    relative_attention,
-    relative_distance,
+    shifted_position_scores,
 )
 from longrange.attention.positions import T5RelativeBias
 from longrange.memory.state import LayerState
@@ -69,23 +76,26 @@ class XLAttention(AttentionModule):
             self.rel = RelativePositionScores(d_model, n_heads)
 
     def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> LayerState:
-        return LayerState(empty_memory(batch_size, self.mem_len, self.d_model, device, dtype))
+        return LayerState(empty_memory(batch_size, self.mem_len, self.d_model, device, dtype), live={"mem": 0})
 
     def forward(self, x: Tensor, *, state=None, doc_start=None, pad_mask=None, carry=None) -> AttentionOutput:
         self.check_input(x, self.causal)
         if state is None:
             state = self.init_state(x.shape[0], x.device, x.dtype)
         mem, valid = state["mem"].to(x.dtype), state["valid"]
-        n_mem, t = mem.shape[1], x.shape[1]
-        q, k, v = project(self.q, self.kv, x, mem, self.n_heads)  # (B, H, T, E), (B, H, L, E) x 2
-        mask = memory_segment_mask(valid, n_mem, t, x.device, pad_mask)
+        # attend to the newest n_mem slots only: older ones were never written (masked: scoring them is waste)
+        t, n_mem = x.shape[1], state.live_slots("mem")
+        q, k, v = project(self.q, self.kv, x, newest(mem, n_mem), self.n_heads)  # (B, H, T, E), (B, H, L, E) x 2
+        mask = memory_segment_mask(newest(valid, n_mem), n_mem, t, x.device, pad_mask)
         dropout = self.dropout if self.training else 0.0
         if self.positions == "t5":
-            bias = self.rel_bias(relative_distance(n_mem, t, x.device))[None].masked_fill(~mask, float("-inf"))
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout)  # (B, H, T, E)
+            bias = self.rel_bias.shifted(n_mem, t, x.device)[None].to(q.dtype)  # (1, H, T, L)
+            y, _ = explicit_attention(q, k, v, bias, mask, dropout, self.training, q.shape[-1] ** -0.5)
         else:
-            y = relative_attention(q, k, v, self.rel(q, n_mem), mask, self.u_bias, dropout)
+            position = shifted_position_scores(self.rel, q, n_mem)  # (B, H, T, L), unscaled
+            y, _ = explicit_relative_attention(q, k, v, position, mask, self.u_bias, dropout, self.training)
         # padded tokens enter the memory as invalid slots: the next segment must not attend to them
         new_valid = pad_mask.bool() if pad_mask is not None else None
         new_mem, new_valid = fifo_append(mem, valid, x, self.mem_len, new_valid)
-        return AttentionOutput(self.out(merge_heads(y)), state.replace(mem=new_mem, valid=new_valid))
+        live = {"mem": min(self.mem_len, n_mem + t)}
+        return AttentionOutput(self.out(merge_heads(y)), state.replace(live, mem=new_mem, valid=new_valid))

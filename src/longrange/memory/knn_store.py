@@ -194,6 +194,11 @@ class KNNMemory:
         """(B,) live entries per row (padded entries not counted)."""
         return self.valid().sum(1)
 
+    @property
+    def never_written(self) -> bool:
+        """True while nothing was ever added (known on the host: no device read)."""
+        return self._max_added_host == 0
+
     def valid(self) -> Tensor:
         """(B, M) bool: slots holding a live, real entry."""
         slot_id = self._slot_ids()

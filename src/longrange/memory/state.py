@@ -10,6 +10,12 @@ knowing what the tensors mean:
   "this row's memory is empty";
 - ``to(device)``.
 
+``live`` holds host-side counts, per memory tensor (e.g. ``{"mem": 512}``), of the newest slots that may hold a
+state: slots older than that were never written since `init_state`, so a layer may leave them out of its
+attention (exactly: they are masked) instead of scoring them. A fresh state says 0 and the layer raises the count
+as segments enter the memory; a reset leaves it (an upper bound stays true); a missing key means "any slot may be
+live". It is a Python int, known without reading the device, so using it costs no host synchronisation.
+
 An external, non-differentiable store (the kNN memory) rides along as ``store``; it must offer
 ``reset(rows: BoolTensor (B,))`` and may offer ``to(device)``.
 """
@@ -28,16 +34,22 @@ from torch.utils import _pytree as pytree
 class LayerState:
     tensors: dict[str, Tensor] = field(default_factory=dict)  # every tensor batch-first (B, ...)
     store: Any = None  # external store (KNNMemory) with reset(rows) / to(device)
+    live: dict[str, int] = field(default_factory=dict)  # host-side bound on the live newest slots per memory
 
     def __getitem__(self, key: str) -> Tensor:
         return self.tensors[key]
 
-    def replace(self, **tensors: Tensor) -> LayerState:
-        """A new state with some tensors replaced (the store object is shared)."""
-        return LayerState({**self.tensors, **tensors}, self.store)
+    def live_slots(self, key: str) -> int:
+        """How many of the newest slots of memory ``key`` (B, M, ...) may hold a state (M when unknown)."""
+        slots = self.tensors[key].shape[1]
+        return min(self.live.get(key, slots), slots)
+
+    def replace(self, live: dict[str, int] | None = None, **tensors: Tensor) -> LayerState:
+        """A new state with some tensors (and live counts) replaced (the store object is shared)."""
+        return LayerState({**self.tensors, **tensors}, self.store, {**self.live, **(live or {})})
 
     def detach(self) -> LayerState:
-        return LayerState({k: v.detach() for k, v in self.tensors.items()}, self.store)
+        return LayerState({k: v.detach() for k, v in self.tensors.items()}, self.store, dict(self.live))
 
     def reset(self, where: Tensor | None) -> LayerState:
         """Clear the rows `where` (B,) bool; out of place for the tensors (autograd-safe).
@@ -52,12 +64,12 @@ class LayerState:
             tensors[key] = value * keep if value.dtype != torch.bool else value & keep
         if self.store is not None:
             self.store.reset(where)
-        return LayerState(tensors, self.store)
+        return LayerState(tensors, self.store, dict(self.live))  # emptied slots stay counted: still a bound
 
     def to(self, device: torch.device | str) -> LayerState:
         if self.store is not None and hasattr(self.store, "to"):
             self.store.to(device)
-        return LayerState({k: v.to(device) for k, v in self.tensors.items()}, self.store)
+        return LayerState({k: v.to(device) for k, v in self.tensors.items()}, self.store, dict(self.live))
 
 
 @dataclass
@@ -97,7 +109,7 @@ class ModelState:
 
 def _flatten_layer(state: LayerState) -> tuple[list[Tensor], tuple]:
     keys = tuple(state.tensors)
-    return [state.tensors[k] for k in keys], (keys, state.store)
+    return [state.tensors[k] for k in keys], (keys, state.store, tuple(sorted(state.live.items())))
 
 
 def _flatten_layer_with_keys(state: LayerState) -> tuple[list, tuple]:
@@ -106,8 +118,8 @@ def _flatten_layer_with_keys(state: LayerState) -> tuple[list, tuple]:
 
 
 def _unflatten_layer(values, context: tuple) -> LayerState:
-    keys, store = context
-    return LayerState(dict(zip(keys, values, strict=True)), store)
+    keys, store, live = context
+    return LayerState(dict(zip(keys, values, strict=True)), store, dict(live))
 
 
 def _flatten_model(state: ModelState) -> tuple[list, None]:

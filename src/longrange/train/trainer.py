@@ -189,7 +189,7 @@ def state_to_dict(state: ModelState | None) -> dict | None:
         if s is None:
             layers.append(None)
             continue
-        entry: dict[str, Any] = {"tensors": dict(s.tensors)}
+        entry: dict[str, Any] = {"tensors": dict(s.tensors), "live": dict(s.live)}
         if s.store is not None and hasattr(s.store, "state_dict"):
             entry["store"] = s.store.state_dict()
         layers.append(entry)
@@ -204,6 +204,7 @@ def state_from_dict(model: LongRangeLM, data: dict | None, batch_size: int, devi
         if s is None or saved is None:
             continue
         s.tensors.update({k: v.to(device) for k, v in saved["tensors"].items()})
+        s.live = dict(saved.get("live", {}))  # not the fresh state's zeros: the loaded slots hold states
         if "store" in saved and s.store is not None:
             s.store.load_state_dict(saved["store"])
     state.pos = data["pos"].to(device)
