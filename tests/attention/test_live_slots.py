@@ -106,6 +106,7 @@ def test_t5_shifted_bias_equals_the_bucket_lookup_on_every_allowed_key():
         torch.testing.assert_close(bias.shifted(n_prev, t, torch.device("cpu"))[:, allowed], looked_up[:, allowed])
         # the gradient reaches the same buckets
         weight = torch.randn(3, t, n_prev + t) * allowed
-        (g_shift,) = torch.autograd.grad((bias.shifted(n_prev, t, torch.device("cpu")) * weight).sum(), [bias.bias.weight])
+        shifted = bias.shifted(n_prev, t, torch.device("cpu"))
+        (g_shift,) = torch.autograd.grad((shifted * weight).sum(), [bias.bias.weight])
         (g_look,) = torch.autograd.grad((bias((n_prev + i) - j) * weight).sum(), [bias.bias.weight])
         torch.testing.assert_close(g_shift, g_look)
