@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from longrange.attention.base import AttentionModule, AttentionOutput, merge_heads, split_heads
+from longrange.attention.base import AttentionModule, AttentionOutput, merge_heads, newest, split_heads
 from longrange.attention.memory_attention import (
     RelativePositionScores,
     explicit_relative_attention,
@@ -104,7 +104,8 @@ class CompressiveAttention(AttentionModule):
                 "pending_valid": zeros(self.rate - 1, kind=torch.bool),
                 "pending_usage": zeros(self.rate - 1, kind=torch.float32),
                 "pending_len": torch.zeros(batch_size, dtype=torch.long, device=device),
-            }
+            },
+            live={"cmem": 0, "mem": 0},  # nothing written yet (see `LayerState.live`)
         )
 
     # ------------------------------------------------------------------ forward
@@ -115,23 +116,41 @@ class CompressiveAttention(AttentionModule):
         b, t, _ = x.shape
         if state is None:
             state = self.init_state(b, x.device, x.dtype)
-        cmem, mem = state["cmem"].to(x.dtype), state["mem"].to(x.dtype)
-        n_prev = cmem.shape[1] + mem.shape[1]
+        # only the newest slots that may hold states take part (older ones were never written: masked anyway)
+        n_cmem, n_mem = state.live_slots("cmem"), state.live_slots("mem")
+        cmem, mem = newest(state["cmem"], n_cmem).to(x.dtype), newest(state["mem"], n_mem).to(x.dtype)
+        n_prev = n_cmem + n_mem
         q, k, v = project(self.q, self.kv, x, torch.cat([cmem, mem], dim=1), self.n_heads)  # keys [cmem ; mem ; x]
-        prev_valid = torch.cat([state["cmem_valid"], state["mem_valid"]], dim=1)  # (B, S + M)
+        prev_valid = torch.cat([newest(state["cmem_valid"], n_cmem), newest(state["mem_valid"], n_mem)], 1)
         mask = memory_segment_mask(prev_valid, n_prev, t, x.device)  # (B, 1, T, L)
         position = shifted_position_scores(self.rel, q, n_prev)
         y, weights = explicit_relative_attention(q, k, v, position, mask, self.u_bias, self.dropout, self.training)
+        # weights over every slot (B, H, T, S + M + T), the never-written ones at 0
+        full_weights = F.pad(weights, (self.cmem_len - n_cmem, 0)) if n_cmem < self.cmem_len else weights
+        if n_mem < self.mem_len:
+            cut = self.cmem_len
+            full_weights = torch.cat(
+                [full_weights[..., :cut], F.pad(full_weights[..., cut:], (self.mem_len - n_mem, 0))], -1
+            )
         if self.record_attention:
-            self.last_attention = {"weights": weights.detach(), "cmem": cmem.shape[1], "mem": mem.shape[1]}
+            self.last_attention = {"weights": full_weights.detach(), "cmem": self.cmem_len, "mem": self.mem_len}
 
+        # the evicted states' keys/values were projected for this attention when the whole memory took part
+        evicted_kv = (k[:, :, n_cmem : n_cmem + t], v[:, :, n_cmem : n_cmem + t]) if n_mem == self.mem_len else None
         next_state, aux = self._update_memories(
-            state, x, q, k, v, weights if self.compressor.kind == "most_used" else None
+            state, x, q, evicted_kv, full_weights if self.compressor.kind == "most_used" else None
         )
         return AttentionOutput(self.out(merge_heads(y)), next_state, aux)
 
     # ------------------------------------------------------------------ memories
-    def _update_memories(self, state: LayerState, x: Tensor, q: Tensor, k: Tensor, v: Tensor, weights: Tensor | None):
+    def _update_memories(
+        self, state: LayerState, x: Tensor, q: Tensor, evicted_kv: tuple[Tensor, Tensor] | None, weights: Tensor | None
+    ):
+        """The memories after segment x (B, T, D): the T oldest states leave the memory and are compressed.
+
+        ``evicted_kv``: the evicted states' keys and values (B, H, T, E) when the attention computed them (None:
+        projected here); ``weights`` (B, H, T, S + M + T): the attention, for most-used compression.
+        """
         b, t, _ = x.shape
         s = state["cmem"].shape[1]
         all_states = torch.cat([state["mem"], x], 1)  # (B, M + T, D)
@@ -167,17 +186,28 @@ class CompressiveAttention(AttentionModule):
         compressed, compressed_valid = self.compressor.compress(  # (B, g, D), (B, g); fillers invalid
             to_compress, stream_valid.gather(1, index), stream_usage.gather(1, index), n_groups
         )
+        # host-side bound (`LayerState.live`): how many of the T evicted states may have held a state. While none
+        # may, no pending state may either (a written state is evicted only once the memory is full, and from
+        # then on every segment evicts written states), so this segment's compressed slots are all invalid
+        n_mem = state.live_slots("mem")
+        may_compress_states = n_mem + t > self.mem_len
         aux = None
-        if g and self.compressor.learned:
-            # keys/values of the evicted states were computed for this segment's attention (keys [cmem ; mem ; x],
-            # the evicted ones at [S, S + T)); only the (c - 1) pending states need projecting
-            pending_k, pending_v = (
-                split_heads(z, self.n_heads) for z in self.kv(state["pending"].to(x.dtype)).chunk(2, dim=-1)
-            )
-            old_kv = tuple(
-                _take(torch.cat([old, now[:, :, s : s + t]], 2), index, dim=2)
-                for old, now in ((pending_k, k), (pending_v, v))
-            )
+        if g and self.compressor.learned and not may_compress_states:
+            # every compressed slot is invalid, so the loss is 0 with gradient 0: skip its attentions, but keep
+            # the compression parameters in the graph (DDP and AdamW see the same parameters used)
+            aux = sum(p.sum() for p in self._loss_parameters()) * 0.0
+        elif g and self.compressor.learned:
+            old_kv = None
+            if self.loss_kind == "attention" and evicted_kv is not None:
+                # the evicted states' keys/values come from this segment's attention; only the (c - 1) pending
+                # states need projecting
+                pending_k, pending_v = (
+                    split_heads(z, self.n_heads) for z in self.kv(state["pending"].to(x.dtype)).chunk(2, dim=-1)
+                )
+                old_kv = tuple(
+                    _take(torch.cat([old, now], 2), index, dim=2)
+                    for old, now in zip((pending_k, pending_v), evicted_kv, strict=True)
+                )
             aux = self._compression_loss(to_compress, compressed, compressed_valid, q, old_kv)
 
         cmem, cmem_valid = _append_rows(
@@ -194,8 +224,17 @@ class CompressiveAttention(AttentionModule):
             pending_valid=stream_valid[:, stream.shape[1] - (c - 1) :],
             pending_usage=stream_usage[:, stream.shape[1] - (c - 1) :],
             pending_len=(n_pending + t) % c,
+            live={
+                "mem": min(self.mem_len, n_mem + t),
+                "cmem": min(s, state.live_slots("cmem") + (g if may_compress_states else 0)),
+            },
         )
         return next_state, aux
+
+    def _loss_parameters(self) -> list[nn.Parameter]:
+        """The parameters the compression loss trains: the compressor's (and the autoencoder's decoder)."""
+        decoder = list(self.decoder.parameters()) if hasattr(self, "decoder") else []
+        return [*self.compressor.parameters(), *decoder]
 
     def _compression_loss(
         self,
