@@ -153,6 +153,8 @@ def test_shifted_position_scores_equal_the_gathered_xl_scores_on_every_allowed_k
     for n_prev in (0, 3, 9):
         allowed = torch.ones(5, n_prev + 5, dtype=torch.bool).tril(n_prev)  # key j <= n_prev + i
         torch.testing.assert_close(shifted_position_scores(rel, q, n_prev)[..., allowed], rel(q, n_prev)[..., allowed])
+        scaled = shifted_position_scores(rel, q, n_prev, 0.25)[..., allowed]
+        torch.testing.assert_close(scaled, 0.25 * rel(q, n_prev)[..., allowed])
 
 
 def test_explicit_attention_equals_xl_relative_attention_with_gradients():
@@ -166,6 +168,9 @@ def test_explicit_attention_equals_xl_relative_attention_with_gradients():
     theirs = relative_attention(q, keys, values, rel, mask, u, 0.0)
     torch.testing.assert_close(ours, theirs)
     assert torch.allclose(weights.sum(-1), torch.ones(())) and (weights[0, ..., :2] == 0).all()
+    # relative scores scaled beforehand (as `shifted_position_scores(..., scale)` gives them): the same attention
+    prescaled, _ = explicit_relative_attention(q, keys, values, rel * 4**-0.5, mask, u, 0.0, True, rel_scaled=True)
+    torch.testing.assert_close(prescaled, theirs)
     inputs = (q, k, v, k2, v2, rel, u)
     grads = torch.autograd.grad(ours.square().sum(), inputs)
     for ours_grad, theirs_grad in zip(grads, torch.autograd.grad(theirs.square().sum(), inputs), strict=True):

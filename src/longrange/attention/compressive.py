@@ -123,24 +123,29 @@ class CompressiveAttention(AttentionModule):
         q, k, v = project(self.q, self.kv, x, torch.cat([cmem, mem], dim=1), self.n_heads)  # keys [cmem ; mem ; x]
         prev_valid = torch.cat([newest(state["cmem_valid"], n_cmem), newest(state["mem_valid"], n_mem)], 1)
         mask = memory_segment_mask(prev_valid, n_prev, t, x.device)  # (B, 1, T, L)
-        position = shifted_position_scores(self.rel, q, n_prev)
-        y, weights = explicit_relative_attention(q, k, v, position, mask, self.u_bias, self.dropout, self.training)
-        # weights over every slot (B, H, T, S + M + T), the never-written ones at 0
-        full_weights = F.pad(weights, (self.cmem_len - n_cmem, 0)) if n_cmem < self.cmem_len else weights
-        if n_mem < self.mem_len:
-            cut = self.cmem_len
-            full_weights = torch.cat(
-                [full_weights[..., :cut], F.pad(full_weights[..., cut:], (self.mem_len - n_mem, 0))], -1
-            )
+        position = shifted_position_scores(self.rel, q, n_prev, q.shape[-1] ** -0.5)  # (B, H, T, L), scaled
+        y, weights = explicit_relative_attention(
+            q, k, v, position, mask, self.u_bias, self.dropout, self.training, rel_scaled=True
+        )
+        full_weights = None
+        if self.record_attention or self.compressor.kind == "most_used":
+            full_weights = self._weights_over_every_slot(weights, n_cmem, n_mem)
         if self.record_attention:
             self.last_attention = {"weights": full_weights.detach(), "cmem": self.cmem_len, "mem": self.mem_len}
 
         # the evicted states' keys/values were projected for this attention when the whole memory took part
         evicted_kv = (k[:, :, n_cmem : n_cmem + t], v[:, :, n_cmem : n_cmem + t]) if n_mem == self.mem_len else None
-        next_state, aux = self._update_memories(
-            state, x, q, evicted_kv, full_weights if self.compressor.kind == "most_used" else None
-        )
+        next_state, aux = self._update_memories(state, x, q, evicted_kv, full_weights)
         return AttentionOutput(self.out(merge_heads(y)), next_state, aux)
+
+    def _weights_over_every_slot(self, weights: Tensor, n_cmem: int, n_mem: int) -> Tensor:
+        """Attention weights (B, H, T, n_cmem + n_mem + T) over the live slots -> (B, H, T, S + M + T) over every
+        slot, the never-written ones at 0 (most-used compression and the attention analysis index by slot)."""
+        cmem_part, mem_part, segment = weights.split([n_cmem, n_mem, weights.shape[-1] - n_cmem - n_mem], -1)
+        pad_cmem, pad_mem = self.cmem_len - n_cmem, self.mem_len - n_mem
+        if pad_cmem == 0 and pad_mem == 0:
+            return weights
+        return torch.cat([F.pad(cmem_part, (pad_cmem, 0)), F.pad(mem_part, (pad_mem, 0)), segment], -1)
 
     # ------------------------------------------------------------------ memories
     def _update_memories(

@@ -97,8 +97,9 @@ def relative_attention(
     return F.scaled_dot_product_attention(q + u_bias[:, None, :], k, v, attn_mask=bias, dropout_p=dropout)
 
 
-def shifted_position_scores(rel: RelativePositionScores, q: Tensor, n_prev: int) -> Tensor:
-    """The XL position term (q + v) . W_R R[i - j] for keys [previous slots ; segment], unscaled (B, H, T, L).
+def shifted_position_scores(rel: RelativePositionScores, q: Tensor, n_prev: int, scale: float = 1.0) -> Tensor:
+    """The XL position term (q + v) . W_R R[i - j] for keys [previous slots ; segment], times ``scale``
+    (B, H, T, L); the scale is applied to q + v (B, H, T, E), not to the L times larger scores.
 
     Equal to ``rel(q, n_prev)`` (`RelativePositionScores`, the same parameters) on every key a query may attend
     to; entries of future keys (j > P + i) hold arbitrary finite values that the causal mask removes. Instead of
@@ -111,7 +112,8 @@ def shifted_position_scores(rel: RelativePositionScores, q: Tensor, n_prev: int)
     n_keys = n_prev + t
     distance = torch.arange(n_keys, -1, -1, device=q.device)  # column c holds distance L - c
     r = rel.r_proj(sinusoid(distance, rel.d_model).to(q.dtype)).view(n_keys + 1, h, e).permute(1, 2, 0)  # (H, E, L+1)
-    by_distance = (q + rel.v_bias[:, None, :]) @ r  # (B, H, T, L + 1)
+    q_v = q + rel.v_bias[:, None, :]
+    by_distance = (q_v * scale if scale != 1.0 else q_v) @ r  # (B, H, T, L + 1)
     # out[i, j] = by_distance[i, j + T - i], i.e. distance L - (j + T - i) = (P + i) - j, for every j <= P + i
     return by_distance.view(b, h, n_keys + 1, t)[:, :, 1:].view(b, h, t, n_keys)
 
@@ -149,9 +151,20 @@ def explicit_attention(
 
 
 def explicit_relative_attention(
-    q: Tensor, k: Tensor, v: Tensor, rel: Tensor, mask: Tensor, u_bias: Tensor, dropout: float, training: bool
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    rel: Tensor,
+    mask: Tensor,
+    u_bias: Tensor,
+    dropout: float,
+    training: bool,
+    rel_scaled: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """XL attention computed explicitly (`explicit_attention`): the same function as `relative_attention`, with
-    the content bias u and the unscaled relative scores ``rel`` (B, H, T, L); returns (out, weights)."""
+    the content bias u and the relative scores ``rel`` (B, H, T, L), unscaled or, with ``rel_scaled``, already
+    times 1/sqrt(E) (`shifted_position_scores(..., scale)`: scaling there saves a pass over the scores in
+    backward); returns (out, weights)."""
     scale = q.shape[-1] ** -0.5
-    return explicit_attention(q + u_bias[:, None, :], k, v, rel, mask, dropout, training, scale, scale)
+    rel_scale = 1.0 if rel_scaled else scale
+    return explicit_attention(q + u_bias[:, None, :], k, v, rel, mask, dropout, training, scale, rel_scale)

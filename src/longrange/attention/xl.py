@@ -92,8 +92,10 @@ class XLAttention(AttentionModule):
             bias = self.rel_bias.shifted(n_mem, t, x.device)[None].to(q.dtype)  # (1, H, T, L)
             y, _ = explicit_attention(q, k, v, bias, mask, dropout, self.training, q.shape[-1] ** -0.5)
         else:
-            position = shifted_position_scores(self.rel, q, n_mem)  # (B, H, T, L), unscaled
-            y, _ = explicit_relative_attention(q, k, v, position, mask, self.u_bias, dropout, self.training)
+            position = shifted_position_scores(self.rel, q, n_mem, q.shape[-1] ** -0.5)  # (B, H, T, L), scaled
+            y, _ = explicit_relative_attention(
+                q, k, v, position, mask, self.u_bias, dropout, self.training, rel_scaled=True
+            )
         # padded tokens enter the memory as invalid slots: the next segment must not attend to them
         new_valid = pad_mask.bool() if pad_mask is not None else None
         new_mem, new_valid = fifo_append(mem, valid, x, self.mem_len, new_valid)
