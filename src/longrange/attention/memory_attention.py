@@ -3,12 +3,15 @@
 Shape legend: B batch, T tokens of the segment, M memory slots (for the Compressive layer: compressed and plain
 memory together), L = M + T keys, D model width, H heads, E head width.
 
-Each of the three layers reads queries from the segment and keys/values from [memory ; segment] with one
-projection (`project`), masks memory slots that hold no state (after a document reset, or padding stored as
-invalid) and is causal within the segment (`memory_segment_mask`), and scores positions by the distance
-(M + i) - j of query i to key j (`relative_distance`). XL and Compressive add the Transformer-XL relative
-position term (`RelativePositionScores`, or its shifted form `shifted_position_scores`) and the content bias u
-(`relative_attention`, or `explicit_relative_attention` when the weights are needed); kNN uses a T5 bias instead.
+Each of the three layers reads queries from the segment and keys/values from [memory ; segment] (`project`),
+masks memory slots that hold no state (after a document reset, or padding stored as invalid) and is causal within
+the segment (`memory_segment_mask`), and scores positions by the distance (M + i) - j of query i to key j. XL and
+Compressive add the Transformer-XL relative position term and the content bias u; kNN a T5 bias
+(`positions.T5RelativeBias.shifted`). The layers run the fast forms: the position term for the L + 1 distances,
+shifted into place (`shifted_position_scores`), and the attention built explicitly in place
+(`explicit_attention`, `explicit_relative_attention`). The plain forms they are tested against are kept here:
+the position term gathered per (query, key) distance (`RelativePositionScores.forward`, `relative_distance`) and
+``F.scaled_dot_product_attention`` with the terms as its mask (`relative_attention`).
 """
 
 from __future__ import annotations
