@@ -18,7 +18,8 @@ with the host: the counters a search needs (entries ever added, whether some slo
 are mirrored in Python, so ``add``/``search``/``reset`` never read a tensor value back.
 
 Backends:
-- ``exact``: torch matmul + top-k, chunked over the memory so a million entries fit (the oracle);
+- ``exact``: torch matmul + top-k, chunked over the memory so a million entries fit, pruned by group
+  maxima (exact: see `KNNMemory._exact_topk`) (the oracle);
 - ``faiss-flat``: faiss ``IndexFlatIP`` per (row, head) (exact, same results as ``exact``);
 - ``faiss-hnsw`` / ``faiss-ivf``: approximate indexes (settings below, chosen with ``longrange bench knn``).
 faiss indexes hold the ring buffer's entries under ids = insertion number; an id is live while it
@@ -61,6 +62,14 @@ _NUMPY = {torch.float32: np.float32, torch.float64: np.float64, torch.float16: n
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64", torch.float16: "f16", torch.bfloat16: "bf16"}
 
 log = logging.getLogger(__name__)
+
+# exact search (see `KNNMemory._exact_topk`): slots per group, queries per block, score-block sizes in floats
+# (8 MB on a CPU: a block that stays in cache; 64 MB on an accelerator, like the search before grouping)
+_GROUP = 16
+_QUERY_BLOCK = 64
+_CPU_SCORE_FLOATS = 1 << 21
+_SCORE_FLOATS = 1 << 24
+_CANDIDATE_FLOATS = 1 << 23  # kept groups' scores held before they are merged (32 MB)
 
 
 def _start_time(pid: int) -> str:
@@ -328,41 +337,122 @@ class KNNMemory:
 
     # ------------------------------------------------------------------ exact backend
     def _exact_topk(self, queries: Tensor, k: int) -> tuple[Tensor, Tensor]:
-        """Chunked matmul + top-k per chunk, then one top-k over the chunks' winners.
+        """Exact top-k over the written slots: the k largest scores, as one `topk` over all of them would give.
 
-        Only written slots are scanned; the live mask is applied only when some written slot is
-        stale (after a reset). Score blocks are written into one reused buffer (no allocation per
-        chunk) of at most ~16M floats, which also bounds peak memory at a million entries.
+        Only written slots are scanned; the live mask is applied only when some written slot is stale (after a
+        reset or padding). A memory of at most 4k groups of slots takes one matmul and one `topk` (grouping
+        would keep too much of it to pay); a larger one the chunked, grouped scan of `_grouped_topk`.
         """
-        b, h, q, _ = queries.shape
+        b, h, q, e = queries.shape
         device = self.keys.device
-        queries = queries.to(device, self.dtype)
         used = min(self._max_added_host, self.capacity)  # slots >= used were never written
-        scores = torch.full((b, h, q, k), float("-inf"), device=device, dtype=self.dtype)
-        slots = torch.zeros((b, h, q, k), dtype=torch.long, device=device)
         if used == 0:
-            return scores, slots
-        maybe_stale = self._added_host is None or self._max_added_host < self._stale_until
-        stale = ~self.valid()[:, None, None, :used] if maybe_stale else None  # (B, 1, 1, used)
-        chunk = max(1, min(self.search_chunk, used, max(1024, (1 << 24) // (b * h * q))))
-        buffer = torch.empty((b, h, q, chunk), device=device, dtype=self.dtype)
-        best_scores, best_slots = [], []
-        for start in range(0, used, chunk):  # (Q x chunk) score blocks per (row, head)
-            end = min(start + chunk, used)
-            block = buffer if end - start == chunk else buffer[..., : end - start].contiguous()
-            torch.matmul(queries, self.keys[:, :, start:end].transpose(-1, -2), out=block)  # (B, H, Q, chunk)
+            empty = torch.full((b, h, q, k), float("-inf"), device=device, dtype=self.dtype)
+            return empty, torch.zeros((b, h, q, k), dtype=torch.long, device=device)
+        rows = b * h
+        keys = self.keys.view(rows, self.capacity, e)[:, :used]  # (B*H, used, E)
+        queries = queries.to(device, self.dtype).reshape(rows, q, e)
+        stale = None  # (B*H, used) bool: slots to score -inf
+        if self._added_host is None or self._max_added_host < self._stale_until:
+            stale = (~self.valid()[:, None, :used]).expand(b, h, used).reshape(rows, used)
+        if used <= 4 * k * _GROUP:
+            every = torch.matmul(queries, keys.transpose(1, 2))  # (B*H, Q, used)
             if stale is not None:
-                block.masked_fill_(stale[..., start:end], float("-inf"))
-            top = block.topk(min(k, end - start), dim=-1)
-            best_scores.append(top.values)
-            best_slots.append(top.indices + start)
-        merged_scores, merged_slots = torch.cat(best_scores, -1), torch.cat(best_slots, -1)
-        if merged_scores.shape[-1] > k:
-            top = merged_scores.topk(k, dim=-1)
-            merged_scores, merged_slots = top.values, merged_slots.gather(-1, top.indices)
-        n = merged_scores.shape[-1]  # < k when fewer than k slots were ever written: the rest stays -inf
-        scores[..., :n], slots[..., :n] = merged_scores, merged_slots
-        return scores, slots
+                every.masked_fill_(stale[:, None], float("-inf"))
+            best = every.topk(min(k, used), dim=-1)
+            scores, slots = best.values, best.indices
+        else:
+            scores, slots = self._grouped_topk(keys, queries, stale, k)
+        missing = k - scores.shape[-1]  # fewer than k slots written: the rest is -inf (slot 0)
+        scores = torch.nn.functional.pad(scores, (0, missing), value=float("-inf")).view(b, h, q, k)
+        return scores, torch.nn.functional.pad(slots, (0, missing)).view(b, h, q, k)
+
+    def _grouped_topk(self, keys: Tensor, queries: Tensor, stale: Tensor | None, k: int) -> tuple[Tensor, Tensor]:
+        """Top-k scores and slots (R, Q, k) of queries (R, Q, E) over keys (R, N, E) (R = B*H rows, N written
+        slots; ``stale`` (R, N) marks slots to score -inf), by chunked matmul and pruning by group maxima.
+
+        Shape legend: C slots per chunk, G = C / g groups of g slots per chunk, w queries per block, S groups
+        held per query.
+
+        A chunk of C slots is scored against a block of w queries as keys @ queries^T into one reused (R, C, w)
+        buffer small enough to stay in a CPU's cache (writing a million-slot search's scores out to memory and
+        back cost as much as the matmul). A `topk` over every score cost about as much again, so each chunk is
+        cut into G groups of g consecutive slots and only the k groups with the largest maxima (`amax`, a cheap
+        reduction) are kept, with their scores; the groups kept from successive chunks are merged the same way,
+        and a last `topk` over the groups held gives the result.
+
+        Why exact. Let t be a query's k-th largest score (NaN ranks largest, as in `topk`). In a chunk fewer
+        than k groups have a maximum > t (each holds its own score > t), so the k groups with the largest maxima
+        include all of them, and either are k groups with maxima >= t (so hold k scores >= t) or include every
+        group with a maximum >= t (so every score >= t of the chunk). The kept groups thus hold every score > t
+        and at least k scores >= t: their k largest are the k largest scores (the same slots, up to ties). A
+        merge keeps, by the same argument, the k largest scores of the groups it merges.
+        The `topk` ranks a group by max(maximum, tau), tau being the largest k-th group maximum of the chunks
+        before, so that the many groups below tau tie and the selection runs fast. tau <= t (k groups, so k
+        scores, are >= tau). While tau < t, ranking by max(maximum, tau) moves no maximum across t and the
+        argument holds; the chunk that raised tau to t kept k groups with maxima >= t (its tau being < t).
+        """
+        (rows, used, _), q, g = keys.shape, queries.shape[1], _GROUP
+        device, dtype = keys.device, keys.dtype
+        # Query blocks of 64 and chunks of C slots, so that a (R, C, w) score block stays in a CPU's cache;
+        # elsewhere larger blocks mean fewer launches. A chunk holds at least 16k groups, else too many scores
+        # are kept (and gathered) for the pruning to pay, and at most the written slots, up to a whole group.
+        width = min(q, _QUERY_BLOCK)
+        budget = _CPU_SCORE_FLOATS if device.type == "cpu" else _SCORE_FLOATS
+        chunk = min(max(budget // (rows * width), 16 * k * g), self.search_chunk, -(-used // g) * g)
+        chunk = max(g, chunk // g * g)
+        n_groups = chunk // g
+        kept = min(k, n_groups)  # groups kept per chunk (all of them when a chunk has fewer than k)
+        n_chunks = -(-used // chunk)
+        # candidates (R, Q, S, g): the groups kept by up to `per_merge` chunks, after the k best groups of the
+        # chunks before them when there are more chunks than that (`_keep_best_groups` merges them)
+        per_merge = max(1, min(n_chunks, _CANDIDATE_FLOATS // (rows * q * kept * g)))
+        merged = k if n_chunks > per_merge else 0
+        candidates = torch.full((rows, q, merged + per_merge * kept, g), float("-inf"), device=device, dtype=dtype)
+        group_ids = torch.zeros(candidates.shape[:-1], dtype=torch.long, device=device)  # group number = slot // g
+        tau = torch.full((rows, 1, q), float("-inf"), device=device, dtype=dtype)
+        buffer = torch.empty(rows * chunk * width, device=device, dtype=dtype)
+        blocks = []  # per block of queries: its first query, queries^T (R, E, w), where its groups' scores sit
+        for a in range(0, q, width):
+            block_t = queries[:, a : a + width].transpose(1, 2).contiguous()
+            w = block_t.shape[-1]
+            r = torch.arange(rows, device=device).view(rows, 1, 1, 1)
+            i = torch.arange(w, device=device).view(1, w, 1, 1)
+            o = torch.arange(g, device=device).view(1, 1, 1, g)
+            at = r * (chunk * w) + o * w + i  # (R, w, 1, g): buffer position of (row r, slot o of group 0, query i)
+            blocks.append((a, block_t, at))
+        for index, start in enumerate(range(0, used, chunk)):
+            end = min(start + chunk, used)
+            into = merged + (index % per_merge) * kept  # where this chunk's groups go in `candidates`
+            for a, block_t, at in blocks:
+                w = block_t.shape[-1]
+                block = buffer[: rows * chunk * w].view(rows, chunk, w)
+                if end - start == chunk:
+                    torch.matmul(keys[:, start:end], block_t, out=block)
+                else:  # the last chunk: scores, then -inf up to a whole chunk
+                    block[:, : end - start] = torch.matmul(keys[:, start:end], block_t)
+                    block[:, end - start :] = float("-inf")
+                if stale is not None:
+                    block[:, : end - start].masked_fill_(stale[:, start:end, None], float("-inf"))
+                maxima = block.view(rows, n_groups, g, w).amax(2)  # (R, G, w)
+                if kept == k:  # rank by max(maximum, tau); tau moves to this chunk's k-th maximum if larger
+                    clamp = tau[..., a : a + w]
+                    torch.maximum(maxima, clamp, out=maxima)
+                top = maxima.topk(kept, dim=1)  # (R, kept, w)
+                if kept == k:
+                    clamp.copy_(torch.fmax(clamp, top.values[:, -1:]))  # fmax: a NaN maximum never becomes tau
+                picks = top.indices.transpose(1, 2)  # (R, w, kept)
+                # the kept groups' scores (R, w, kept, g) (index_select on the flat buffer ran 2x faster than gather)
+                where = torch.add(at, picks.unsqueeze(-1), alpha=g * w)
+                picked = buffer.index_select(0, where.reshape(-1)).view(where.shape)
+                candidates[:, a : a + w, into : into + kept] = picked
+                group_ids[:, a : a + w, into : into + kept] = picks + start // g
+            if index % per_merge == per_merge - 1 and end < used:
+                _keep_best_groups(candidates, group_ids, k)
+        best = candidates.flatten(2).topk(min(k, candidates.shape[2] * g), dim=-1)  # among all groups held
+        slots = group_ids.gather(2, best.indices // g) * g + best.indices % g
+        # a -inf result (fewer than k live slots) may point past the written slots, into the last chunk's padding
+        return best.values, slots.clamp_(max=used - 1)
 
     # ------------------------------------------------------------------ faiss backends
     def _new_index(self):
@@ -474,6 +564,17 @@ class KNNMemory:
         from safetensors.torch import load_file
 
         self.load_state_dict(load_file(str(path)))
+
+
+def _keep_best_groups(candidates: Tensor, group_ids: Tensor, k: int) -> None:
+    """Move the k groups with the largest maxima of each query to the front of ``candidates`` (R, Q, S, g) and
+    ``group_ids`` (R, Q, S), and empty the rest (-inf), so that later chunks do not meet them twice."""
+    top = candidates.amax(-1).topk(k, dim=-1).indices  # (R, Q, k)
+    best = candidates.gather(2, top.unsqueeze(-1).expand(-1, -1, -1, candidates.shape[-1]))
+    ids = group_ids.gather(2, top)
+    candidates[:, :, :k] = best
+    candidates[:, :, k:] = float("-inf")
+    group_ids[:, :, :k] = ids
 
 
 def _remove_store_folder(folder: str) -> None:
