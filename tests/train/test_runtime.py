@@ -50,3 +50,18 @@ def test_maybe_compile_wraps_only_when_enabled(monkeypatch):
     assert maybe_compile(model, False) is model
     monkeypatch.setattr(torch, "compile", lambda m: ("compiled", m))  # the real one builds C++: not in unit tests
     assert maybe_compile(model, True) == ("compiled", model)
+
+
+def test_cpu_allocator_tuning_applies_on_glibc_and_can_be_turned_off(monkeypatch):
+    import platform
+
+    from longrange.train.runtime import tune_cpu_allocator
+
+    tune_cpu_allocator.cache_clear()
+    monkeypatch.setenv("LONGRANGE_MALLOC_TUNING", "0")
+    assert tune_cpu_allocator() is False
+    tune_cpu_allocator.cache_clear()
+    monkeypatch.delenv("LONGRANGE_MALLOC_TUNING")
+    expected = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert tune_cpu_allocator() is expected
+    tune_cpu_allocator.cache_clear()

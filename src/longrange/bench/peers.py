@@ -19,6 +19,10 @@ across steps (how our trainer runs). Peers (pinned in pyproject's `bench-peers`)
   M kNN memories, k = 32, XL memory = segment, memories made per step by ``knn_memories_context``; ours ``full``
   x 2, ``xl`` x 2, ``knn`` x 2 (each knn layer has its own XL cache of one segment, as the peer's).
 
+Ours runs with the CPU settings `longrange train` applies (`train.runtime.configure_device`: glibc's allocator
+keeps freed tensor memory, see `tune_cpu_allocator`; ``LONGRANGE_MALLOC_TUNING=0`` turns it off); the peers run
+as installed.
+
 The MFU column is `model_flops_per_token` of our config (the same layout) x tokens/s over the fp32 matmul
 ceiling measured by the parent process at the start of the run.
 """
@@ -35,6 +39,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from longrange.train.runtime import configure_device
 
 SYSTEMS = ("transformer", "reformer", "compressive", "memorizing")
 PEER_PACKAGES = {
@@ -221,7 +227,8 @@ def run_point(point: dict) -> dict:
     layout = Layout(**point["layout"])
     if point["side"] == "peer":
         step = _peer_step(point["system"], layout, point["length"])
-    else:
+    else:  # with the settings `longrange train` applies on the CPU (the allocator tuning; LONGRANGE_MALLOC_TUNING=0)
+        configure_device(torch.device("cpu"))
         step = _our_step(point["system"], layout, point["length"], point.get("carry", False))
     for _ in range(point["warmup"]):
         step()

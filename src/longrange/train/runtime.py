@@ -2,13 +2,18 @@
 
 `resolve_device` turns a ``--device`` string into a `torch.device` (or one clear error line),
 `autocast_dtype` maps ``--precision`` to the dtype of `torch.autocast` (None: plain fp32), and
-`maybe_compile` wraps a model in `torch.compile` when asked. The commands (train, eval, generate, ...)
-call these instead of each interpreting the options itself.
+`maybe_compile` wraps a model in `torch.compile` when asked, and `configure_device` applies per-device settings
+(TF32 on CUDA; on the CPU, `tune_cpu_allocator`). The commands (train, eval, generate, ...) call these instead
+of each interpreting the options itself.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import functools
+import os
+import sys
 
 import torch
 from torch import nn
@@ -44,10 +49,39 @@ def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
 
 def configure_device(device: torch.device) -> None:
     """Per-device settings: TF32 matmuls and convolutions on CUDA (fp32 range, ~10-bit mantissa: the
-    usual training trade, as PyTorch's own recipes and litgpt set it)."""
+    usual training trade, as PyTorch's own recipes and litgpt set it); on the CPU, `tune_cpu_allocator`."""
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    else:
+        tune_cpu_allocator()
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+
+
+@functools.cache
+def tune_cpu_allocator() -> bool:
+    """Let glibc's malloc keep freed tensor memory for reuse; returns whether it was applied.
+
+    By default glibc serves an allocation above its mmap threshold (128 KiB, raised as large blocks are freed, to
+    at most 32 MiB) with fresh pages from the kernel and gives them back on free, and trims the heap above 128 KiB
+    of free space. A training step allocates and frees the same large activations every step (attention scores,
+    gathered kNN pairs), so every step paid page faults to get zeroed pages again: gathering 131,072 kNN rows into a
+    fresh 33 MB tensor took 14.7 ms, into a reused one 3.4 ms, and a memorizing training step (d 512, L 1,024, 2
+    threads) went from 851 to 938 tokens/s with this tuning. The thresholds set are the mmap threshold at its
+    32 MiB maximum and a trim threshold of 1 GiB (what the process keeps of freed heap memory at most), the tuning
+    that PyTorch's CPU performance guide gets from jemalloc or tcmalloc. Only glibc on Linux has these knobs;
+    elsewhere, or with ``LONGRANGE_MALLOC_TUNING=0``, nothing is changed.
+    """
+    if os.environ.get("LONGRANGE_MALLOC_TUNING", "1") == "0" or not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt  # the process's C library
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return mallopt(_M_MMAP_THRESHOLD, 32 << 20) == 1 and mallopt(_M_TRIM_THRESHOLD, 1 << 30) == 1
 
 
 def autocast_dtype(precision: str) -> torch.dtype | None:
