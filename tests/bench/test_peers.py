@@ -20,6 +20,7 @@ def test_our_configs_express_the_issue_layouts():
     mem = our_config("memorizing", layout, 4096)
     assert mem.layers == ["full", "full", "xl", "xl", "knn", "knn"]
     assert (mem.knn.memory_size, mem.knn.topk, mem.knn.mem_len, mem.xl.mem_len) == (64000, 32, 512, 512)
+    assert mem.xl.positions == "t5"  # the peer's T5 bias in its XL layers
     ref = our_config("reformer", layout, 4096)
     assert ref.layers == ["lsh"] * 6 and ref.reversible and ref.lsh.n_hashes == 4 and ref.segment_len == 4096
 

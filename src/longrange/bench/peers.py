@@ -17,7 +17,10 @@ across steps (how our trainer runs). Peers (pinned in pyproject's `bench-peers`)
   ours ``full`` below, ``compressive`` above with the same sizes.
 - memorizing: memorizing-transformers-pytorch, plain layers 1-2, XL 3-4, XL + kNN 5-6 (its 1-based numbering),
   M kNN memories, k = 32, XL memory = segment, memories made per step by ``knn_memories_context``; ours ``full``
-  x 2, ``xl`` x 2, ``knn`` x 2 (each knn layer has its own XL cache of one segment, as the peer's).
+  x 2, ``xl`` x 2, ``knn`` x 2 (each knn layer has its own XL cache of one segment, as the peer's), with the
+  peer's T5 relative bias in the XL layers (``xl.positions: t5``, the paper's layout; our memorizing presets use
+  Transformer-XL positions there, see `attention/knn.py`). The peer also adds a T5 bias in its plain layers,
+  which ours (``full``) have no option for.
 
 Ours runs with the CPU settings `longrange train` applies (`train.runtime.configure_device`: glibc's allocator
 keeps freed tensor memory, see `tune_cpu_allocator`; ``LONGRANGE_MALLOC_TUNING=0`` turns it off); the peers run
@@ -86,7 +89,8 @@ def our_config(system: str, layout: Layout, length: int):
         third = n // 3
         layers = ["full"] * (n - 2 * third) + ["xl"] * third + ["knn"] * third
         knn = {"mem_len": seg, "memory_size": layout.knn_memory, "topk": layout.topk, "backend": "exact"}
-        return ModelConfig(**shared, layers=layers, segment_len=seg, xl={"mem_len": seg}, knn=knn)
+        xl = {"mem_len": seg, "positions": "t5"}  # the peer's (and the paper's) T5 bias in the XL layers too
+        return ModelConfig(**shared, layers=layers, segment_len=seg, xl=xl, knn=knn)
     raise ValueError(f"system={system!r} is not one of {list(SYSTEMS)}")
 
 
