@@ -25,6 +25,8 @@ def test_xl_flops_count_memory_position_scores_and_w_r_per_segment():
     assert matmul_params_per_token(cfg) == 896  # W_R runs on the L + 1 distances, not on each token
     # K = 4 + 2.5 = 6.5: content + position scores + values 18 d K = 936; W_R 6 d^2 (L + 1) / T = 6 * 64 * 9 / 4 = 864
     assert model_flops_per_token(cfg) == 5376 + 936 + 864
+    # with the T5 bias: content scores and values only, 12 d K = 624
+    assert model_flops_per_token(cfg.replace(**{"xl.positions": "t5"})) == 5376 + 624
 
 
 def test_knn_flops_count_local_and_retrieved_keys_and_optionally_the_search():

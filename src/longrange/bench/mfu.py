@@ -18,7 +18,8 @@ sum of values: 2 x 2dK forward, x 3), with a per-mechanism K and extras (T = seg
 
 - full: K = (T + 1) / 2 (causal; nanoGPT counts K = T, which doubles this term).
 - xl: K = mem_len + (T + 1) / 2, plus the relative position scores (q + v) . R over the same keys (another
-  ``6 d K``), plus W_R applied to the L + 1 distances of a segment: ``6 d^2 (L + 1) / T`` with L = mem_len + T.
+  ``6 d K``), plus W_R applied to the L + 1 distances of a segment: ``6 d^2 (L + 1) / T`` with L = mem_len + T;
+  with ``positions: t5`` a looked-up bias replaces both (``12 d K`` only).
 - compressive: as xl with mem_len -> cmem_len + mem_len; plus the compression of T evicted states into T / c
   slots (a kernel-c, stride-c convolution: ``6 d^2`` per token; none for max/mean/most-used) and the attention
   reconstruction loss: T queries over the T evicted and the T / c compressed states (``12 d (T + T / c)``,
@@ -59,6 +60,8 @@ def _attention_flops(cfg: ModelConfig, kind: str, t: int, include_search: bool, 
         sec = getattr(cfg, kind)
         n_prev = sec.mem_len + (sec.cmem_len if kind == "compressive" else 0)
         k = n_prev + causal_k
+        if kind == "xl" and sec.positions == "t5":  # a looked-up bias: no position scores, no W_R
+            return 12 * d * k
         flops = 18 * d * k + 6 * d * d * (n_prev + t + 1) / t  # content + position scores, values; W_R
         if kind == "compressive" and sec.compression in ("conv", "dilated_conv"):
             c = sec.rate
