@@ -70,6 +70,7 @@ def test_search_equals_brute_force_after_a_reset_and_with_padding():
     memory.add(keys, keys, valid=torch.rand(2, 20, generator=g) > 0.3)  # padded entries are never found
     queries = _integers((2, 2, 50, E), g)
     _assert_exact(memory, queries, 32)  # grouped: row 0 holds fewer than k live entries, the rest is -inf
+    _assert_exact(memory, queries, 4)  # over 16 k groups of slots: one (row, head) at a time, with the stale mask
     _assert_exact(memory, queries, 200)  # 4k groups of slots or more: one topk
 
 
@@ -81,7 +82,8 @@ def test_search_equals_brute_force_with_ties():
     _assert_exact(memory, _integers((1, 2, 40, E), g, high=2), 32)
 
 
-@pytest.mark.parametrize("held", [1 << 12, 1 << 17])  # merges after every chunk / every 3 (10 chunks: 1 left)
+# merges after every chunk / every 3 (10 chunks: 1 left); a memory this large is searched one (row, head) at a time
+@pytest.mark.parametrize("held", [1 << 12, 1 << 15])
 def test_search_equals_brute_force_through_merges_and_the_running_bound(monkeypatch, held):
     """Small score blocks: 10 chunks of 128 groups (ranked against the running k-th maximum), whose kept groups
     are merged several times before the last top-k."""

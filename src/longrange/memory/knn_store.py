@@ -361,8 +361,17 @@ class KNNMemory:
                 every.masked_fill_(stale[:, None], float("-inf"))
             best = every.topk(min(k, used), dim=-1)
             scores, slots = best.values, best.indices
-        else:
+        elif used <= 16 * k * _GROUP or rows == 1:
             scores, slots = self._grouped_topk(keys, queries, stale, k)
+        else:
+            # a memory larger than the smallest chunk: one (row, head) at a time, so each call's chunks grow to the
+            # cache budget; all 32 rows of a batch of 4 x 8 heads at once searched 65K slots in 2.23 s, row by row
+            # in 1.55 s (at 8K slots and below the two ways are within 10%, and all rows at once is kept)
+            found = [
+                self._grouped_topk(keys[r : r + 1], queries[r : r + 1], None if stale is None else stale[r : r + 1], k)
+                for r in range(rows)
+            ]
+            scores, slots = (torch.cat(parts) for parts in zip(*found, strict=True))
         missing = k - scores.shape[-1]  # fewer than k slots written: the rest is -inf (slot 0)
         scores = torch.nn.functional.pad(scores, (0, missing), value=float("-inf")).view(b, h, q, k)
         return scores, torch.nn.functional.pad(slots, (0, missing)).view(b, h, q, k)
