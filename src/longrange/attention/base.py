@@ -96,6 +96,18 @@ def newest(memory: Tensor, n: int) -> Tensor:
     return memory[:, memory.shape[1] - n :]
 
 
+def fifo_live(n_live: int, t: int, capacity: int) -> int:
+    """`LayerState.live` count of a FIFO memory after `fifo_append` of t entries: its newest n_live + t slots
+    may hold states, at most its `capacity`."""
+    return min(capacity, n_live + t)
+
+
+def zero_gradient_anchor(parameters) -> Tensor:
+    """A scalar 0 that depends on `parameters`: added to an output when a shortcut skips the computation that uses
+    them, so they still get the gradient 0 they would get from it (DDP and AdamW see the same parameters used)."""
+    return 0.0 * sum(p.sum() for p in parameters)
+
+
 def fifo_append(
     memory: Tensor, valid: Tensor, new: Tensor, capacity: int, new_valid: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:

@@ -32,7 +32,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from longrange.attention.base import AttentionModule, AttentionOutput, merge_heads, newest, split_heads
+from longrange.attention.base import (
+    AttentionModule,
+    AttentionOutput,
+    fifo_live,
+    merge_heads,
+    newest,
+    split_heads,
+    zero_gradient_anchor,
+)
 from longrange.attention.memory_attention import (
     RelativePositionScores,
     explicit_relative_attention,
@@ -198,9 +206,8 @@ class CompressiveAttention(AttentionModule):
         may_compress_states = n_mem + t > self.mem_len
         aux = None
         if g and self.compressor.learned and not may_compress_states:
-            # every compressed slot is invalid, so the loss is 0 with gradient 0: skip its attentions, but keep
-            # the compression parameters in the graph (DDP and AdamW see the same parameters used)
-            aux = sum(p.sum() for p in self._loss_parameters()) * 0.0
+            # every compressed slot is invalid, so the loss is 0 with gradient 0: skip its attentions
+            aux = zero_gradient_anchor(self._loss_parameters())
         elif g and self.compressor.learned:
             old_kv = None
             if self.loss_kind == "attention" and evicted_kv is not None:
@@ -230,7 +237,7 @@ class CompressiveAttention(AttentionModule):
             pending_usage=stream_usage[:, stream.shape[1] - (c - 1) :],
             pending_len=(n_pending + t) % c,
             live={
-                "mem": min(self.mem_len, n_mem + t),
+                "mem": fifo_live(n_mem, t, self.mem_len),
                 "cmem": min(s, state.live_slots("cmem") + (g if may_compress_states else 0)),
             },
         )

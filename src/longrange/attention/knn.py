@@ -47,8 +47,10 @@ from longrange.attention.base import (
     AttentionOutput,
     empty_memory,
     fifo_append,
+    fifo_live,
     merge_heads,
     newest,
+    zero_gradient_anchor,
 )
 from longrange.attention.memory_attention import explicit_attention, memory_segment_mask, project
 from longrange.attention.positions import T5RelativeBias
@@ -161,7 +163,7 @@ class KNNAttention(AttentionModule):
                     "gate": torch.sigmoid(self.gate_bias).detach(),
                 }
         elif store is not None:
-            y = local + 0.0 * self.gate_bias.sum()
+            y = local + zero_gradient_anchor([self.gate_bias])
         else:
             y = local
 
@@ -176,7 +178,7 @@ class KNNAttention(AttentionModule):
             positions = state["pos"][:, None] + offsets
             store.add(new_keys.detach(), new_values.detach(), positions, valid=real)
         new_mem, new_valid = fifo_append(mem, valid, x, self.mem_len, new_valid=real)
-        live = {"mem": min(self.mem_len, n_mem + t)}
+        live = {"mem": fifo_live(n_mem, t, self.mem_len)}
         next_state = state.replace(live, mem=new_mem, valid=new_valid, pos=state["pos"] + n_real)
         return AttentionOutput(self.out(merge_heads(y)), next_state)
 

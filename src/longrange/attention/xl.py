@@ -26,6 +26,7 @@ from longrange.attention.base import (
     AttentionOutput,
     empty_memory,
     fifo_append,
+    fifo_live,
     merge_heads,
     newest,
 )
@@ -99,5 +100,5 @@ class XLAttention(AttentionModule):
         # padded tokens enter the memory as invalid slots: the next segment must not attend to them
         new_valid = pad_mask.bool() if pad_mask is not None else None
         new_mem, new_valid = fifo_append(mem, valid, x, self.mem_len, new_valid)
-        live = {"mem": min(self.mem_len, n_mem + t)}
-        return AttentionOutput(self.out(merge_heads(y)), state.replace(live, mem=new_mem, valid=new_valid))
+        next_state = state.replace({"mem": fifo_live(n_mem, t, self.mem_len)}, mem=new_mem, valid=new_valid)
+        return AttentionOutput(self.out(merge_heads(y)), next_state)
