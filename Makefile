@@ -30,7 +30,7 @@ test: $(STAMP)
 # distributed tests (nccl is chosen for CUDA devices); needs a CUDA build of torch (see TORCH above)
 test-gpu: $(STAMP)
 	$(BIN)/python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'test-gpu: this torch sees no CUDA device')"
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q --device cuda tests/attention tests/model tests/memory tests/train
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q --device cuda tests/attention tests/model tests/memory tests/train tests/test_generate.py tests/test_generate_batch.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests

@@ -29,6 +29,8 @@ def _default_device(request):
     if device == "cpu":
         yield
         return
+    if request.node.get_closest_marker("cpu_only"):
+        pytest.skip(f"CPU code, not run with --device {device}")
     torch.set_default_device(device)
     try:
         yield

@@ -60,7 +60,10 @@ def sample_next(logits: Tensor, *, temperature: float, top_k: int | None, top_p:
         cumulative = sorted_logits.softmax(-1).cumsum(-1)
         drop = cumulative - sorted_logits.softmax(-1) > top_p  # keep the smallest prefix reaching top_p
         logits = logits.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), float("-inf"))
-    return int(torch.multinomial(logits.softmax(-1), 1, generator=generator))
+    probabilities = logits.softmax(-1)
+    if generator is not None:  # drawn where the generator is (generation's is on the CPU: any device, same tokens)
+        probabilities = probabilities.to(generator.device)
+    return int(torch.multinomial(probabilities, 1, generator=generator))
 
 
 def generate(model: LongRangeLM, prompt_tokens: list[int], max_new_tokens: int, **options) -> list[int]:

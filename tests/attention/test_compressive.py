@@ -36,7 +36,7 @@ def _attn(mem_len=4, cmem_len=3, rate=2, compression="mean", loss="attention"):
 
 def test_both_memories_are_exact_fifos_over_many_segments():
     attn = _attn(mem_len=4, cmem_len=3, rate=2, compression="mean")
-    state = attn.init_state(1, torch.device("cpu"), torch.float32)
+    state = attn.init_state(1, torch.get_default_device(), torch.float32)
     segments = torch.arange(7 * 2, dtype=torch.float32).repeat_interleave(D).view(7, 1, 2, D)  # token i = i
     for x in segments:
         state = attn(x, state=state, doc_start=None).state
@@ -49,7 +49,7 @@ def test_both_memories_are_exact_fifos_over_many_segments():
 
 def test_single_token_steps_keep_partial_groups_pending():
     attn = _attn(mem_len=2, cmem_len=4, rate=3)
-    state = attn.init_state(1, torch.device("cpu"), torch.float32)
+    state = attn.init_state(1, torch.get_default_device(), torch.float32)
     for i in range(7):
         state = attn(torch.full((1, 1, D), float(i)), state=state, doc_start=None).state
     # evicted: 2 empty slots then tokens 0..4; groups of 3: (empty, empty, 0) invalid, (1, 2, 3) -> 2.0
@@ -59,7 +59,7 @@ def test_single_token_steps_keep_partial_groups_pending():
 
 def test_reconstruction_loss_trains_only_the_compressor_and_lm_loss_never_does():
     attn = _attn(compression="conv").train()
-    state = attn.init_state(2, torch.device("cpu"), torch.float32)
+    state = attn.init_state(2, torch.get_default_device(), torch.float32)
     state = attn(torch.randn(2, 4, D), state=state, doc_start=None).state.detach()
     out = attn(torch.randn(2, 4, D), state=state, doc_start=None)
     torch.autograd.backward(out.aux_loss, inputs=list(attn.parameters()), retain_graph=True)
@@ -140,10 +140,17 @@ def test_tiny_model_lm_and_compression_losses_fall():
 
     lm = [lm for lm, _ in run(60, torch.optim.Adam(model.parameters(), lr=3e-3))]
     assert sum(lm[-10:]) < 0.6 * sum(lm[:10])
-    # the compression loss chases a moving target while the LM learns; with the LM fixed it must fall
+    # the compression loss chases a moving target while the LM learns; with the LM fixed it must fall. It is
+    # measured on the same 40 segments before and after (segment to segment it varies more than it falls: the
+    # last steps against the first passed for 2 seeds of 8), without dropout; over 6 seeds after/before was 0.31-0.49
     compressors = [p for name, p in model.named_parameters() if ".compressor." in name]
-    aux = [aux for _, aux in run(40, torch.optim.Adam(compressors, lr=3e-3))]
-    assert sum(aux[-8:]) < 0.7 * sum(aux[2:10])
+    frozen = torch.optim.SGD(compressors, lr=0.0)
+    model.eval()
+    before = sum(aux for _, aux in run(40, frozen))
+    model.train()
+    run(40, torch.optim.Adam(compressors, lr=1e-3))
+    model.eval()
+    assert sum(aux for _, aux in run(40, frozen)) < 0.7 * before
 
 
 def test_shifted_position_scores_equal_the_gathered_xl_scores_on_every_allowed_key():
@@ -234,7 +241,7 @@ def test_most_used_validity_follows_the_selected_states():
     """After a reset the evicted [empty, x0, x1] form one group of 3; most-used keeps x0 or x1: a valid slot."""
     torch.manual_seed(0)
     attn = _attn(mem_len=4, cmem_len=2, rate=3, compression="most_used")
-    state = attn.init_state(1, torch.device("cpu"), torch.float32)  # as after a document start: all invalid
+    state = attn.init_state(1, torch.get_default_device(), torch.float32)  # as after a document start: all invalid
     first = torch.randn(1, 3, D)
     state = attn(first, state=state, doc_start=None).state  # evicts 3 empty slots: one invalid slot
     assert state["cmem_valid"][0].tolist() == [False, False]
@@ -280,7 +287,7 @@ def test_reused_keys_of_pending_and_evicted_states_equal_recomputed_ones():
         return losses[-1][0]
 
     attn._compression_loss = both
-    state = attn.init_state(2, torch.device("cpu"), torch.float32)
+    state = attn.init_state(2, torch.get_default_device(), torch.float32)
     for _ in range(5):
         state = attn(torch.randn(2, 4, D), state=state, doc_start=None).state
     assert sum(reused > 0 for reused, _ in losses) >= 2

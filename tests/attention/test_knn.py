@@ -1,5 +1,6 @@
 """kNN attention: k = M equals attention over the whole memory; no self/future retrieval; gradients; loading."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -20,7 +21,7 @@ def test_k_equal_to_memory_size_is_attention_over_the_whole_memory():
     with torch.no_grad():
         attn.gate_bias.fill_(2.0)
     first, second = torch.randn(2, 1, T, D)
-    state = attn(first, state=attn.init_state(1, "cpu", torch.float32), doc_start=None).state
+    state = attn(first, state=attn.init_state(1, torch.get_default_device(), torch.float32), doc_start=None).state
     store = state.store
     out = attn(second, state=state, doc_start=None).out
 
@@ -43,7 +44,7 @@ def test_k_equal_to_memory_size_is_attention_over_the_whole_memory():
 def test_first_segment_retrieves_nothing_so_no_token_sees_itself_or_its_future():
     attn = _attn()
     x = torch.randn(2, T, D)
-    with_memory = attn(x, state=attn.init_state(2, "cpu", torch.float32), doc_start=None)
+    with_memory = attn(x, state=attn.init_state(2, torch.get_default_device(), torch.float32), doc_start=None)
     without = _attn(memory_size=0)
     without.load_state_dict(attn.state_dict())
     torch.testing.assert_close(with_memory.out, without(x, state=None, doc_start=None).out)
@@ -53,17 +54,19 @@ def test_first_segment_retrieves_nothing_so_no_token_sees_itself_or_its_future()
 def test_rows_never_retrieve_from_other_documents():
     attn = _attn()
     x = torch.randn(2, T, D)
-    state = attn(x, state=attn.init_state(2, "cpu", torch.float32), doc_start=None).state
+    state = attn(x, state=attn.init_state(2, torch.get_default_device(), torch.float32), doc_start=None).state
     state = state.reset(torch.tensor([True, False]))
     y = torch.randn(2, T, D)
     out = attn(y, state=state, doc_start=None).out
-    fresh = attn(y[:1], state=attn.init_state(1, "cpu", torch.float32), doc_start=None).out
+    fresh = attn(y[:1], state=attn.init_state(1, torch.get_default_device(), torch.float32), doc_start=None).out
     torch.testing.assert_close(out[:1], fresh)
 
 
 def test_gradients_reach_queries_and_gate_but_never_the_memory():
     attn = _attn().train()
-    state = attn(torch.randn(1, T, D), state=attn.init_state(1, "cpu", torch.float32), doc_start=None).state
+    state = attn(
+        torch.randn(1, T, D), state=attn.init_state(1, torch.get_default_device(), torch.float32), doc_start=None
+    ).state
     stored = state.store.keys.clone()
     out = attn(torch.randn(1, T, D), state=state, doc_start=None).out
     out.sum().backward()
@@ -78,7 +81,7 @@ def test_faiss_flat_backend_gives_the_same_outputs():
     xs = torch.randn(3, 2, T, D)
     outs = []
     for attn in (exact, flat):
-        state = attn.init_state(2, "cpu", torch.float32)
+        state = attn.init_state(2, torch.get_default_device(), torch.float32)
         for x in xs:
             result = attn(x, state=state, doc_start=None)
             state = result.state
@@ -111,6 +114,7 @@ def test_transformer_xl_checkpoint_loads_into_a_memorizing_model(tmp_path):
     torch.testing.assert_close(memorizing.blocks[1].attention.q.weight, xl.blocks[1].attention.q.weight)
 
 
+@pytest.mark.cpu_only  # the files are mapped into CPU memory; a CUDA model refuses disk storage
 def test_disk_storage_option_gives_the_same_model_outputs(tmp_path):
     ram = lr.build_model(lr.ModelConfig.from_name("memorizing-tiny", segment_len=16)).eval()
     cfg = lr.ModelConfig.from_name("memorizing-tiny", segment_len=16, **{"knn.storage": "disk"})
@@ -131,7 +135,10 @@ def test_a_float64_model_runs_once_the_memory_has_entries_and_matches_float32():
     wide = _attn(mem_len=T).double()
     wide.load_state_dict(attn.state_dict())
     x = torch.randn(3, 1, T, D)
-    state, wide_state = attn.init_state(1, "cpu", torch.float32), wide.init_state(1, "cpu", torch.float64)
+    state, wide_state = (
+        attn.init_state(1, torch.get_default_device(), torch.float32),
+        wide.init_state(1, torch.get_default_device(), torch.float64),
+    )
     assert wide_state.store.keys.dtype == torch.float64  # the store follows the model's dtype
     for segment in x:  # the second and third segments search a non-empty memory
         out, state = attn(segment, state=state, doc_start=None)[:2]
@@ -151,11 +158,15 @@ def test_padding_with_a_state_is_never_stored_as_memory():
     other[0, 5:] = 100 * torch.randn(T - 5, D)  # a different padding
     outs = []
     for x in (first, other):
-        state = attn(x, state=attn.init_state(2, "cpu", torch.float32), doc_start=None, pad_mask=pad).state
+        state = attn(
+            x, state=attn.init_state(2, torch.get_default_device(), torch.float32), doc_start=None, pad_mask=pad
+        ).state
         assert state["pos"].tolist() == [5, T] and state["valid"][0].tolist() == [True] * 5 + [False] * (T - 5)
         assert state.store.count.tolist() == [5, T]
         outs.append(attn(second, state=state, doc_start=None).out)
     torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
     # the real tokens alone (no padding at all) give the same next segment
-    alone = attn(first[:1, :5], state=attn.init_state(1, "cpu", torch.float32), doc_start=None).state
+    alone = attn(
+        first[:1, :5], state=attn.init_state(1, torch.get_default_device(), torch.float32), doc_start=None
+    ).state
     torch.testing.assert_close(attn(second[:1], state=alone, doc_start=None).out, outs[0][:1], rtol=1e-5, atol=1e-5)

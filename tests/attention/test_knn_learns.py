@@ -55,7 +55,7 @@ def _train(memory_size: int, steps: int = 150, batch: int = 32, seed: int = 0) -
     )
     model = lr.build_model(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    g = torch.Generator().manual_seed(1)
+    g = torch.Generator(torch.get_default_device()).manual_seed(1)
     losses = []
     for _ in range(steps):
         docs, secrets = _documents(batch, g)
@@ -65,7 +65,7 @@ def _train(memory_size: int, steps: int = 150, batch: int = 32, seed: int = 0) -
         opt.step()
         losses.append(loss.item())
     model.eval()
-    docs, secrets = _documents(256, torch.Generator().manual_seed(99))
+    docs, secrets = _documents(256, torch.Generator(torch.get_default_device()).manual_seed(99))
     with torch.no_grad():
         accuracy = (_answer_logits(model, docs).argmax(-1) == secrets).float().mean().item()
     return losses, accuracy
@@ -74,12 +74,12 @@ def _train(memory_size: int, steps: int = 150, batch: int = 32, seed: int = 0) -
 def test_memorizing_model_learns_recall_beyond_its_local_span_and_beats_no_memory():
     _, without_memory = _train(memory_size=0)
     assert without_memory < 0.12, f"the task leaks through local attention: {without_memory:.1%} without memory"
-    tried = []
+    tried = []  # (accuracy, loss fall) per seeded run
     for seed in range(4):  # bistable training (see the module docstring): one seeded run of up to 4 must learn
         losses, with_memory = _train(memory_size=DOC_LEN, seed=seed)
-        first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
-        assert last < first - 0.8, f"loss did not fall: {first:.2f} -> {last:.2f}"
-        tried.append(with_memory)
+        tried.append((with_memory, sum(losses[:10]) / 10 - sum(losses[-10:]) / 10))
         if with_memory > without_memory + 0.15:  # measured: 23-40% when it learns, chance (~6%) without memory
             break
-    assert max(tried) > without_memory + 0.15, f"memory {tried} vs no memory {without_memory:.1%}"
+    accuracy, fall = max(tried)
+    assert accuracy > without_memory + 0.15, f"memory {tried} vs no memory {without_memory:.1%}"
+    assert fall > 0.8, f"the run that learned lowered its loss by {fall:.2f} only"

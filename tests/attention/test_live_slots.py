@@ -89,11 +89,11 @@ def test_a_state_loaded_from_a_checkpoint_is_not_taken_for_a_fresh_one(name):
     for s in range(2):
         state = model(tokens[:, s * SEGMENT : (s + 1) * SEGMENT], state=state).state
     saved = state_to_dict(state)
-    loaded = state_from_dict(model, saved, 2, "cpu")
+    loaded = state_from_dict(model, saved, 2, torch.get_default_device())
     for entry in saved["layers"]:
         if entry is not None:
             entry.pop("live")  # a checkpoint written before the counts existed
-    old_format = state_from_dict(model, saved, 2, "cpu")
+    old_format = state_from_dict(model, saved, 2, torch.get_default_device())
     x = tokens[:, 2 * SEGMENT :]
     expected = model(x, state=state).logits  # (each state has its own kNN store: no entry is added twice)
     torch.testing.assert_close(model(x, state=loaded).logits, expected)
@@ -116,10 +116,12 @@ def test_t5_shifted_bias_equals_the_bucket_lookup_on_every_allowed_key():
         i, j = torch.arange(t)[:, None], torch.arange(n_prev + t)
         allowed = j <= n_prev + i
         looked_up = bias((n_prev + i) - j)  # (H, T, L)
-        torch.testing.assert_close(bias.shifted(n_prev, t, torch.device("cpu"))[:, allowed], looked_up[:, allowed])
+        torch.testing.assert_close(
+            bias.shifted(n_prev, t, torch.get_default_device())[:, allowed], looked_up[:, allowed]
+        )
         # the gradient reaches the same buckets
         weight = torch.randn(3, t, n_prev + t) * allowed
-        shifted = bias.shifted(n_prev, t, torch.device("cpu"))
+        shifted = bias.shifted(n_prev, t, torch.get_default_device())
         (g_shift,) = torch.autograd.grad((shifted * weight).sum(), [bias.bias.weight])
         (g_look,) = torch.autograd.grad((bias((n_prev + i) - j) * weight).sum(), [bias.bias.weight])
         torch.testing.assert_close(g_shift, g_look)

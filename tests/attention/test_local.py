@@ -64,12 +64,16 @@ def test_reset_rows_start_a_new_document():
     torch.testing.assert_close(out[1], both, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.cpu_only  # the training-continuation check reads the mask back: made on the CPU only (local.py)
 def test_cache_refuses_bidirectional_and_training_continuation():
     bidirectional = _local(causal=False)
-    assert not bidirectional.decode_cache and bidirectional.init_state(1, torch.device("cpu"), torch.float32) is None
+    assert (
+        not bidirectional.decode_cache
+        and bidirectional.init_state(1, torch.get_default_device(), torch.float32) is None
+    )
     attn = _local()
     state = attn(
-        torch.randn(1, 5, D), state=attn.init_state(1, torch.device("cpu"), torch.float32), doc_start=None
+        torch.randn(1, 5, D), state=attn.init_state(1, torch.get_default_device(), torch.float32), doc_start=None
     ).state
     with pytest.raises(ValueError, match="eval"):
         attn.train()(torch.randn(1, 1, D), state=state, doc_start=None)

@@ -186,11 +186,11 @@ def test_decode_cache_refused_without_fixed_buckets_and_in_training():
     from longrange.memory.state import LayerState
 
     automatic = _lsh(n_hashes=2, bucket_size=4, n_buckets=None)
-    assert not automatic.decode_cache and automatic.init_state(1, torch.device("cpu"), torch.float32) is None
+    assert not automatic.decode_cache and automatic.init_state(1, torch.get_default_device(), torch.float32) is None
     with pytest.raises(ValueError, match="lsh.n_buckets"):
         automatic(torch.randn(1, 4, D), state=LayerState(), doc_start=None)
     attn = _lsh(n_hashes=2, bucket_size=4, n_buckets=4)
-    empty = attn.init_state(1, torch.device("cpu"), torch.float32)
+    empty = attn.init_state(1, torch.get_default_device(), torch.float32)
     filled = attn(torch.randn(1, 8, D), state=empty, doc_start=None).state
     attn.train()
     assert attn(torch.randn(1, 8, D), state=empty, doc_start=None).state is empty  # passed through, not filled
@@ -269,13 +269,15 @@ def test_lsh_under_bfloat16_autocast_runs_and_matches_float32():
     x = torch.randn(1, 40, D)
     with torch.no_grad():
         expected = attn(x, state=None, doc_start=None).out
-        with torch.autocast("cpu", dtype=torch.bfloat16):  # the projections run in bf16: the PyTorch kernel
+        # the projections run in bf16 (on the CPU: the PyTorch kernel, the native one is float32 only)
+        with torch.autocast(torch.get_default_device().type, dtype=torch.bfloat16):
             got = attn(x, state=None, doc_start=None).out
     # bf16 rounding moves a few tokens to other buckets, so compare overall, not element by element
     assert got.dtype == torch.bfloat16 and torch.isfinite(got).all()
     assert torch.corrcoef(torch.stack([got.float().flatten(), expected.flatten()]))[0, 1] > 0.98
 
 
+@pytest.mark.cpu_only
 def test_native_kernel_refuses_band_bounds_it_cannot_take():
     qk, v = torch.randn(1, 8, 1, 4), torch.randn(1, 8, 1, 4)
     order = torch.arange(8)[None]
@@ -347,7 +349,9 @@ def test_fused_kernel_equals_the_plain_path_outputs_and_gradients(settings, trai
 def test_fused_kernel_gradient_check_with_dedup(kernel, causal):
     attn = _use(_lsh(3, 4, 2, causal=causal, seed=1, d=8, heads=2).double(), kernel)
     x = torch.randn(1, 16, 8, dtype=torch.double, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda z: attn(z, state=None, doc_start=None).out, (x,))
+    # on CUDA the plain path's backward sums shared rounds with atomic adds: two passes differ in the last bits
+    nondet_tol = 0.0 if x.device.type == "cpu" else 1e-12
+    assert torch.autograd.gradcheck(lambda z: attn(z, state=None, doc_start=None).out, (x,), nondet_tol=nondet_tol)
 
 
 @pytest.mark.parametrize("chunks_before", [0, 1])
@@ -487,6 +491,7 @@ def _native_kernel_inputs():
     return args
 
 
+@pytest.mark.cpu_only
 def test_native_kernel_is_a_custom_op_that_opcheck_and_the_meta_device_see_through():
     qk, v, order, lo, hi, by_pos = _native_kernel_inputs()
     qk, v = qk.detach().clone().requires_grad_(), v.detach().clone().requires_grad_()
@@ -499,6 +504,7 @@ def test_native_kernel_is_a_custom_op_that_opcheck_and_the_meta_device_see_throu
     assert meta[0].grad.shape == qk.shape and meta[1].grad.device.type == "meta"
 
 
+@pytest.mark.cpu_only
 def test_native_kernel_compiles_without_a_graph_break():
     qk, v, order, lo, hi, by_pos = _native_kernel_inputs()
     fn = torch.compile(kernel_native.band_attention, backend="eager", fullgraph=True)  # fullgraph: a break raises

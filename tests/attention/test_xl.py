@@ -41,7 +41,7 @@ def test_short_memory_forgets_beyond_its_span():
 
 def test_memory_is_a_fifo_of_the_newest_inputs():
     attn = XLAttention(d_model=8, n_heads=2, dropout=0.0, causal=True, layer_index=0, mem_len=5)
-    state = attn.init_state(1, torch.device("cpu"), torch.float32)
+    state = attn.init_state(1, torch.get_default_device(), torch.float32)
     inputs = torch.arange(3 * 4 * 8, dtype=torch.float32).view(3, 1, 4, 8)
     for x in inputs:
         state = attn(x, state=state, doc_start=None).state

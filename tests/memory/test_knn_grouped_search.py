@@ -57,13 +57,13 @@ def _assert_exact(memory: KNNMemory, queries: torch.Tensor, k: int) -> None:
     ],
 )
 def test_search_equals_brute_force_top_k(b, h, capacity, sizes, k, chunk):
-    g = torch.Generator().manual_seed(capacity + k)
+    g = torch.Generator(torch.get_default_device()).manual_seed(capacity + k)
     memory = _filled(b, h, capacity, sizes, g, search_chunk=chunk)
     _assert_exact(memory, _integers((b, h, 37, E), g), k)
 
 
 def test_search_equals_brute_force_after_a_reset_and_with_padding():
-    g = torch.Generator().manual_seed(1)
+    g = torch.Generator(torch.get_default_device()).manual_seed(1)
     memory = _filled(2, 2, 4000, [3000], g)
     memory.reset(torch.tensor([True, False]))  # row 0's 3000 slots are stale, row 1 keeps them
     keys = _integers((2, 2, 20, E), g)
@@ -75,7 +75,7 @@ def test_search_equals_brute_force_after_a_reset_and_with_padding():
 
 
 def test_search_equals_brute_force_with_ties():
-    g = torch.Generator().manual_seed(2)
+    g = torch.Generator(torch.get_default_device()).manual_seed(2)
     memory = KNNMemory(1, 5000, 2, E, search_chunk=512)
     keys = _integers((1, 2, 5000, E), g, high=2)  # a few hundred distinct scores over 5000 slots
     memory.add(keys, keys)
@@ -89,7 +89,7 @@ def test_search_equals_brute_force_through_merges_and_the_running_bound(monkeypa
     are merged several times before the last top-k."""
     monkeypatch.setattr(knn_store, "_CPU_SCORE_FLOATS", 1 << 12)  # chunks of 16 k groups, the least allowed
     monkeypatch.setattr(knn_store, "_CANDIDATE_FLOATS", held)
-    g = torch.Generator().manual_seed(3)
+    g = torch.Generator(torch.get_default_device()).manual_seed(3)
     memory = _filled(2, 2, 20000, [20000, 3333], g)  # wrapped: the newest 20000 of 23333
     merges = []
     original = knn_store._keep_best_groups
@@ -113,7 +113,7 @@ class _TopkWidths(TorchFunctionMode):
 
 def test_no_top_k_runs_over_a_whole_chunk_of_scores():
     """The point of grouping: top-k only ever sees group maxima and kept candidates, never a row of scores."""
-    g = torch.Generator().manual_seed(4)
+    g = torch.Generator(torch.get_default_device()).manual_seed(4)
     memory = _filled(1, 1, 1 << 16, [1 << 16], g)
     with _TopkWidths() as record:
         memory.search_slots(_integers((1, 1, 8, E), g), 4)

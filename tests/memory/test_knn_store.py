@@ -13,7 +13,7 @@ B, H, E = 2, 2, 8
 
 
 def _filled(backend: str, capacity: int = 16, adds: int = 5, n: int = 6, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator(torch.get_default_device()).manual_seed(seed)
     memory = KNNMemory(B, capacity, H, E, backend=backend)
     history = []
     for i in range(adds):
@@ -87,7 +87,7 @@ def _recall(backend: str, keys: torch.Tensor, queries: torch.Tensor, k: int = 10
 @pytest.mark.parametrize("backend", ["faiss-hnsw", "faiss-ivf"])
 def test_approximate_recall_with_default_settings_on_clustered_keys(backend):
     """The defaults are tuned on clustered keys (like a trained model's; see bench/knn.py)."""
-    g = torch.Generator().manual_seed(1)
+    g = torch.Generator(torch.get_default_device()).manual_seed(1)
     centres = F.normalize(torch.randn(64, 32, generator=g), dim=-1)
     draw = lambda n: F.normalize(  # noqa: E731
         centres[torch.randint(0, 64, (n,), generator=g)] + 0.75 * torch.randn(n, 32, generator=g) / 32**0.5, dim=-1
@@ -97,7 +97,7 @@ def test_approximate_recall_with_default_settings_on_clustered_keys(backend):
 
 def test_hnsw_recall_on_random_keys_with_a_wider_search():
     """Random unit vectors are the hardest case: a larger efSearch buys the recall back."""
-    g = torch.Generator().manual_seed(1)
+    g = torch.Generator(torch.get_default_device()).manual_seed(1)
     keys = F.normalize(torch.randn(1, 1, 2048, 32, generator=g), dim=-1)
     queries = F.normalize(torch.randn(1, 1, 64, 32, generator=g), dim=-1)
     assert _recall("faiss-hnsw", keys, queries, ef_search=512) >= 0.9
@@ -138,9 +138,10 @@ def test_save_and_load_round_trip(tmp_path):
     torch.testing.assert_close(other.search(queries, 4)[2], memory.search(queries, 4)[2])
 
 
+@pytest.mark.cpu_only  # disk storage maps its files into CPU memory
 @pytest.mark.parametrize("backend", ["exact", "faiss-flat"])
 def test_disk_storage_gives_the_same_results_fifo_and_reset(tmp_path, backend):
-    g = torch.Generator().manual_seed(3)
+    g = torch.Generator(torch.get_default_device()).manual_seed(3)
     ram = KNNMemory(B, 10, H, E, backend=backend)
     disk = KNNMemory(B, 10, H, E, backend=backend, storage="disk", directory=tmp_path)
     assert disk.keys.untyped_storage().nbytes() == B * H * 10 * E * 4 and any(tmp_path.iterdir())
@@ -156,6 +157,7 @@ def test_disk_storage_gives_the_same_results_fifo_and_reset(tmp_path, backend):
     assert torch.equal(ram.position, disk.position) and ram.count.tolist() == disk.count.tolist() == [9, 10]
 
 
+@pytest.mark.cpu_only
 def test_disk_storage_writes_through_to_its_files_and_round_trips(tmp_path):
     disk = KNNMemory(1, 4, 1, 2, storage="disk", directory=tmp_path)
     disk.add(torch.ones(1, 1, 3, 2), torch.full((1, 1, 3, 2), 2.0))
@@ -185,6 +187,8 @@ def test_disk_storage_refuses_an_accelerator():
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("storage", ["memory", "disk"])
 def test_the_store_follows_its_dtype_and_converts_on_the_way_in_and_out(tmp_path, dtype, storage):
+    if storage == "disk" and torch.get_default_device().type != "cpu":
+        pytest.skip("disk storage maps its files into CPU memory")
     memory = KNNMemory(B, 8, H, E, storage=storage, directory=tmp_path, dtype=dtype)
     keys = F.normalize(torch.randn(B, H, 6, E), dim=-1)
     memory.add(keys, keys * 2)  # float32 in: converted to the store's dtype

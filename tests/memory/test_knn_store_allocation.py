@@ -29,7 +29,7 @@ def test_a_new_memory_does_not_fill_its_slots(monkeypatch):
 def test_unwritten_slots_are_never_read(backend):
     torch.manual_seed(0)
     layer = KNNAttention(16, H, 0.0, True, 0, memory_size=64, topk=4, backend=backend, mem_len=4)
-    state = layer.init_state(B, torch.device("cpu"), torch.float32)
+    state = layer.init_state(B, torch.get_default_device(), torch.float32)
     store = state.store
     store.keys[:, :, 1:] = float("nan")  # what an uninitialised allocation may hold
     store.values[:, :, 1:] = float("nan")

@@ -38,7 +38,7 @@ def test_padding_leaves_the_prediction_unchanged(kind):
 def test_a_tiny_classifier_learns_a_parity_of_the_first_token(kind):
     model = _classifier(kind, pooling="first").train()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator(torch.get_default_device()).manual_seed(0)
     for _ in range(60):
         tokens = torch.randint(1, 20, (16, 12), generator=gen)
         loss = F.cross_entropy(model(tokens), tokens[:, 0] % 3)

@@ -15,13 +15,13 @@ def test_memorizing_tiny_trains_20_steps_under_fp16_autocast_with_a_scaler():
     torch.manual_seed(0)
     model = lr.build_model(ModelConfig.from_name("memorizing-tiny"))
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    scaler = torch.amp.GradScaler("cpu")
+    scaler = torch.amp.GradScaler(torch.get_default_device().type)
     state = model.init_state(2)
     data = torch.arange(20 * 16 + 1).remainder(23).expand(2, -1)  # a repeating pattern: learnable
     losses = []
     for step in range(20):  # the first segment meets an empty memory and an empty XL cache
         segment = data[:, step * 16 : step * 16 + 17]
-        with torch.autocast("cpu", dtype=torch.float16):
+        with torch.autocast(torch.get_default_device().type, dtype=torch.float16):
             out = model(segment[:, :-1], state=state, targets=segment[:, 1:], doc_start=torch.tensor([step == 0] * 2))
         state = out.state.detach()
         optimizer.zero_grad()

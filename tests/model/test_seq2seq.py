@@ -34,7 +34,9 @@ def _greedy_by_recomputation(model: Seq2Seq, source, mask, steps: int) -> tuple[
 
 def test_recurrent_greedy_decode_equals_full_recomputation():
     model = _model("luna")
-    source, mask, _, _ = transduction_batch("reverse", 3, 3, 12, 8, torch.Generator().manual_seed(0))
+    source, mask, _, _ = transduction_batch(
+        "reverse", 3, 3, 12, 8, torch.Generator(torch.get_default_device()).manual_seed(0)
+    )
     memory = model.encode(source, mask)
     states = [layer.attention.init_state(3, memory.device, memory.dtype) for layer in model.decoder]
     assert all(s is not None for s in states)  # the Luna decoder carries prefix sums, not the prefix
@@ -50,14 +52,18 @@ def test_recurrent_greedy_decode_equals_full_recomputation():
 
 def test_full_attention_greedy_recomputes_and_matches():
     model = _model("full")
-    source, mask, _, _ = transduction_batch("sort", 2, 3, 10, 8, torch.Generator().manual_seed(1))
+    source, mask, _, _ = transduction_batch(
+        "sort", 2, 3, 10, 8, torch.Generator(torch.get_default_device()).manual_seed(1)
+    )
     assert torch.equal(model.greedy(source, mask, BOS, 11), _greedy_by_recomputation(model, source, mask, 11)[0])
 
 
 @pytest.mark.parametrize("kind", ["luna", "full"])
 def test_padding_of_the_source_changes_nothing_and_every_source_token_matters(kind):
     model = _model(kind)
-    source, mask, target_in, _ = transduction_batch("reverse", 2, 5, 5, 8, torch.Generator().manual_seed(2))
+    source, mask, target_in, _ = transduction_batch(
+        "reverse", 2, 5, 5, 8, torch.Generator(torch.get_default_device()).manual_seed(2)
+    )
     padded = torch.cat([source, torch.zeros(2, 4, dtype=torch.long)], 1)
     padded_mask = torch.cat([mask, torch.zeros(2, 4, dtype=torch.bool)], 1)
     torch.testing.assert_close(model(padded, target_in, padded_mask), model(source, target_in, mask))
@@ -67,16 +73,20 @@ def test_padding_of_the_source_changes_nothing_and_every_source_token_matters(ki
 
 
 def test_transduction_targets():
-    source, mask, target_in, target_out = transduction_batch("reverse", 4, 1, 6, 5, torch.Generator().manual_seed(3))
+    source, mask, target_in, target_out = transduction_batch(
+        "reverse", 4, 1, 6, 5, torch.Generator(torch.get_default_device()).manual_seed(3)
+    )
     for row in range(4):
         n = int(mask[row].sum())
         assert target_out[row, :n].tolist() == source[row, :n].flip(0).tolist()
         assert target_out[row, n] == EOS and (target_out[row, n + 1 :] == IGNORE).all()
         assert target_in[row, 0] == BOS and target_in[row, 1 : n + 1].tolist() == target_out[row, :n].tolist()
     assert exact_match(target_out.clamp(min=0), target_out).all()
-    source, mask, _, target_out = transduction_batch("sort", 4, 1, 6, 5, torch.Generator().manual_seed(4))
+    source, mask, _, target_out = transduction_batch(
+        "sort", 4, 1, 6, 5, torch.Generator(torch.get_default_device()).manual_seed(4)
+    )
     for row in range(4):
         n = int(mask[row].sum())
         assert target_out[row, :n].tolist() == sorted(source[row, :n].tolist())
     with pytest.raises(ValueError, match="task"):
-        transduction_batch("copy", 1, 1, 2, 3, torch.Generator())
+        transduction_batch("copy", 1, 1, 2, 3, torch.Generator(torch.get_default_device()))

@@ -1,6 +1,11 @@
 """The six systems at a size that trains in a second, shared by the distributed and precision tests."""
 
+import os
+from pathlib import Path
+
 from longrange.train import TrainConfig
+
+ROOT = Path(__file__).resolve().parents[2]
 
 # overrides of each `{name}-tiny` preset: short segments, small memories and buckets
 SYSTEMS: dict[str, dict] = {
@@ -29,3 +34,11 @@ def torchrun_command(nproc: int = 2) -> list[str]:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(port)]
+
+
+def cpu_subprocess_env(**extra: str) -> dict[str, str]:
+    """The environment of a test's CLI or torchrun subprocess: one thread, this checkout's code, and no GPU (the
+    multi-process tests compare gloo ranks on the CPU; on a one-GPU machine two NCCL ranks would share its card,
+    and `--device auto` would put the one-process reference on the GPU while the ranks stay on the CPU)."""
+    path = os.pathsep.join([str(ROOT / "src"), str(ROOT)])
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path, "CUDA_VISIBLE_DEVICES": "", **extra}

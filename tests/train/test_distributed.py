@@ -15,16 +15,14 @@ from safetensors.torch import load_file
 import longrange as lr
 from longrange.model.io import CheckpointError
 from longrange.train import train
-from tests.train.systems import SYSTEMS, system_train_config, torchrun_command
+from tests.train.systems import SYSTEMS, cpu_subprocess_env, system_train_config, torchrun_command
 
 ROOT = Path(__file__).resolve().parents[2]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
 
 
 def _torchrun(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    """2 processes with gloo on the CPU (a GPU machine running `make test-gpu` may have one GPU: CUDA_VISIBLE_DEVICES
-    is emptied so `--device auto` means the CPU in these runs)."""
-    env = {**(env or ENV), "CUDA_VISIBLE_DEVICES": ""}
+    """2 processes with gloo on the CPU (see `cpu_subprocess_env`)."""
+    env = env or cpu_subprocess_env()
     cmd = torchrun_command(2)
     # its own session, so a timeout kills torchrun and its workers together (no orphaned rank keeps waiting)
     proc = subprocess.Popen(
@@ -66,7 +64,7 @@ def test_every_system_on_two_processes_equals_one(tmp_path, corpus_dir):
     for name, overrides in SYSTEMS.items():
         torch.manual_seed(0)
         model_cfg = lr.ModelConfig.from_name(f"{name}-tiny").replace(**overrides)
-        train(model_cfg, system_train_config(), str(corpus_dir), tmp_path / "one" / name)
+        train(model_cfg, system_train_config(device="cpu"), str(corpus_dir), tmp_path / "one" / name)
         one, two = _losses(tmp_path / "one" / name), _losses(tmp_path / "two" / name)
         assert len(one) == len(two) == 4, name
         torch.testing.assert_close(torch.tensor(two), torch.tensor(one), rtol=1e-4, atol=1e-5, msg=f"{name}: {two}")
@@ -86,7 +84,7 @@ def test_kill_9_of_a_two_process_run_resumes_exactly(tmp_path, corpus_dir):
     args += ["--set", "knn.memory_size=64", "knn.topk=4"]
     clean = _torchrun(*args, "--out", str(tmp_path / "clean"))
     assert clean.returncode == 0, clean.stderr[-3000:]
-    fault = {**ENV, "LONGRANGE_FAULT_AT": "checkpoint-swap:2"}
+    fault = cpu_subprocess_env(LONGRANGE_FAULT_AT="checkpoint-swap:2")
     killed = _torchrun(*args, "--out", str(tmp_path / "cut"), env=fault)
     assert killed.returncode != 0
     assert not (tmp_path / "cut" / "checkpoint").exists()  # killed between moving the old one away and the new in
@@ -98,7 +96,7 @@ def test_kill_9_of_a_two_process_run_resumes_exactly(tmp_path, corpus_dir):
     # another world size is refused with what to do
     with pytest.raises(CheckpointError, match="written by 2 process.*--nproc_per_node 2"):
         model_cfg = lr.ModelConfig.from_file(tmp_path / "cut" / "config.yaml")
-        train(model_cfg, system_train_config(steps=8), str(corpus_dir), tmp_path / "cut", resume=True)
+        train(model_cfg, system_train_config(steps=8, device="cpu"), str(corpus_dir), tmp_path / "cut", resume=True)
 
 
 def test_memorizing_trains_in_fp16_with_a_gradient_scaler(tmp_path, corpus_dir):
@@ -134,7 +132,9 @@ def test_fsdp_on_two_processes_equals_one_and_resumes(tmp_path, corpus_dir, pres
     args += ["--segment-len", "16", "--no-progress", "--seed", "1", "--log-every", "1", "--checkpoint-every", "2"]
     args += ["--eval-every", "2", "--eval-segments", "1", "--lr", "1e-2", "--min-lr", "1e-2", "--warmup-steps", "0"]
     # a constant learning rate, so a 2-step run extended to 4 on resume has the schedule of a 4-step run
-    one = subprocess.run([sys.executable, *args, "--steps", "4", "--out", str(tmp_path / "one")], env=ENV, cwd=ROOT)
+    one = subprocess.run(
+        [sys.executable, *args, "--steps", "4", "--out", str(tmp_path / "one")], env=cpu_subprocess_env(), cwd=ROOT
+    )
     assert one.returncode == 0
     two = _torchrun(*args, "--steps", "2", "--shard", "fsdp", "--out", str(tmp_path / "two"))
     assert two.returncode == 0, two.stderr[-3000:]

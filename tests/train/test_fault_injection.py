@@ -2,7 +2,6 @@
 each, and compare with an uninterrupted run bit for bit (weights and every logged loss)."""
 
 import json
-import os
 import random
 import signal
 import subprocess
@@ -13,6 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+
+from tests.train.systems import cpu_subprocess_env
 
 ROOT = Path(__file__).resolve().parents[2]
 ARGS = ["--preset", "transformer-xl-tiny", "--steps", "10", "--batch-size", "2", "--segment-len", "16"]
@@ -42,7 +43,7 @@ def _weights(run: Path) -> dict:
 
 @pytest.mark.slow
 def test_kill_9_at_random_points_then_resume_equals_an_uninterrupted_run(tmp_path, corpus_dir):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = cpu_subprocess_env()
     data = ["--data", str(corpus_dir)]
     subprocess.run(_cli(tmp_path / "clean", *data), check=True, env=env, capture_output=True)
     clean_weights, clean_losses = _weights(tmp_path / "clean"), _losses(tmp_path / "clean")

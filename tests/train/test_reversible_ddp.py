@@ -6,7 +6,6 @@ all-reduced gradients must equal one process's gradients on the same global batc
 and every rank seeds the same RNG, so the fresh LSH rotations drawn in training agree too.
 """
 
-import os
 import subprocess
 import sys
 
@@ -16,7 +15,7 @@ from safetensors.torch import load_file
 
 import longrange as lr
 from tests.conftest import make_documents
-from tests.train.systems import torchrun_command
+from tests.train.systems import cpu_subprocess_env, torchrun_command
 
 
 @pytest.mark.slow
@@ -29,7 +28,7 @@ def test_torchrun_two_processes_train_a_reversible_reformer_like_one(tmp_path):
     args += ["--segment-len", "32", "--no-progress", "--seed", "1", "--grad-clip", "0", "--lr", "1e-2"]
     args += ["--warmup-steps", "0", "--eval-segments", "1"]
     args += ["--set", "lsh.n_buckets=4", "lsh.bucket_size=8", "local.chunk_len=8"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = cpu_subprocess_env()
     one = subprocess.run(
         [sys.executable, "-m", "longrange.cli", *args, "--out", str(tmp_path / "one")],
         env=env,

@@ -39,9 +39,10 @@ def test_precisions():
     with pytest.raises(ValueError, match=r"--precision 'fp8' is not one of \['bf16', 'fp16', 'fp32'\]"):
         autocast_dtype("fp8")
     layer = torch.nn.Linear(4, 4)
-    with autocast(torch.device("cpu"), "bf16"):
+    device = torch.get_default_device()  # `make test-gpu`: the layer and its autocast are on CUDA
+    with autocast(device, "bf16"):
         assert layer(torch.randn(2, 4)).dtype == torch.bfloat16
-    with autocast(torch.device("cpu"), "fp32"):
+    with autocast(device, "fp32"):
         assert layer(torch.randn(2, 4)).dtype == torch.float32
 
 

@@ -18,7 +18,7 @@ from longrange.train import TrainConfig, Trainer, train
 from longrange.train.checkpoint import read_checkpoint
 from longrange.train.trainer import write_run_config
 from tests.conftest import make_documents
-from tests.train.systems import torchrun_command
+from tests.train.systems import cpu_subprocess_env, torchrun_command
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -100,7 +100,7 @@ def test_sigkill_during_training_resumes_to_the_same_result(tmp_path):
         "--no-progress",
     ]
     cli = [sys.executable, "-m", "longrange.cli", "train"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = cpu_subprocess_env()
     subprocess.run([*cli, *args, "--out", str(tmp_path / "clean")], check=True, env=env, capture_output=True)
     proc = subprocess.Popen([*cli, *args, "--out", str(tmp_path / "killed")], env=env, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
@@ -143,7 +143,7 @@ def test_trainer_state_with_a_pickled_object_is_refused(tmp_path):
 
 def test_accumulation_equals_one_bigger_batch():
     """2 micro-batches of 2 rows == one batch of 4 rows over the same four one-segment documents."""
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator(torch.get_default_device()).manual_seed(0)
     docs = [bytes(torch.randint(32, 127, (17,), generator=gen).tolist()) for _ in range(8)]  # 16 targets each
     model_cfg = lr.ModelConfig.from_name("transformer-tiny")
 
@@ -189,7 +189,7 @@ def test_torchrun_two_processes_match_one(tmp_path):
         "--grad-clip",
         "0",
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = cpu_subprocess_env()
     subprocess.run(
         [sys.executable, "-m", "longrange.cli", *args, "--out", str(tmp_path / "one")],
         check=True,

@@ -98,13 +98,14 @@ def evaluate(
     device_type = torch.device(device)
     total = count_segments(stream)
     bar = tqdm(total=min(total, max_segments or total), unit="segment", disable=not progress, desc="eval")
+    # the bookkeeping is host-side, on the CPU whatever torch's default device is
     n_buckets = 40
-    bucket_loss = torch.zeros(n_buckets, dtype=torch.float64)
-    bucket_count = torch.zeros(n_buckets, dtype=torch.float64)
-    bucket_bytes = torch.zeros(n_buckets, dtype=torch.float64)
+    bucket_loss = torch.zeros(n_buckets, dtype=torch.float64, device="cpu")
+    bucket_count = torch.zeros(n_buckets, dtype=torch.float64, device="cpu")
+    bucket_bytes = torch.zeros(n_buckets, dtype=torch.float64, device="cpu")
     table = getattr(documents, "token_bytes", None)  # (V,) bytes per token id; None: one byte per token
-    table = None if table is None else torch.as_tensor(table, dtype=torch.float64)
-    position = torch.zeros(batch_size, dtype=torch.long)  # offset of each row's segment in its document
+    table = None if table is None else torch.as_tensor(table, dtype=torch.float64, device="cpu")
+    position = torch.zeros(batch_size, dtype=torch.long, device="cpu")  # offset of each row's segment in its document
     segments = 0
     for batch in stream:
         tokens, targets = batch.tokens.to(device), batch.targets.to(device)
@@ -121,7 +122,7 @@ def evaluate(
             .double()
         )
         position = torch.where(batch.doc_start, 0, position)
-        target_pos = position[:, None] + torch.arange(1, segment_len + 1)  # byte offset of each target
+        target_pos = position[:, None] + torch.arange(1, segment_len + 1, device="cpu")  # byte offset of each target
         bucket = target_pos.float().log2().floor().long().clamp(max=n_buckets - 1)
         real = batch.targets != IGNORE_INDEX
         bucket_loss.index_add_(0, bucket[real], losses[real])

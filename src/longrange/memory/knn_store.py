@@ -131,7 +131,7 @@ class KNNMemory:
         n_heads: int,
         dim: int,
         backend: str = "exact",
-        device: torch.device | str = "cpu",
+        device: torch.device | str | None = None,
         search_chunk: int = 65536,
         storage: str = "memory",
         directory: str | Path | None = None,
@@ -146,6 +146,8 @@ class KNNMemory:
             raise ValueError(f"knn.backend={backend!r} is not one of {list(BACKENDS)}")
         if storage not in STORAGES:
             raise ValueError(f"knn.storage={storage!r} is not one of {list(STORAGES)}")
+        if device is None:  # like torch's factories: the default device (disk storage: the CPU, where files map)
+            device = torch.device("cpu") if storage == "disk" else torch.get_default_device()
         if storage == "disk" and torch.device(device).type != "cpu":
             raise ValueError(f"knn.storage='disk' maps files into CPU memory; use device 'cpu', not {device!r}")
         if capacity < 1:

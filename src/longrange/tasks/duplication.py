@@ -17,8 +17,9 @@ VOCAB = 128
 
 def duplication_batch(batch_size: int, length: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
     """tokens (B, 2L + 2) = [0, w, 0, w] and targets (B, 2L + 2) with -100 outside the second w."""
-    w = torch.randint(1, VOCAB, (batch_size, length), generator=generator)
-    zero = torch.zeros(batch_size, 1, dtype=torch.long)
+    device = generator.device if generator is not None else None  # a CPU generator cannot draw CUDA tensors
+    w = torch.randint(1, VOCAB, (batch_size, length), generator=generator, device=device)
+    zero = w.new_zeros(batch_size, 1)
     tokens = torch.cat([zero, w, zero, w], dim=1)
     targets = torch.full_like(tokens, -100)
     targets[:, length + 1 : 2 * length + 1] = w  # predicting w[i] from position L + 1 + i

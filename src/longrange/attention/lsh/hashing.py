@@ -22,7 +22,7 @@ def draw_rotations(shape: tuple[int, int, int], training: bool, seed: int | None
     if training:
         return torch.randn(shape, device=device, dtype=dtype)
     g = torch.Generator(device="cpu").manual_seed(seed if seed is not None else 0)
-    return torch.randn(shape, generator=g).to(device=device, dtype=dtype)
+    return torch.randn(shape, generator=g, device="cpu").to(device=device, dtype=dtype)  # same on any device
 
 
 def hash_buckets(qk: Tensor, rot: Tensor, factors: list[int]) -> Tensor:
