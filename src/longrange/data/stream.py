@@ -129,5 +129,5 @@ class DocumentStream:
         rows = [self._row_segment(b) for b in range(self.batch_size)]
         tokens = torch.from_numpy(np.stack([r[0] for r in rows]))
         targets = torch.from_numpy(np.stack([r[1] for r in rows]))
-        doc_start = torch.tensor([r[2] for r in rows], dtype=torch.bool)
+        doc_start = torch.tensor([r[2] for r in rows], dtype=torch.bool, device="cpu")  # batches are made on the host
         return Batch(tokens, targets, doc_start)
