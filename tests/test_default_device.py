@@ -1,8 +1,10 @@
 """Library code keeps its host-side work on the CPU, and draws from a generator on that generator's device, whatever
 torch's default device is (`torch.set_default_device("cuda")`). These are the bugs the first `make test-gpu` run
-found; the meta device stands in for CUDA here, so each test fails on the CPU without its fix."""
+found; the meta device stands in for CUDA here, so each test fails on the CPU without its fix"""
 
+import pytest
 import torch
+from safetensors.torch import load_file
 
 import longrange as lr
 from longrange.attention.lsh.hashing import draw_rotations
@@ -10,6 +12,9 @@ from longrange.eval.evaluate import evaluate
 from longrange.memory.knn_store import KNNMemory
 from longrange.tasks.duplication import duplication_batch
 from longrange.tasks.transduction import transduction_batch
+from longrange.train import TrainConfig, train
+
+pytestmark = pytest.mark.cpu_only  # `--device cuda` already runs everything under another default device
 
 
 def test_seeded_lsh_rotations_are_the_same_under_another_default_device():
@@ -41,3 +46,15 @@ def test_a_knn_store_is_made_on_the_default_device_and_a_disk_store_on_the_cpu(t
     with torch.device("meta"):
         assert KNNMemory(1, 4, 1, 2).keys.device.type == "meta"
         assert KNNMemory(1, 4, 1, 2, storage="disk", directory=tmp_path).keys.device.type == "cpu"
+
+
+def test_a_run_trains_the_same_under_another_default_device(tmp_path, corpus_dir):
+    """The trainer builds its model on the CPU, so the seed fixes the initial weights whatever the default device
+    (and a CPU run does not build a model on the default device first)."""
+    cfg = TrainConfig(steps=2, batch_size=2, segment_len=16, device="cpu", progress=False, eval_segments=1)
+    model_cfg = lr.ModelConfig.from_name("transformer-xl-tiny")
+    train(model_cfg, cfg, str(corpus_dir), tmp_path / "plain")
+    with torch.device("meta"):
+        train(model_cfg, cfg, str(corpus_dir), tmp_path / "other")
+    plain, other = (load_file(str(tmp_path / run / "checkpoint" / "model.safetensors")) for run in ("plain", "other"))
+    assert all(torch.equal(plain[key], other[key]) for key in plain)

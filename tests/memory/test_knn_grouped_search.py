@@ -87,7 +87,8 @@ def test_search_equals_brute_force_with_ties():
 def test_search_equals_brute_force_through_merges_and_the_running_bound(monkeypatch, held):
     """Small score blocks: 10 chunks of 128 groups (ranked against the running k-th maximum), whose kept groups
     are merged several times before the last top-k."""
-    monkeypatch.setattr(knn_store, "_CPU_SCORE_FLOATS", 1 << 12)  # chunks of 16 k groups, the least allowed
+    for budget in ("_CPU_SCORE_FLOATS", "_SCORE_FLOATS"):  # the CPU one, and the one on other devices
+        monkeypatch.setattr(knn_store, budget, 1 << 12)  # chunks of 16 k groups, the least allowed
     monkeypatch.setattr(knn_store, "_CANDIDATE_FLOATS", held)
     g = torch.Generator(torch.get_default_device()).manual_seed(3)
     memory = _filled(2, 2, 20000, [20000, 3333], g)  # wrapped: the newest 20000 of 23333

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from longrange.train.distributed import process_group_backend
 from longrange.train.runtime import autocast, autocast_dtype, maybe_compile, resolve_device
 
 
@@ -66,3 +67,10 @@ def test_cpu_allocator_tuning_applies_on_glibc_and_can_be_turned_off(monkeypatch
     expected = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
     assert tune_cpu_allocator() is expected
     tune_cpu_allocator.cache_clear()
+
+
+def test_a_cuda_process_group_also_carries_host_side_tensors():
+    """nccl refuses CPU tensors; the trainer all-reduces its token counts and stop flag on the CPU (no device sync
+    to read them), so a CUDA group maps the CPU to gloo (never run with nccl here: one GPU, no second rank)."""
+    assert process_group_backend(torch.device("cuda", 1)) == "cpu:gloo,cuda:nccl"
+    assert process_group_backend(torch.device("cpu")) == "gloo"

@@ -48,7 +48,7 @@ class DistInfo:
         """True on every rank when `flag` is True on some rank (e.g. a signal reached one process)."""
         if not self.enabled:
             return flag
-        value = torch.tensor([int(flag)])
+        value = torch.tensor([int(flag)], device="cpu")  # host-side: gloo (see `process_group_backend`)
         dist.all_reduce(value)
         return bool(value.item())
 
@@ -75,6 +75,13 @@ class DistInfo:
         return result
 
 
+def process_group_backend(device: torch.device) -> str:
+    """gloo on the CPU; on CUDA nccl for CUDA tensors (gradients, parameters, metrics) and gloo for the host-side
+    ones (a step's token counts, the stop flag), which stay on the CPU so that reading them costs no device sync:
+    nccl alone refuses a CPU tensor."""
+    return "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
+
+
 def init_distributed(device: torch.device) -> DistInfo:
     """Join the process group when launched by torchrun (WORLD_SIZE > 1); a no-op otherwise."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -85,7 +92,7 @@ def init_distributed(device: torch.device) -> DistInfo:
         torch.cuda.set_device(local_rank)
     owns_group = not dist.is_initialized()
     if owns_group:
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group(backend=process_group_backend(device))
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, owns_group)
 
 

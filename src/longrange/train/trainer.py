@@ -393,7 +393,7 @@ class Trainer:
         for micro in range(cfg.accumulate):
             batch = self.stream.next_batch()
             local_tokens = int((batch.targets != IGNORE_INDEX).sum())  # a CPU tensor: no device sync
-            counts = self.dist.sum_(torch.tensor([float(local_tokens)]))
+            counts = self.dist.sum_(torch.tensor([float(local_tokens)], device="cpu"))  # host-side: gloo
             # DDP averages gradients over ranks; weighting each rank's mean loss by its share of the tokens makes
             # the update the mean over every token of the global batch, as one process computes it
             weight = local_tokens * self.dist.world_size / max(float(counts[0]), 1.0)
@@ -661,7 +661,8 @@ def train(
         corpus = dist_info.agree(lambda: run_corpus(data, tokenizer, out_dir, resume), main_only=False)
         model_cfg = corpus.model_config(model_cfg)  # a subword tokenizer's vocabulary size
         torch.manual_seed(train_cfg.seed)
-        model = build_model(_disk_memory_config(model_cfg, out_dir))
+        with torch.device("cpu"):  # the seed gives the same initial weights whatever the run's or default device
+            model = build_model(_disk_memory_config(model_cfg, out_dir))
         if init_from is not None and not resume:
             _init_weights(model, Path(init_from))
         trainer = Trainer(model, train_cfg, corpus.split("train"), corpus.split("valid"), out_dir, dist_info)
