@@ -56,3 +56,21 @@ def test_the_peer_trains_at_a_tiny_layout(system):
     point = {"system": system, "side": "peer", "length": 32, "steps": 1, "warmup": 0, "threads": 1}
     row = run_point({**point, "layout": TINY})
     assert row["status"] == "ok" and row["tokens_per_s"] > 0
+
+
+def test_the_full_memory_point_searches_a_full_store(monkeypatch):
+    """`full_memory`: every kNN store holds its M entries before the first timed step (the steady state of a long
+    run), and keeps them (carried)."""
+    from longrange.memory.knn_store import KNNMemory
+
+    sizes = []
+    original = KNNMemory.search
+
+    def search(self, queries, k):
+        sizes.append(int(self.count.min()))
+        return original(self, queries, k)
+
+    monkeypatch.setattr(KNNMemory, "search", search)
+    point = {"system": "memorizing", "side": "ours", "length": 32, "steps": 1, "warmup": 0, "threads": 1}
+    assert run_point({**point, "full_memory": True, "layout": TINY})["status"] == "ok"
+    assert sizes and min(sizes) == TINY["knn_memory"]

@@ -94,7 +94,7 @@ def search_points(
                     yield row
 
 
-def _fill(state, batch_size: int) -> None:
+def fill_knn_memories(state, batch_size: int) -> None:
     """Fill every kNN store of `state` to capacity with random unit keys (search cost = a full memory)."""
     for layer in state.layers:
         store = getattr(layer, "store", None) if layer is not None else None
@@ -119,7 +119,7 @@ def step_overhead(memory_sizes: list[int], steps: int = 5, batch_size: int = 4, 
         torch.manual_seed(0)
         model = build_model(ModelConfig.from_name(preset, **{"knn.memory_size": size}))
         state = model.init_state(batch_size)
-        _fill(state, batch_size)
+        fill_knn_memories(state, batch_size)
         runs.append({"size": size, "model": model, "state": state, "times": []})
         runs[-1]["opt"] = torch.optim.AdamW(model.parameters(), lr=1e-4)
     seg = runs[0]["model"].config.segment_len

@@ -94,8 +94,12 @@ def our_config(system: str, layout: Layout, length: int):
     raise ValueError(f"system={system!r} is not one of {list(SYSTEMS)}")
 
 
-def _our_step(system: str, layout: Layout, length: int, carry: bool):
-    """A closure doing one training step of our model on random tokens (L + 1 of them: inputs and targets)."""
+def _our_step(system: str, layout: Layout, length: int, carry: bool, full_memory: bool = False):
+    """A closure doing one training step of our model on random tokens (L + 1 of them: inputs and targets).
+
+    ``carry``: memories carried from step to step; ``full_memory``: carried, and every kNN store filled to its M
+    entries first (the steady state of a long run, which a few timed steps of an empty store never reach)."""
+    from longrange.bench.knn import fill_knn_memories
     from longrange.model.build import build_model
 
     cfg = our_config(system, layout, length)
@@ -104,6 +108,10 @@ def _our_step(system: str, layout: Layout, length: int, carry: bool):
     tokens = torch.randint(1, layout.vocab, (1, length + 1))
     seg = cfg.segment_len
     held = {"state": None}
+    if full_memory:
+        carry = True
+        held["state"] = model.init_state(1)
+        fill_knn_memories(held["state"], 1)
 
     def step() -> None:
         state = held["state"] if carry else None
@@ -225,7 +233,8 @@ def _peer_step(system: str, layout: Layout, length: int):
 
 
 def run_point(point: dict) -> dict:
-    """Time one point in this process: {"system", "side": peer|ours, "length", "carry", "steps", "warmup", layout}."""
+    """Time one point in this process: {"system", "side": peer|ours, "length", "carry", "full_memory", "steps",
+    "warmup", layout}."""
     torch.set_num_threads(point["threads"])
     torch.manual_seed(0)
     layout = Layout(**point["layout"])
@@ -233,7 +242,8 @@ def run_point(point: dict) -> dict:
         step = _peer_step(point["system"], layout, point["length"])
     else:  # with the settings `longrange train` applies on the CPU (the allocator tuning; LONGRANGE_MALLOC_TUNING=0)
         configure_device(torch.device("cpu"))
-        step = _our_step(point["system"], layout, point["length"], point.get("carry", False))
+        carry, full = point.get("carry", False), point.get("full_memory", False)
+        step = _our_step(point["system"], layout, point["length"], carry, full)
     for _ in range(point["warmup"]):
         step()
     times = []

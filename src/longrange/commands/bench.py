@@ -266,10 +266,11 @@ def run_peers(args: argparse.Namespace) -> int:
             with_peer = not args.ours_only and peer_available(system)
             for length in args.lengths:
                 runs = [("ours", False)] + ([("peer", False)] if with_peer else [])
-                if system == "memorizing":
-                    runs.append(("ours", True))  # memory carried across steps, as our trainer runs
+                if system == "memorizing":  # memory carried across steps, as our trainer runs: as it grows
+                    runs += [("ours", True), ("ours", "full")]  # over the timed steps, and full (M entries)
                 for side, carry in runs if repeat % 2 == 0 else runs[::-1]:
-                    points.append({"system": system, "length": length, "side": side, "carry": carry})
+                    point = {"system": system, "length": length, "side": side, "carry": bool(carry)}
+                    points.append({**point, "full_memory": carry == "full"})
     meta = _meta(args)
     meta["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout
     meta["commit"] = meta["commit"].strip() or "unknown"
@@ -279,9 +280,11 @@ def run_peers(args: argparse.Namespace) -> int:
     for point in points:
         full = {**point, "threads": args.threads, "steps": args.steps, "warmup": args.warmup, "layout": vars(layout)}
         row = measure_in_subprocess(full, args.timeout)
-        key = (point["system"], point["length"], point["side"], point["carry"])
+        memory = "full" if point["full_memory"] else point["carry"]
+        key = (point["system"], point["length"], point["side"], memory)
+        label = {True: " carried", "full": " full memory"}.get(memory, "")
         print(
-            f"{point['system']:>12} L={point['length']:>5} {point['side']:>4}{' carried' if point['carry'] else ''}: "
+            f"{point['system']:>12} L={point['length']:>5} {point['side']:>4}{label}: "
             f"{row.get('tokens_per_s', float('nan')):8.0f} tokens/s  {row['status']}",
             flush=True,
         )
@@ -297,12 +300,12 @@ def run_peers(args: argparse.Namespace) -> int:
                 ceilings[cfg.segment_len] = matmul_ceiling(cfg, cfg.segment_len, args.threads)["gflops"]
             flops, ceiling = model_flops_per_token(cfg), ceilings[cfg.segment_len]
             peer = best.get((system, length, "peer", False), {})
-            for carry in (False, True) if system == "memorizing" else (False,):
-                ours = best.get((system, length, "ours", carry), {})
+            for memory in (False, True, "full") if system == "memorizing" else (False,):
+                ours = best.get((system, length, "ours", memory), {})
                 ours_tps, peer_tps = ours.get("tokens_per_s"), peer.get("tokens_per_s")
                 rows.append(
                     {
-                        "system": system + (" (memory carried)" if carry else ""),
+                        "system": system + {True: " (memory carried)", "full": " (memory full)"}.get(memory, ""),
                         "length": length,
                         "peer_tokens_per_s": peer_tps,
                         "ours_tokens_per_s": ours_tps,
