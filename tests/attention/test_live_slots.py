@@ -125,3 +125,18 @@ def test_t5_shifted_bias_equals_the_bucket_lookup_on_every_allowed_key():
         (g_shift,) = torch.autograd.grad((shifted * weight).sum(), [bias.bias.weight])
         (g_look,) = torch.autograd.grad((bias((n_prev + i) - j) * weight).sum(), [bias.bias.weight])
         torch.testing.assert_close(g_shift, g_look)
+
+
+def test_the_shift_equals_slicing_and_its_backward_is_the_slices():
+    """`shift_rows`' own backward (the gradient padded with T leading zeros) equals slicing's, in double precision."""
+    from longrange.attention.positions import shift_rows
+
+    t, n_keys = 5, 12
+    rows = torch.randn(2, 3, t, n_keys + 1, dtype=torch.double, requires_grad=True)
+    sliced = rows.view(2, 3, n_keys + 1, t)[:, :, 1:].reshape(2, 3, t, n_keys)
+    torch.testing.assert_close(shift_rows(rows), sliced, rtol=0, atol=0)
+    assert torch.autograd.gradcheck(shift_rows, (rows,))
+    weight = torch.randn(2, 3, t, n_keys, dtype=torch.double)
+    (mine,) = torch.autograd.grad((shift_rows(rows) * weight).sum(), rows)
+    (theirs,) = torch.autograd.grad((sliced * weight).sum(), rows)
+    torch.testing.assert_close(mine, theirs, rtol=0, atol=0)

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from longrange.attention.base import split_heads
-from longrange.attention.positions import sinusoid
+from longrange.attention.positions import shift_rows, sinusoid
 
 
 def project(q_proj: nn.Module, kv_proj: nn.Module, x: Tensor, memory: Tensor, n_heads: int):
@@ -111,14 +111,14 @@ def shifted_position_scores(rel: RelativePositionScores, q: Tensor, n_prev: int,
     (T, L + 1) rows as (L + 1, T) and dropping the first T entries (the shift of the Transformer-XL paper's
     appendix B, here with no padding copy: the extra distance column plays the padding's part). A view, no copy.
     """
-    b, h, t, e = q.shape
+    _, h, t, e = q.shape
     n_keys = n_prev + t
     distance = torch.arange(n_keys, -1, -1, device=q.device)  # column c holds distance L - c
     r = rel.r_proj(sinusoid(distance, rel.d_model).to(q.dtype)).view(n_keys + 1, h, e).permute(1, 2, 0)  # (H, E, L+1)
     q_v = q + rel.v_bias[:, None, :]
     by_distance = (q_v * scale if scale != 1.0 else q_v) @ r  # (B, H, T, L + 1)
     # out[i, j] = by_distance[i, j + T - i], i.e. distance L - (j + T - i) = (P + i) - j, for every j <= P + i
-    return by_distance.view(b, h, n_keys + 1, t)[:, :, 1:].view(b, h, t, n_keys)
+    return shift_rows(by_distance)
 
 
 def explicit_attention(

@@ -20,6 +20,36 @@ def sinusoid(positions: Tensor, dim: int) -> Tensor:
     return torch.cat([angles.sin(), angles.cos()], dim=-1)
 
 
+class _ShiftRows(torch.autograd.Function):
+    """The relative-position shift as a view, with a backward that writes the gradient once.
+
+    Slicing's own backward would allocate a zero tensor the size of the whole (T, L + 1) input, then copy the
+    gradient into all but its first T entries: a pass over (B, H, T, L) memory that the copy alone makes moot.
+    """
+
+    @staticmethod
+    def forward(ctx, rows: Tensor) -> Tensor:
+        *lead, t, width = rows.shape
+        ctx.t = t
+        return rows.view(*lead, width, t)[..., 1:, :].view(*lead, t, width - 1)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        *lead, t, n_keys = grad.shape
+        flat = torch.cat([grad.new_zeros(*lead, ctx.t), grad.reshape(*lead, t * n_keys)], dim=-1)
+        return flat.view(*lead, t, n_keys + 1)
+
+
+def shift_rows(rows: Tensor) -> Tensor:
+    """rows (..., T, L + 1), column c of row i for distance L - c -> (..., T, L) with out[i, j] = rows[i, j + T - i]
+    (distance P + i - j, P = L - T) wherever j <= P + i; entries of future keys hold values of the next row.
+
+    The shift of the Transformer-XL paper's appendix B with no padding copy: the (T, L + 1) rows are read as
+    (L + 1, T) and the first T entries dropped (the extra distance column plays the padding's part). A view.
+    """
+    return _ShiftRows.apply(rows)
+
+
 def rotary_tables(positions: Tensor, dim: int, base: float = 10000.0) -> tuple[Tensor, Tensor]:
     """cos, sin tables (T, dim/2) for rotary embedding (Su et al. 2021) at integer `positions` (T,)."""
     inv = 1.0 / (base ** (torch.arange(0, dim, 2, device=positions.device, dtype=torch.float32) / dim))
@@ -80,5 +110,4 @@ class T5RelativeBias(nn.Module):
         by_distance = self.bias(self.bucket(distance)).t()  # (H, L + 1)
         h = by_distance.shape[0]
         rows = by_distance[:, None, :].expand(h, t, n_keys + 1).contiguous()  # (H, T, L + 1)
-        # out[i, j] = rows[i, j + T - i]: distance L - (j + T - i) = (P + i) - j
-        return rows.view(h, n_keys + 1, t)[:, 1:].view(h, t, n_keys)
+        return shift_rows(rows)  # out[i, j] = rows[i, j + T - i]: distance L - (j + T - i) = (P + i) - j
