@@ -15,9 +15,7 @@ from safetensors.torch import load_file
 import longrange as lr
 from longrange.model.io import CheckpointError
 from longrange.train import train
-from tests.train.systems import SYSTEMS, cpu_subprocess_env, system_train_config, torchrun_command
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.train.systems import ROOT, SYSTEMS, cpu_subprocess_env, system_train_config, torchrun_command
 
 
 def _torchrun(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -15,7 +15,6 @@ from safetensors.torch import load_file
 
 from tests.train.systems import cpu_subprocess_env
 
-ROOT = Path(__file__).resolve().parents[2]
 ARGS = ["--preset", "transformer-xl-tiny", "--steps", "10", "--batch-size", "2", "--segment-len", "16"]
 ARGS += ["--checkpoint-every", "2", "--warmup-steps", "2", "--no-progress", "--log-every", "1", "--device", "cpu"]
 # rank 0's points inside `write_checkpoint`: after the weights, after every shard, between the two renames

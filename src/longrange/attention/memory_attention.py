@@ -107,9 +107,7 @@ def shifted_position_scores(rel: RelativePositionScores, q: Tensor, n_prev: int,
     Equal to ``rel(q, n_prev)`` (`RelativePositionScores`, the same parameters) on every key a query may attend
     to; entries of future keys (j > P + i) hold arbitrary finite values that the causal mask removes. Instead of
     gathering each query's distances (an index tensor, and a scatter-add over (B, H, T, L) backward), the scores
-    are computed for the L + 1 distances L, L - 1, ..., 0 and row i is shifted left by T - i by reading the
-    (T, L + 1) rows as (L + 1, T) and dropping the first T entries (the shift of the Transformer-XL paper's
-    appendix B, here with no padding copy: the extra distance column plays the padding's part). A view, no copy.
+    are computed for the L + 1 distances L, L - 1, ..., 0 and shifted into place (`positions.shift_rows`).
     """
     _, h, t, e = q.shape
     n_keys = n_prev + t

@@ -101,9 +101,8 @@ class T5RelativeBias(nn.Module):
 
         Looking up a (T, L) table of buckets costs an embedding backward that scatters T * L rows (it was 6% of a
         memorizing training step); here the L + 1 distances L, L - 1, ..., 0 are looked up once, repeated
-        over the T rows, and row i is shifted left by T - i by reading the (T, L + 1) rows as (L + 1, T) and
-        dropping the first T entries (the shift of `memory_attention.shifted_position_scores`). Backward is a
-        sum over the T rows and an embedding backward of L + 1 rows.
+        over the T rows and shifted into place (`shift_rows`). Backward is a sum over the T rows and an embedding
+        backward of L + 1 rows.
         """
         n_keys = n_prev + t
         distance = torch.arange(n_keys, -1, -1, device=device)  # column c holds distance L - c

@@ -48,8 +48,12 @@ class LayerState:
         """A new state with some tensors (and live counts) replaced (the store object is shared)."""
         return LayerState({**self.tensors, **tensors}, self.store, {**self.live, **(live or {})})
 
+    def _with_tensors(self, tensors: dict[str, Tensor]) -> LayerState:
+        """The same state (store shared, live counts copied) over other tensors."""
+        return LayerState(tensors, self.store, dict(self.live))
+
     def detach(self) -> LayerState:
-        return LayerState({k: v.detach() for k, v in self.tensors.items()}, self.store, dict(self.live))
+        return self._with_tensors({k: v.detach() for k, v in self.tensors.items()})
 
     def reset(self, where: Tensor | None) -> LayerState:
         """Clear the rows `where` (B,) bool; out of place for the tensors (autograd-safe).
@@ -64,12 +68,12 @@ class LayerState:
             tensors[key] = value * keep if value.dtype != torch.bool else value & keep
         if self.store is not None:
             self.store.reset(where)
-        return LayerState(tensors, self.store, dict(self.live))  # emptied slots stay counted: still a bound
+        return self._with_tensors(tensors)  # emptied slots stay counted: still a bound
 
     def to(self, device: torch.device | str) -> LayerState:
         if self.store is not None and hasattr(self.store, "to"):
             self.store.to(device)
-        return LayerState({k: v.to(device) for k, v in self.tensors.items()}, self.store, dict(self.live))
+        return self._with_tensors({k: v.to(device) for k, v in self.tensors.items()})
 
 
 @dataclass
