@@ -70,7 +70,11 @@ class CompareConfig:
     eval_docs: int = 8
     eval_bytes: int = 16 * 1024  # per held-out document (None/0: whole documents)
     lr: float = 2e-3
+    min_lr: float | None = None  # learning rate at the end of the cosine decay (None: the trainer's default)
     warmup_steps: int = 20
+    # per-system config changes, {system: {dotted key: value}}, e.g. a parameter-free compression so that the
+    # compressive model has the parameters of the others (`longrange repro long-context`)
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     device: str = "cpu"  # cpu, cuda, cuda:N (resolved by the command from --device)
     precision: str = "fp32"  # fp32 | bf16 | fp16, training and evaluation alike
     compile: bool = False
@@ -158,7 +162,7 @@ def plan(cc: CompareConfig) -> tuple[dict[str, ModelConfig], dict[str, str], int
     for system in cc.systems:
         if system not in systems(cc.size):
             raise ValueError(f"unknown system {system!r}; choose from {systems(cc.size)}")
-        cfg = ModelConfig.from_name(f"{system}-{cc.size}")
+        cfg = ModelConfig.from_name(f"{system}-{cc.size}", **cc.overrides.get(system, {}))
         missing = unregistered(cfg)
         if missing:
             skipped[system] = f"attention kind(s) {missing} not registered in longrange.attention.REGISTRY"
@@ -230,6 +234,7 @@ def run_system(cc: CompareConfig, system: str, cfg: ModelConfig, row_tokens: int
         segment_len=cfg.segment_len,
         accumulate=accumulate,
         lr=cc.lr,
+        **({"min_lr": cc.min_lr} if cc.min_lr is not None else {}),
         warmup_steps=min(cc.warmup_steps, max(cc.steps // 5, 1)),
         checkpoint_every=max(cc.steps // 4, 1),
         log_every=max(min(10, cc.steps // 10), 1),

@@ -8,6 +8,7 @@ Examples:
   longrange repro reformer-ablations     # Reformer: shared QK, reversible layers, hash rounds vs full
   longrange repro luna-seq2seq           # Luna encoder-decoder vs full attention on a whole-input task
   longrange repro memory-finetune        # Memorizing: a trained transformer-xl fine-tuned into a kNN memory
+  longrange repro long-context           # every memory system against the Transformer, by position (~1 h)
   longrange repro all                    # every one in sequence
 """
 
@@ -22,6 +23,7 @@ from longrange.repro import (
     compression,
     duplication,
     listops,
+    long_context,
     luna_seq2seq,
     memory_finetune,
     memory_size,
@@ -37,6 +39,7 @@ REPROS = {
     "reformer-ablations": reformer_ablations,
     "luna-seq2seq": luna_seq2seq,
     "memory-finetune": memory_finetune,
+    "long-context": long_context,
 }
 
 
