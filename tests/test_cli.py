@@ -1,8 +1,11 @@
 """The CLI: every command listed and documented; bad input is one clear error line."""
 
+import importlib.metadata
+
 import pytest
 
-from longrange.cli import COMMANDS, build_parser, main
+import longrange
+from longrange.cli import COMMANDS, build_parser, installed_version, main
 
 
 def test_help_lists_every_command(capsys):
@@ -72,3 +75,19 @@ def test_demo_trains_evaluates_and_samples(tmp_path):
     result = run_demo(tmp_path / "demo", preset="transformer-tiny", steps=2, batch_size=2, eval_docs=1)
     assert 0 < result["bpb"] < 10 and result["tokens"] > 0
     assert len(result["sample"]) > 0 and (tmp_path / "demo" / "eval-demo.json").is_file()
+
+
+def test_version_prints_the_installed_version(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"longrange {importlib.metadata.version('longrange')}"
+
+
+def test_version_falls_back_to_the_package_version_without_metadata(monkeypatch):
+    # a source tree on sys.path that was never installed has no distribution metadata to read
+    def not_installed(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", not_installed)
+    assert installed_version() == longrange.__version__

@@ -8,11 +8,13 @@ the commands, never in the library.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import logging
 import os
 import sys
 from types import ModuleType
 
+from longrange import __version__
 from longrange.commands import (
     analyze,
     bench,
@@ -44,11 +46,21 @@ COMMANDS: dict[str, ModuleType] = {
 }
 
 
+def installed_version() -> str:
+    """The installed distribution's version; the package's own `__version__` when it runs from a source tree
+    that was never installed (no distribution metadata to read)."""
+    try:
+        return importlib.metadata.version("longrange")
+    except importlib.metadata.PackageNotFoundError:
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="longrange",
         description="Train, evaluate, compare and sample from long-context Transformers.",
     )
+    parser.add_argument("--version", action="version", version=f"longrange {installed_version()}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module in COMMANDS.items():
