@@ -6,13 +6,13 @@ LR=${1:-.venv/bin/longrange}
 R=benchmarks/results
 $LR bench attention --variants full,xl,lsh-1,lsh-4,lsh-8,local,luna-16,luna-128 \
     --lengths 1024,4096,16384 --repeats 2 --timeout 400 --out $R/attention-causal
-# LSH-4 vs full attention at 4K (issue 3: LSH-4 faster from 4K), with more repeats: the two are close there
+# LSH-4 vs full attention at 4K (the target: LSH-4 faster from 4K on), with more repeats: the two are close there
 $LR bench attention --variants full,lsh-4 --lengths 4096 --repeats 9 --out $R/attention-4k-lsh
 $LR bench attention --variants lsh-4,luna-16,luna-128,local --lengths 65536 --repeats 1 --timeout 600 \
     --out $R/attention-64k
-# LSH-4 at 64K (issue 3: under 10 s and 4 GiB), 3 repeats
+# LSH-4 at 64K (the target: under 10 s and 4 GiB), 3 repeats
 $LR bench attention --variants lsh-4 --lengths 65536 --repeats 3 --timeout 600 --out $R/attention-64k-lsh
-# Luna (issue 4): causal 1K-64K in one run for the log-log slopes (full, added automatically, stops at 16K;
+# Luna: causal 1K-64K in one run for the log-log slopes (full, added automatically, stops at 16K;
 # targets: slope <= 1.2, luna-16 <= 0.15x full at 16K), bidirectional 1K/4K (target luna-16 <= 0.25x full at 4K)
 $LR bench attention --variants luna-16,luna-128 --lengths 1024,4096,16384,65536 --repeats 3 --timeout 600 \
     --out $R/attention-luna-causal

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Attention forward+backward time and peak memory vs length: full vs Transformer-XL at d_model 512,
-# 8 heads, batch 1 (the table). Run alone on the machine; each point is a fresh process.
+# 8 heads, batch 1. Run alone on the machine; each point is a fresh process.
 # Usage: benchmarks/run_attention.sh [longrange-binary] [extra bench args, e.g. --kinds full,xl,lsh-4]
 set -euo pipefail
 LR=${1:-.venv/bin/longrange}

@@ -1,7 +1,7 @@
 """A new mechanism is one class plus one registration: it trains, evaluates, generates and compares.
 
 The mechanism, its config section and its preset are defined here, in the test, and registered at run
-time; no file of the library is touched (issue 15: the registry is the one source for mechanisms).
+time; no file of the library is touched (the registry is the one source for mechanisms).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@
 checkpoint evaluated with the memory off / halved / doubled through config overrides), and writes a report
 (`longrange.report.markdown`/`html`).
 
-Fairness (issue 17: a batch layout that differs per system confounds the layout with the mechanism):
+Fairness (a batch layout that differs per system would confound the layout with the mechanism):
 - Equal data: every system reads ``rows`` rows of ``row_tokens`` tokens per update. Row g reads the same
   documents in the same order for every system (the stream's order depends on the seed and the row only),
   so per seed every system sees the same bytes at the same update. Each system cuts a row's

@@ -12,7 +12,7 @@ TINY_ARGS = ["--vocab", "64", "--d-model", "32", "--heads", "2", "--segment", "1
 TINY_ARGS += ["--bucket", "8", "--steps", "1", "--warmup", "0", "--threads", "1"]
 
 
-def test_our_configs_express_the_issue_layouts():
+def test_our_configs_express_the_peer_comparison_layouts():
     layout = Layout()
     comp = our_config("compressive", layout, 1024)
     assert comp.layers == ["full"] * 3 + ["compressive"] * 3 and comp.segment_len == 512

@@ -1,4 +1,5 @@
-"""The reproductions of issue 16 at a tiny budget: each runs end to end and writes its table and JSON."""
+"""The reproductions of the Reformer ablations, Luna seq2seq, fine-tuning into memory and ListOps at LRA length at a
+tiny budget: each runs end to end and writes its table and JSON."""
 
 import argparse
 import json

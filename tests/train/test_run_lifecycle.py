@@ -1,5 +1,5 @@
 """A run folder never loses work and never lies: divergence, signals, keep-N/best, locks, strict folders,
-torn metrics, resume from the run alone, one-line errors for bad options (issue: run lifecycle)."""
+torn metrics, resume from the run alone, one-line errors for bad options."""
 
 import json
 import os

@@ -16,7 +16,7 @@ retrieves itself or its future; they are stored detached, so gradients reach que
 but never the memory. Parameter names q / kv / out match `XLAttention`, so a transformer-xl
 checkpoint loads into a memorizing model (the new gate, bias and scale start fresh).
 
-Deliberate deviation of the presets (``memorizing-*``, issue 16 item 6): the paper uses the T5 relative
+Deliberate deviation of the presets (``memorizing-*``): the paper uses the T5 relative
 bias in every layer; the presets use this layer (T5 bias) only at the kNN layer and Transformer-XL
 attention (sinusoidal relative positions with the u/v biases) in all the others. Reason: the
 memorizing presets are the transformer-xl presets with one layer swapped, so (a) memorizing vs XL

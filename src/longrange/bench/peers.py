@@ -56,7 +56,8 @@ PEER_PACKAGES = {
 
 @dataclass
 class Layout:
-    """The issue's layout: vocab 256, d 512, depth 6, 8 heads, batch 1, segments 512, M = 64,000, k = 32."""
+    """The layout both sides of the comparison share: vocab 256, d 512, depth 6, 8 heads, batch 1, segments 512,
+    M = 64,000, k = 32."""
 
     vocab: int = 256
     d_model: int = 512
