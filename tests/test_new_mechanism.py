@@ -130,3 +130,78 @@ def test_new_mechanism_registration_is_checked_and_undone(window_mechanism):
     unregister("window")
     with pytest.raises(ConfigError, match=r"layers\[0\]='window' is not allowed"):
         lr.ModelConfig(layers=["window"])
+
+
+@dataclass
+class CacheConfig:
+    size: int = 8  # tokens the toy memory keeps
+    on_disk: bool = False
+    folder: str | None = None
+
+    def reach(self) -> tuple[int, str]:
+        return 3 * self.size, "3 x size"
+
+    def run_files(self, folder: Path) -> dict:
+        return {"folder": str(folder / "cache")} if self.on_disk and self.folder is None else {}
+
+
+class CacheAttention(WindowAttention):
+    """A stateful toy: only its registered facts are read here, no model is built."""
+
+    stateful = True
+
+    def __init__(self, d_model, n_heads, dropout, causal, layer_index, size, on_disk, folder):
+        super().__init__(d_model, n_heads, dropout, causal, layer_index, window=size)
+
+
+@pytest.fixture
+def cache_mechanism():
+    # registered after kNN but ranked below it, as XL's cache is: the rank, not the order, picks the ablation
+    register(
+        "cache",
+        CacheAttention,
+        CacheConfig,
+        memory_size_key="size",
+        memory_rank=0,
+        reach=CacheConfig.reach,
+        whole_row=True,
+        run_files=CacheConfig.run_files,
+    )
+    register_preset("cache-tiny", {"d_model": 32, "n_heads": 2, "layers": ["cache"], "segment_len": 32})
+    yield
+    unregister("cache")
+    PRESETS.pop("cache-tiny", None)
+
+
+def test_the_programs_read_a_mechanisms_facts_from_its_registration(cache_mechanism, tmp_path):
+    from longrange.compare import CompareConfig, memory_key, reach, whole_row_systems
+
+    cfg = lr.ModelConfig(layers=["cache", "cache"], segment_len=16, cache={"size": 4})
+    assert reach(cfg) == (16 + 2 * 12, "segment + 2 x 3 x size")  # the declared reach, per layer
+    # the ablated memory: the highest rank (kNN over the cache registered after it), then the upper layer
+    assert memory_key(lr.ModelConfig(layers=["knn", "cache"])) == "knn.memory_size"
+    assert memory_key(lr.ModelConfig(layers=["cache", "xl"])) == "xl.mem_len"
+    assert memory_key(lr.ModelConfig(layers=["xl", "cache"])) == "cache.size"
+    # whole-row reading: a system whose every layer is registered for one pass
+    assert whole_row_systems("tiny") == ["reformer", "luna", "cache"]
+    assert CompareConfig(size="tiny").whole_row == ["reformer", "luna", "cache"]
+    assert CompareConfig(size="tiny", whole_row=[]).whole_row == []
+    # files the mechanism keeps in a run folder
+    assert cfg.with_run_files(tmp_path) is cfg
+    on_disk = cfg.replace(**{"cache.on_disk": True}).with_run_files(tmp_path)
+    assert on_disk.cache.folder == str(tmp_path / "cache")
+
+
+def test_the_built_in_facts():
+    from longrange.compare import CompareConfig, memory_key, reach
+
+    assert CompareConfig(size="small").whole_row == ["reformer", "luna"]
+    cfg = lr.ModelConfig.from_name("memorizing-tiny")  # XL layers and one kNN layer: the kNN memory is ablated
+    assert memory_key(cfg) == "knn.memory_size"
+    assert reach(lr.ModelConfig.from_name("compressive-tiny")) == (
+        64 + 2 * (32 + 8 * 4),
+        "segment + 2 x (mem_len + cmem_len x rate)",
+    )
+    disk = cfg.replace(**{"knn.storage": "disk"})
+    assert cfg.with_run_files("run") is cfg
+    assert disk.with_run_files("run").knn.storage_dir == str(Path("run") / "knn-memory")

@@ -12,9 +12,10 @@ Fairness (a batch layout that differs per system would confound the layout with 
   so per seed every system sees the same bytes at the same update. Each system cuts a row's
   ``row_tokens`` into its own segments: ``row_tokens // segment_len`` micro-batches of one update
   (`TrainConfig.accumulate`), in order, a stateful model carrying its memories from one segment of the row
-  to the next. Systems built to read a long sequence in one pass (``whole_row``: Reformer, Luna) read
-  the whole row as one segment, in training and evaluation. What differs is only padding at document ends
-  (a document's last segment is padded), which a longer segment wastes more of; the report says so.
+  to the next. Systems built to read a long sequence in one pass (``whole_row``: those whose mechanisms
+  register ``whole_row``, Reformer and Luna) read the whole row as one segment, in training and evaluation.
+  What differs is only padding at document ends (a document's last segment is padded), which a longer
+  segment wastes more of; the report says so.
 - Reach: the tokens of context a prediction can see at most (`reach`), in the report beside each layout.
 - Seeds: seeds ``0 .. seeds-1`` change the initial weights and the document order (the same for every
   system); the report gives mean, standard deviation and min-max of held-out bits per byte and which
@@ -46,14 +47,11 @@ from typing import Any
 
 import torch
 
-from longrange.config import ModelConfig, preset_names, sections
+from longrange.config import PRESETS, ModelConfig, preset_names, sections
 
 log = logging.getLogger(__name__)
 
 SYSTEMS = ("transformer", "transformer-xl", "reformer", "luna", "compressive", "memorizing")
-
-
-WHOLE_ROW = ("reformer", "luna")  # built to read a long sequence in one pass: they read the whole row
 
 
 @dataclass
@@ -64,7 +62,8 @@ class CompareConfig:
     rows: int = 8  # rows (documents read in parallel) per update, the same for every system
     row_tokens: int | None = None  # tokens per row per update (None: the longest segment; a multiple of each)
     seeds: int = 1  # each system trains with seeds 0 .. seeds-1
-    whole_row: list[str] = field(default_factory=lambda: list(WHOLE_ROW))  # systems that read a row in one pass
+    # systems that read a row in one pass; None: those whose every layer is built for it (`whole_row_systems`)
+    whole_row: list[str] | None = None
     param_tolerance: float = 0.10  # parameter counts "equal" when max / min - 1 <= this
     data: str | None = None  # corpus spec (None: the built-in stdlib code corpus)
     eval_docs: int = 8
@@ -89,26 +88,40 @@ class CompareConfig:
             raise ValueError(f"compare row_tokens={self.row_tokens} must be >= 1 (or left out for the default)")
         if self.param_tolerance < 0:
             raise ValueError(f"compare param_tolerance={self.param_tolerance} must be >= 0")
+        if self.whole_row is None:
+            self.whole_row = whole_row_systems(self.size)
 
 
 def memory_key(cfg: ModelConfig) -> str | None:
     """The config key whose value is the model's long-range memory size (None: no memory).
 
-    Read from the registry (each mechanism's ``memory_size_key``); when the layers hold several memories,
-    the mechanism registered last is the model's own (a kNN layer among XL layers).
+    Read from the registry: each mechanism's ``memory_size_key``; when the layers hold several memories, the
+    one of the highest ``memory_rank`` (a kNN layer among XL layers), and among equals the upper layer's.
     """
-    keys = [
-        f"{kind}.{section.memory_size_key}"
-        for kind, section in sections().items()
-        if section.memory_size_key and kind in cfg.layers
+    registered = sections()
+    ranked = [
+        (registered[kind].memory_rank, depth, f"{kind}.{registered[kind].memory_size_key}")
+        for depth, kind in enumerate(cfg.layers)
+        if kind in registered and registered[kind].memory_size_key
     ]
-    return keys[-1] if keys else None
+    return max(ranked)[2] if ranked else None
 
 
 def systems(size: str) -> list[str]:
     """Systems that have a preset of `size` (``<system>-<size>``): the six, then any registered later."""
     names = [name.removesuffix(f"-{size}") for name in preset_names() if name.endswith(f"-{size}")]
     return [*[s for s in SYSTEMS if s in names], *sorted(set(names) - set(SYSTEMS))]
+
+
+def whole_row_systems(size: str) -> list[str]:
+    """Systems of `size` built to read a long sequence in one pass: every layer's mechanism registered
+    ``whole_row`` (Reformer: LSH and local layers; Luna). They read a comparison's whole row as one segment."""
+    registered = sections()
+    return [
+        system
+        for system in systems(size)
+        if all(kind in registered and registered[kind].whole_row for kind in PRESETS[f"{system}-{size}"]["layers"])
+    ]
 
 
 def _get_dotted(cfg: ModelConfig, key: str) -> Any:
@@ -125,32 +138,20 @@ def unregistered(cfg: ModelConfig) -> list[str]:
 def reach(cfg: ModelConfig) -> tuple[int, str]:
     """(tokens of context a prediction can see at most, the formula), within its document.
 
-    A segment of T tokens sees itself; each stateful layer adds the span of its memory, and the spans of the
-    layers add up through the stack (Dai et al. 2019: O(N x L)): XL ``mem_len``; Compressive
-    ``mem_len + cmem_len x rate`` (Rae et al. 2020); the kNN layer the larger of its memory (the last
-    ``memory_size`` tokens, stored after each segment, so it covers its XL cache) and ``mem_len``. A kind
-    not listed here that is stateful adds its registered memory size (stated as an estimate).
+    A segment of T tokens sees itself; each layer with memory adds the span its registration declares
+    (``reach``: XL ``mem_len``, Compressive ``mem_len + cmem_len x rate``, kNN the larger of its memory and its
+    cache), and the spans of the layers add up through the stack (Dai et al. 2019: O(N x L)). A stateful
+    mechanism that declares no reach adds its registered memory size (stated as an estimate).
     """
-    t = cfg.segment_len
-    spans: list[tuple[int, str]] = []
-    for kind in cfg.layers:
-        if kind == "xl":
-            spans.append((cfg.xl.mem_len, "mem_len"))
-        elif kind == "compressive":
-            c = cfg.compressive
-            spans.append((c.mem_len + c.cmem_len * c.rate, "(mem_len + cmem_len x rate)"))
-        elif kind == "knn":
-            spans.append((max(cfg.knn.memory_size, cfg.knn.mem_len), "kNN memory_size"))
-        elif sections()[kind].stateful:
-            key = sections()[kind].memory_size_key
-            spans.append((int(getattr(getattr(cfg, kind), key)) if key else 0, f"{kind} memory (estimate)"))
+    registered = sections()
+    spans = [span for kind in cfg.layers if (span := registered[kind].span(getattr(cfg, kind))) is not None]
     if not spans:
-        return t, "segment (no memory)"
+        return cfg.segment_len, "segment (no memory)"
     terms: dict[str, int] = {}
     for _, name in spans:
         terms[name] = terms.get(name, 0) + 1
     formula = " + ".join(f"{n} x {name}" if n > 1 else name for name, n in terms.items())
-    return t + sum(v for v, _ in spans), f"segment + {formula}"
+    return cfg.segment_len + sum(v for v, _ in spans), f"segment + {formula}"
 
 
 def plan(cc: CompareConfig) -> tuple[dict[str, ModelConfig], dict[str, str], int]:
@@ -223,7 +224,7 @@ def run_system(cc: CompareConfig, system: str, cfg: ModelConfig, row_tokens: int
     from longrange.eval.evaluate import evaluate
     from longrange.model.io import load
     from longrange.train.checkpoint import find_checkpoint
-    from longrange.train.trainer import TrainConfig, train
+    from longrange.train.trainer import TrainConfig, read_run, train
 
     if cc.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
@@ -252,7 +253,8 @@ def run_system(cc: CompareConfig, system: str, cfg: ModelConfig, row_tokens: int
     train_wall = time.perf_counter() - start
     model = load(run_dir).to(cc.device)
     docs = _eval_documents(cc)
-    result = evaluate(model, docs, batch_size=min(4, len(docs)), device=cc.device, precision=cc.precision)
+    precision = read_run(run_dir)[1].precision  # what the run trained in (auto decided, or kept on resume)
+    result = evaluate(model, docs, batch_size=min(4, len(docs)), device=cc.device, precision=precision)
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
     speeds = [r["tokens_per_s"] for r in records if "tokens_per_s" in r]
     result.update(
@@ -271,7 +273,7 @@ def run_system(cc: CompareConfig, system: str, cfg: ModelConfig, row_tokens: int
         tokens_per_s=sum(speeds) / len(speeds) if speeds else float("nan"),
         train_wall_s=train_wall,
         peak_memory_mb=_peak_memory_mb(cc.device),
-        ablations=_ablations(cc, run_dir, cfg, docs) if cc.ablations and seed == 0 else [],
+        ablations=_ablations(cc, run_dir, cfg, docs, precision) if cc.ablations and seed == 0 else [],
     )
     (run_dir / "result.json").write_text(json.dumps(result, indent=1))
     (run_dir / "done").write_text("ok\n")
@@ -305,8 +307,8 @@ def aggregate(runs: list[dict]) -> dict:
     return row
 
 
-def _ablations(cc: CompareConfig, run_dir: Path, cfg: ModelConfig, docs: list[bytes]) -> list[dict]:
-    """The same checkpoint evaluated with its memory off, halved and doubled."""
+def _ablations(cc: CompareConfig, run_dir: Path, cfg: ModelConfig, docs: list[bytes], precision: str) -> list[dict]:
+    """The same checkpoint evaluated with its memory off, halved and doubled (in the run's `precision`)."""
     from longrange.eval.evaluate import evaluate
     from longrange.model.io import load
 
@@ -318,7 +320,7 @@ def _ablations(cc: CompareConfig, run_dir: Path, cfg: ModelConfig, docs: list[by
     for label, value in (("off", 0), ("half", size // 2), ("trained", size), ("double", size * 2)):
         try:
             model = load(run_dir, **{key: value}).to(cc.device)
-            bpb = evaluate(model, docs, batch_size=min(4, len(docs)), device=cc.device, precision=cc.precision)["bpb"]
+            bpb = evaluate(model, docs, batch_size=min(4, len(docs)), device=cc.device, precision=precision)["bpb"]
             rows.append({"variant": label, "key": key, "value": value, "bpb": bpb})
         except (ValueError, RuntimeError) as err:  # e.g. a mechanism that refuses a zero-size memory
             rows.append({"variant": label, "key": key, "value": value, "bpb": None, "note": str(err)[:120]})

@@ -17,6 +17,7 @@ import logging
 import re
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -40,112 +41,59 @@ def _check_positive(key: str, value: int | float, allow_zero: bool = False) -> N
         raise ConfigError(f"{key}={value!r} must be {'>= 0' if allow_zero else '> 0'}")
 
 
-# --------------------------------------------------------------------------- mechanism configs
-
-
-@dataclass
-class FullConfig:
-    """Exact softmax attention (SDPA): the baseline and the test oracle."""
-
-    rotary: bool = True  # rotary position embedding on q/k (positions restart every segment)
-    shared_qk: bool = False  # Reformer's shared-QK: keys = unit-norm queries, a token attends to itself last
-
-
-@dataclass
-class XLConfig:
-    """Transformer-XL segment recurrence (Dai et al. 2019)."""
-
-    mem_len: int = 256  # hidden states of the previous segments each layer attends to
-    # "xl": sinusoidal relative positions with u, v biases (Dai et al.); "t5": a learned bias per head and distance
-    # bucket (Raffel et al.), what the Memorizing Transformer uses in every layer (`--set xl.positions=t5`)
-    positions: Literal["xl", "t5"] = "xl"
-
-
-@dataclass
-class LSHConfig:
-    """Reformer angular-LSH attention (Kitaev et al. 2020)."""
-
-    n_hashes: int = 4  # hash rounds; more rounds approach full attention
-    bucket_size: int = 64  # chunk length after sorting by bucket
-    n_buckets: int | list[int] | None = None  # None: 2 * padded_length / bucket_size (paper); [K1, K2]: factorised
-    chunks_before: int = 1  # each chunk also attends to this many previous chunks
-    chunks_after: int = 0  # ... and to this many following chunks (bidirectional only)
-    dedup: bool = True  # paper's correction for a pair attended in several rounds
-    hash_seed: int | None = None  # fixed rotations (evaluation, tests, HF interop); None: fresh per call
-    # "hf": reproduce Hugging Face transformers' Reformer LSH exactly (converted checkpoints; see attention/lsh/hf.py)
-    convention: Literal["longrange", "hf"] = "longrange"
-
-
-@dataclass
-class LocalConfig:
-    """Chunked local attention, interleaved with LSH layers in the Reformer."""
-
-    chunk_len: int = 64
-    chunks_before: int = 1
-    chunks_after: int = 0
-
-
-@dataclass
-class LunaConfig:
-    """Luna: linear unified nested attention (Ma et al. 2021)."""
-
-    proj_len: int = 16  # l, length of the extra sequence P
-    activation: Literal["elu", "softplus"] = "elu"  # non-negative pack weights of the causal form
-    share_projections: bool = True  # keys = values in pack and unpack (the paper's sharing, its parameter budget)
-    chunk_len: int = 32  # block of the causal prefix sums; fastest near sqrt(proj_len * head width): 32 for l=16
-
-
-@dataclass
-class CompressiveConfig:
-    """Compressive Transformer (Rae et al. 2020): XL memory plus compressed memory."""
-
-    mem_len: int = 128  # n_m
-    cmem_len: int = 128  # n_cm, compressed slots
-    rate: int = 4  # c
-    compression: Literal["max", "mean", "conv", "dilated_conv", "most_used"] = "conv"
-    loss: Literal["attention", "autoencoding"] = "attention"
-    loss_weight: float = 1.0
-
-
-@dataclass
-class KNNConfig:
-    """Memorizing Transformer (Wu et al. 2022): external kNN memory at the `knn` layers."""
-
-    memory_size: int = 2048  # M, entries per batch row (FIFO)
-    topk: int = 32
-    backend: Literal["exact", "faiss-flat", "faiss-hnsw", "faiss-ivf"] = "exact"
-    mem_len: int = 256  # XL cache of the local attention in a kNN layer
-    storage: Literal["memory", "disk"] = "memory"  # "disk": keys/values in memory-mapped files (M beyond RAM)
-    storage_dir: str | None = None  # folder for "disk" storage (default: the system temp folder)
-
-
 # --------------------------------------------------------------------------- model config
 
 
 @dataclass(frozen=True)
 class Section:
-    """What the config knows of a mechanism, declared by its registration (`longrange.attention.register`)."""
+    """What the config and the programs know of a mechanism, declared by its registration (`attention.register`).
+
+    Every fact about a mechanism that code outside ``attention/`` needs lives here, so no caller tests a kind by
+    name: the comparison reads reach, whole-row reading and the memory to ablate; the trainer reads `run_files`.
+    """
 
     kind: str  # the name in `ModelConfig.layers`, and of the config section (``cfg.<kind>``)
     cls: type  # the section's dataclass; its fields are the attention class's keyword arguments
     stateful: bool = False  # carries memory across segments (the attention class's ``stateful``)
     memory_size_key: str | None = None  # the field that sets its memory size (the comparison's ablations)
+    # when a model's layers hold several memories, the comparison ablates the one of the highest rank (ties: the
+    # upper layer's); XL's cache ranks 0, as the memories that extend it (compressed, kNN) keep one of their own
+    memory_rank: int = 1
+    # (tokens of context a layer adds to a prediction's reach, the term's name in the formula) from the section;
+    # None: a stateful layer adds its memory size (stated as an estimate), a stateless one nothing
+    reach: Callable[[Any], tuple[int, str]] | None = None
+    whole_row: bool = False  # built to read a long sequence in one pass (the comparison gives it the whole row)
+    # section overrides that keep the mechanism's own files under a run folder (section, folder) -> {key: value}
+    run_files: Callable[[Any, Path], dict[str, Any]] | None = None
+
+    def span(self, values: Any) -> tuple[int, str] | None:
+        """(tokens of context a layer of this kind adds, the term's name), or None; `values`: its section."""
+        if self.reach is not None:
+            return self.reach(values)
+        if not self.stateful:
+            return None
+        size = int(getattr(values, self.memory_size_key)) if self.memory_size_key else 0
+        return size, f"{self.kind} memory (estimate)"
 
 
 # kind -> Section, in registration order; filled by `longrange.attention` (this module imports no mechanism)
 _REGISTERED: dict[str, Section] = {}
 
 
-def register_section(kind: str, cls: type, *, stateful: bool = False, memory_size_key: str | None = None) -> Section:
-    """Declare the config section of attention `kind`: `ModelConfig` then accepts it in ``layers`` and as a key."""
+def register_section(kind: str, cls: type, **facts: Any) -> Section:
+    """Declare the config section of attention `kind` and its facts (the keyword arguments of `Section`).
+
+    `ModelConfig` then accepts the kind in ``layers`` and as a key.
+    """
     shared = {f.name for f in dataclasses.fields(ModelConfig)}
     if not kind.isidentifier() or kind.startswith("_") or kind in shared or hasattr(ModelConfig, kind):
         raise ValueError(f"attention kind {kind!r} must be an identifier that no ModelConfig field or method uses")
     if not (dataclasses.is_dataclass(cls) and isinstance(cls, type)):
         raise ValueError(f"the config section of {kind!r} must be a dataclass, got {cls!r}")
+    memory_size_key = facts.get("memory_size_key")
     if memory_size_key is not None and memory_size_key not in {f.name for f in dataclasses.fields(cls)}:
         raise ValueError(f"memory_size_key {memory_size_key!r} is not a field of {cls.__name__}")
-    section = Section(kind, cls, bool(stateful), memory_size_key)
+    section = Section(kind, cls, **{**facts, "stateful": bool(facts.get("stateful", False))})
     _REGISTERED[kind] = section
     return section
 
@@ -335,6 +283,16 @@ class ModelConfig:
 
     def to_file(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    def with_run_files(self, folder: str | Path) -> ModelConfig:
+        """This config with each mechanism's own files kept under run `folder` (its registered ``run_files``)."""
+        overrides = {}
+        for kind in dict.fromkeys(self.layers):
+            run_files = _REGISTERED[kind].run_files
+            if run_files is not None:
+                settings = run_files(getattr(self, kind), Path(folder))
+                overrides.update({f"{kind}.{key}": value for key, value in settings.items()})
+        return self.replace(**overrides) if overrides else self
 
     def replace(self, **overrides: Any) -> ModelConfig:
         """A copy with some keys changed; dotted keys (``"knn.memory_size"``) reach into a section."""
@@ -544,6 +502,8 @@ def load_yaml_text(text: str, source: str = "YAML text") -> Any:
         return yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as err:
         raise ConfigError(f"{source} is not a valid config: {' '.join(str(err).split())}") from err
+    except RecursionError as err:  # PyYAML composes nested lists and mappings recursively: [[[[...]]]]
+        raise ConfigError(f"{source} is nested too deeply to be a config") from err
 
 
 def _read_yaml(path: str | Path) -> dict[str, Any]:

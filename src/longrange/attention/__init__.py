@@ -1,38 +1,32 @@
 """Attention mechanisms behind one protocol; the registry maps a config `kind` to everything about it.
 
 Each mechanism is registered here by one explicit `register` call (no import magic): its class, its
-config section (a dataclass in `longrange.config`, or anywhere for a mechanism of your own), which of
-the section's keys sets its memory size (the comparison's memory ablations) and the variants the
-benchmarks time. Whether it carries state across segments is read from the class (``stateful``).
-`register` also declares the section to `longrange.config`, so `ModelConfig` accepts the kind in
-``layers`` and as a section key: a new mechanism is one file plus one `register` call (see
-docs/architecture.md, "Adding a mechanism").
+config section (a dataclass defined beside the class, in the mechanism's module), and the facts the
+programs read instead of testing the kind by name: which of the section's keys sets its memory size and
+how it ranks among a model's memories (the comparison's memory ablations), how far back it lets a
+prediction see (reach), whether it is built to read a long sequence in one pass, which files it keeps
+in a run folder, and the variants the benchmarks time. Whether it carries state across segments is read
+from the class (``stateful``). `register` also declares the section and its facts to `longrange.config`,
+so `ModelConfig` accepts the kind in ``layers`` and as a section key: a shipped mechanism, like one of
+your own, is one file plus one `register` call (see docs/architecture.md, "Adding a mechanism").
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from longrange import config
 from longrange.attention.base import AttentionModule, AttentionOutput
-from longrange.attention.compressive import CompressiveAttention
-from longrange.attention.full import FullAttention
-from longrange.attention.knn import KNNAttention
-from longrange.attention.local import LocalAttention
-from longrange.attention.lsh import LSHAttention
-from longrange.attention.luna import LunaAttention
-from longrange.attention.xl import XLAttention
-from longrange.config import (
-    CompressiveConfig,
-    FullConfig,
-    KNNConfig,
-    LocalConfig,
-    LSHConfig,
-    LunaConfig,
-    XLConfig,
-)
+from longrange.attention.compressive import CompressiveAttention, CompressiveConfig
+from longrange.attention.full import FullAttention, FullConfig
+from longrange.attention.knn import KNNAttention, KNNConfig
+from longrange.attention.local import LocalAttention, LocalConfig
+from longrange.attention.lsh import LSHAttention, LSHConfig
+from longrange.attention.luna import LunaAttention, LunaConfig
+from longrange.attention.xl import XLAttention, XLConfig
 
 # settings of one benchmark variant: section overrides, or a function of `causal` returning them
 BenchSettings = Mapping[str, Any] | Callable[[bool], Mapping[str, Any]]
@@ -47,6 +41,7 @@ class Mechanism:
     section: type  # config dataclass; its fields are `cls`'s keyword arguments after the shared ones
     memory_size_key: str | None = None  # field of `section` that sets the memory size; None: no memory
     bench: Mapping[str, BenchSettings] = field(default_factory=dict)  # variant name -> settings
+    facts: config.Section | None = None  # what the config and the programs read (reach, whole row, ...)
 
     @property
     def stateful(self) -> bool:
@@ -63,11 +58,28 @@ def register(
     section: type,
     *,
     memory_size_key: str | None = None,
+    memory_rank: int = 1,
+    reach: Callable[[Any], tuple[int, str]] | None = None,
+    whole_row: bool = False,
+    run_files: Callable[[Any, Path], dict[str, Any]] | None = None,
     bench: Mapping[str, BenchSettings] | None = None,
 ) -> Mechanism:
-    """Register attention `kind`: the model builds `cls` for it, configured by dataclass `section`."""
-    config.register_section(kind, section, stateful=cls.stateful, memory_size_key=memory_size_key)
-    mechanism = Mechanism(kind, cls, section, memory_size_key, dict(bench or {}))
+    """Register attention `kind`: the model builds `cls` for it, configured by dataclass `section`.
+
+    The keyword arguments are the mechanism's facts, documented on `longrange.config.Section`; `bench` maps a
+    benchmark variant's name to its section settings.
+    """
+    facts = config.register_section(
+        kind,
+        section,
+        stateful=cls.stateful,
+        memory_size_key=memory_size_key,
+        memory_rank=memory_rank,
+        reach=reach,
+        whole_row=whole_row,
+        run_files=run_files,
+    )
+    mechanism = Mechanism(kind, cls, section, memory_size_key, dict(bench or {}), facts)
     MECHANISMS[kind] = mechanism
     REGISTRY[kind] = cls
     return mechanism
@@ -85,22 +97,36 @@ def _bidirectional_chunks(**settings: Any) -> Callable[[bool], dict[str, Any]]:
     return lambda causal: {**settings, "chunks_after": 0 if causal else 1}
 
 
-# Order matters for the comparison's memory ablation: when a model's layers have several memories, the
-# mechanism registered last is ablated (kNN memory over XL caches, compressed memory over XL memory).
 # Benchmark memories match the benchmarks' segment of 512 tokens (`longrange.bench.variants.XL_SEGMENT`).
 register("full", FullAttention, FullConfig, bench={"full": {"rotary": False}})
-register("xl", XLAttention, XLConfig, memory_size_key="mem_len", bench={"xl": {"mem_len": 512}})
+register(
+    "xl",
+    XLAttention,
+    XLConfig,
+    memory_size_key="mem_len",
+    memory_rank=0,  # the cache that compressed and kNN memories extend: ablate theirs in a model with both
+    reach=XLConfig.reach,
+    bench={"xl": {"mem_len": 512}},
+)
 register(
     "lsh",
     LSHAttention,
     LSHConfig,
+    whole_row=True,
     bench={f"lsh-{n}": _bidirectional_chunks(n_hashes=n, bucket_size=64, n_buckets=None) for n in (1, 2, 4, 8)},
 )
-register("local", LocalAttention, LocalConfig, bench={"local": _bidirectional_chunks(chunk_len=64)})
+register(
+    "local",
+    LocalAttention,
+    LocalConfig,
+    whole_row=True,  # the Reformer's other layer: linear in the length, read in one pass with LSH
+    bench={"local": _bidirectional_chunks(chunk_len=64)},
+)
 register(
     "luna",
     LunaAttention,
     LunaConfig,
+    whole_row=True,
     # chunk ~ sqrt(proj_len * head width): the fastest on CPU; keys and values share a projection, as in the paper
     bench={"luna-16": {"proj_len": 16, "chunk_len": 32}, "luna-128": {"proj_len": 128, "chunk_len": 64}},
 )
@@ -109,6 +135,7 @@ register(
     CompressiveAttention,
     CompressiveConfig,
     memory_size_key="cmem_len",
+    reach=CompressiveConfig.reach,
     bench={"compressive": {"mem_len": 256, "cmem_len": 256, "rate": 4, "compression": "conv"}},
 )
 register(
@@ -116,6 +143,8 @@ register(
     KNNAttention,
     KNNConfig,
     memory_size_key="memory_size",
+    reach=KNNConfig.reach,
+    run_files=KNNConfig.run_files,
     bench={"knn": {"memory_size": 8192, "topk": 32, "backend": "exact", "mem_len": 512}},
 )
 
@@ -125,13 +154,20 @@ __all__ = [
     "AttentionModule",
     "AttentionOutput",
     "CompressiveAttention",
+    "CompressiveConfig",
     "FullAttention",
+    "FullConfig",
     "KNNAttention",
+    "KNNConfig",
     "LSHAttention",
+    "LSHConfig",
     "LocalAttention",
+    "LocalConfig",
     "LunaAttention",
+    "LunaConfig",
     "Mechanism",
     "XLAttention",
+    "XLConfig",
     "register",
     "unregister",
 ]

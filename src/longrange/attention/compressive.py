@@ -28,6 +28,9 @@ it was made from was valid (a group that straddles a reset is dropped; most-used
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -50,6 +53,22 @@ from longrange.attention.memory_attention import (
 )
 from longrange.memory.compress import Compressor
 from longrange.memory.state import LayerState
+
+
+@dataclass
+class CompressiveConfig:
+    """Compressive Transformer (Rae et al. 2020): XL memory plus compressed memory."""
+
+    mem_len: int = 128  # n_m
+    cmem_len: int = 128  # n_cm, compressed slots
+    rate: int = 4  # c
+    compression: Literal["max", "mean", "conv", "dilated_conv", "most_used"] = "conv"
+    loss: Literal["attention", "autoencoding"] = "attention"
+    loss_weight: float = 1.0
+
+    def reach(self) -> tuple[int, str]:
+        """The memory, then the compressed slots, each `rate` tokens (Rae et al. 2020)."""
+        return self.mem_len + self.cmem_len * self.rate, "(mem_len + cmem_len x rate)"
 
 
 class CompressiveAttention(AttentionModule):

@@ -11,6 +11,8 @@ one chunk, computed exactly. `longrange repro reformer-ablations` compares it wi
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -18,6 +20,14 @@ from torch import Tensor, nn
 from longrange.attention.base import AttentionModule, AttentionOutput, merge_heads, split_heads
 from longrange.attention.lsh.scores import SELF_SCORE
 from longrange.attention.positions import apply_rotary, rotary_tables
+
+
+@dataclass
+class FullConfig:
+    """Exact softmax attention (SDPA): the baseline and the test oracle."""
+
+    rotary: bool = True  # rotary position embedding on q/k (positions restart every segment)
+    shared_qk: bool = False  # Reformer's shared-QK: keys = unit-norm queries, a token attends to itself last
 
 
 class FullAttention(AttentionModule):

@@ -37,6 +37,9 @@ and only the XL-cache slots that may hold states (`LayerState.live`) are scored.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -56,6 +59,28 @@ from longrange.attention.memory_attention import explicit_attention, memory_segm
 from longrange.attention.positions import T5RelativeBias
 from longrange.memory.knn_store import KNNMemory
 from longrange.memory.state import LayerState
+
+
+@dataclass
+class KNNConfig:
+    """Memorizing Transformer (Wu et al. 2022): external kNN memory at the `knn` layers."""
+
+    memory_size: int = 2048  # M, entries per batch row (FIFO)
+    topk: int = 32
+    backend: Literal["exact", "faiss-flat", "faiss-hnsw", "faiss-ivf"] = "exact"
+    mem_len: int = 256  # XL cache of the local attention in a kNN layer
+    storage: Literal["memory", "disk"] = "memory"  # "disk": keys/values in memory-mapped files (M beyond RAM)
+    storage_dir: str | None = None  # folder for "disk" storage (default: the system temp folder)
+
+    def reach(self) -> tuple[int, str]:
+        """The last `memory_size` tokens, stored after each segment (so it covers the XL cache), or the cache."""
+        return max(self.memory_size, self.mem_len), "kNN memory_size"
+
+    def run_files(self, folder: Path) -> dict[str, Any]:
+        """A disk memory lives under run `folder` (reclaimed with it), unless a folder is set."""
+        if self.storage == "disk" and self.storage_dir is None:
+            return {"storage_dir": str(folder / "knn-memory")}
+        return {}
 
 
 class KNNAttention(AttentionModule):

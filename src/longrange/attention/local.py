@@ -20,6 +20,8 @@ training mode a given, empty state is passed through unchanged.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -35,6 +37,15 @@ def look_around(x: Tensor, before: int, after: int, fill: float | bool) -> Tenso
     padded = F.pad(x.movedim(2, -1), [before, after], value=fill).movedim(-1, 2)  # pad the chunk axis
     n = x.shape[2]
     return torch.cat([padded[:, :, i : i + n] for i in range(before + 1 + after)], dim=3)
+
+
+@dataclass
+class LocalConfig:
+    """Chunked local attention, interleaved with LSH layers in the Reformer."""
+
+    chunk_len: int = 64
+    chunks_before: int = 1
+    chunks_after: int = 0
 
 
 class LocalAttention(AttentionModule):

@@ -63,6 +63,9 @@ one-pass computation (``decode_cache``).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -71,6 +74,16 @@ from longrange.attention.base import AttentionModule, AttentionOutput, merge_hea
 from longrange.memory.state import LayerState
 
 BLOCK_TOKENS = 256  # tokens of the causal prefix sums computed at once
+
+
+@dataclass
+class LunaConfig:
+    """Luna: linear unified nested attention (Ma et al. 2021)."""
+
+    proj_len: int = 16  # l, length of the extra sequence P
+    activation: Literal["elu", "softplus"] = "elu"  # non-negative pack weights of the causal form
+    share_projections: bool = True  # keys = values in pack and unpack (the paper's sharing, its parameter budget)
+    chunk_len: int = 32  # block of the causal prefix sums; fastest near sqrt(proj_len * head width): 32 for l=16
 
 
 class LunaAttention(AttentionModule):

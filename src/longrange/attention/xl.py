@@ -18,6 +18,9 @@ are stored as invalid slots, so no later segment attends to padding.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 from torch import Tensor, nn
 
@@ -40,6 +43,20 @@ from longrange.attention.memory_attention import (
 )
 from longrange.attention.positions import T5RelativeBias
 from longrange.memory.state import LayerState
+
+
+@dataclass
+class XLConfig:
+    """Transformer-XL segment recurrence (Dai et al. 2019)."""
+
+    mem_len: int = 256  # hidden states of the previous segments each layer attends to
+    # "xl": sinusoidal relative positions with u, v biases (Dai et al.); "t5": a learned bias per head and distance
+    # bucket (Raffel et al.), what the Memorizing Transformer uses in every layer (`--set xl.positions=t5`)
+    positions: Literal["xl", "t5"] = "xl"
+
+    def reach(self) -> tuple[int, str]:
+        """Each XL layer lets a prediction see `mem_len` more tokens back (Dai et al. 2019: O(N x L))."""
+        return self.mem_len, "mem_len"
 
 
 class XLAttention(AttentionModule):

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from longrange.compare import SYSTEMS, WHOLE_ROW, CompareConfig, compare
+from longrange.compare import SYSTEMS, CompareConfig, compare
 from longrange.train.runtime import add_runtime_options, resolve_device
 
 
@@ -32,8 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", type=int, default=1, help="train each system with seeds 0 .. N-1")
     parser.add_argument(
         "--whole-row",
-        default=",".join(WHOLE_ROW),
-        help="systems that read a row in one pass (segment = row tokens); others read it in their own segments",
+        default=None,
+        help="systems that read a row in one pass (segment = row tokens); others read it in their own segments "
+        "(default: those whose mechanisms are registered as built for one pass: reformer, luna)",
     )
     parser.add_argument("--param-tolerance", type=float, default=0.10, help="parameter counts equal within this")
     parser.add_argument("--data", default=None, help="corpus spec (default: built-in stdlib code)")
@@ -58,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         rows=args.rows,
         row_tokens=args.row_tokens,
         seeds=args.seeds,
-        whole_row=[s.strip() for s in args.whole_row.split(",") if s.strip()],
+        whole_row=None if args.whole_row is None else [s.strip() for s in args.whole_row.split(",") if s.strip()],
         param_tolerance=args.param_tolerance,
         data=args.data,
         eval_docs=args.eval_docs,

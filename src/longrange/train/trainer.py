@@ -603,13 +603,6 @@ def _init_weights(model: LongRangeLM, source: Path) -> None:
     )
 
 
-def _disk_memory_config(model_cfg: ModelConfig, out_dir: Path) -> ModelConfig:
-    """Disk-backed kNN memories live under the run folder (reclaimed there), unless a folder is set."""
-    if "knn" in model_cfg.layers and model_cfg.knn.storage == "disk" and model_cfg.knn.storage_dir is None:
-        return model_cfg.replace(**{"knn.storage_dir": str(out_dir / "knn-memory")})
-    return model_cfg
-
-
 def train(
     model_cfg: ModelConfig,
     train_cfg: TrainConfig,
@@ -662,7 +655,7 @@ def train(
         model_cfg = corpus.model_config(model_cfg)  # a subword tokenizer's vocabulary size
         torch.manual_seed(train_cfg.seed)
         with torch.device("cpu"):  # the seed gives the same initial weights whatever the run's or default device
-            model = build_model(_disk_memory_config(model_cfg, out_dir))
+            model = build_model(model_cfg.with_run_files(out_dir))  # e.g. a disk-backed kNN memory
         if init_from is not None and not resume:
             _init_weights(model, Path(init_from))
         trainer = Trainer(model, train_cfg, corpus.split("train"), corpus.split("valid"), out_dir, dist_info)

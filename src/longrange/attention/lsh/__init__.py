@@ -1,6 +1,6 @@
 """Reformer LSH attention (Kitaev et al. 2020), one module per part:
 
-- `layer`: the `LSHAttention` layer (projections, padding, sorting) and the choice of kernel;
+- `layer`: the `LSHAttention` layer (projections, padding, sorting), the choice of kernel, its config section;
 - `hashing`: angular LSH (random rotations, factorised buckets);
 - `kernel_plain`: masked softmax over sorted chunks, the reference the fused kernels are tested against;
 - `kernel_torch`: the fused PyTorch kernel (band bounds, one additive bias, flash attention on the CPU);
@@ -10,7 +10,7 @@
 - `scores`: score constants the paths share.
 """
 
-from longrange.attention.lsh.layer import LSHAttention
+from longrange.attention.lsh.layer import LSHAttention, LSHConfig
 from longrange.attention.lsh.scores import MASKED, SELF_SCORE
 
-__all__ = ["MASKED", "SELF_SCORE", "LSHAttention"]
+__all__ = ["MASKED", "SELF_SCORE", "LSHAttention", "LSHConfig"]

@@ -52,6 +52,9 @@ rotations, its key scaling and masks), for converted checkpoints; see `hf`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -64,6 +67,21 @@ from longrange.attention.lsh.hf import hf_lsh_attention
 from longrange.attention.lsh.kernel_plain import plain_lsh_attention
 from longrange.attention.lsh.kernel_torch import band_bounds, sorted_lsh_attention
 from longrange.memory.state import LayerState
+
+
+@dataclass
+class LSHConfig:
+    """Reformer angular-LSH attention (Kitaev et al. 2020)."""
+
+    n_hashes: int = 4  # hash rounds; more rounds approach full attention
+    bucket_size: int = 64  # chunk length after sorting by bucket
+    n_buckets: int | list[int] | None = None  # None: 2 * padded_length / bucket_size (paper); [K1, K2]: factorised
+    chunks_before: int = 1  # each chunk also attends to this many previous chunks
+    chunks_after: int = 0  # ... and to this many following chunks (bidirectional only)
+    dedup: bool = True  # paper's correction for a pair attended in several rounds
+    hash_seed: int | None = None  # fixed rotations (evaluation, tests, HF interop); None: fresh per call
+    # "hf": reproduce Hugging Face transformers' Reformer LSH exactly (converted checkpoints; see attention/lsh/hf.py)
+    convention: Literal["longrange", "hf"] = "longrange"
 
 
 class LSHAttention(AttentionModule):
