@@ -166,6 +166,8 @@ def cache_mechanism():
         reach=CacheConfig.reach,
         whole_row=True,
         run_files=CacheConfig.run_files,
+        flops=lambda section, d_model, segment_len: 1000.0 * section.size,
+        search_flops=lambda section, d_model: 10.0 * section.size,
     )
     register_preset("cache-tiny", {"d_model": 32, "n_heads": 2, "layers": ["cache"], "segment_len": 32})
     yield
@@ -190,6 +192,12 @@ def test_the_programs_read_a_mechanisms_facts_from_its_registration(cache_mechan
     assert cfg.with_run_files(tmp_path) is cfg
     on_disk = cfg.replace(**{"cache.on_disk": True}).with_run_files(tmp_path)
     assert on_disk.cache.folder == str(tmp_path / "cache")
+    # model FLOPs: the declared term per layer; the search only on request, at the memory size asked for
+    from longrange.bench.mfu import matmul_params_per_token, model_flops_per_token
+
+    linears = 6 * matmul_params_per_token(cfg)
+    assert model_flops_per_token(cfg) == linears + 2 * 4000
+    assert model_flops_per_token(cfg, include_search=True, memory_size=5) == linears + 2 * (4000 + 50)
 
 
 def test_the_built_in_facts():

@@ -65,6 +65,10 @@ class Section:
     whole_row: bool = False  # built to read a long sequence in one pass (the comparison gives it the whole row)
     # section overrides that keep the mechanism's own files under a run folder (section, folder) -> {key: value}
     run_files: Callable[[Any, Path], dict[str, Any]] | None = None
+    # training FLOPs per token of one layer (section, d_model, segment_len) -> FLOPs (`longrange.bench.mfu`)
+    flops: Callable[[Any, int, int], float] | None = None
+    # FLOPs per token of a search the layer does besides (section, d_model) -> FLOPs, counted only on request
+    search_flops: Callable[[Any, int], float] | None = None
 
     def span(self, values: Any) -> tuple[int, str] | None:
         """(tokens of context a layer of this kind adds, the term's name), or None; `values`: its section."""

@@ -62,6 +62,8 @@ def register(
     reach: Callable[[Any], tuple[int, str]] | None = None,
     whole_row: bool = False,
     run_files: Callable[[Any, Path], dict[str, Any]] | None = None,
+    flops: Callable[[Any, int, int], float] | None = None,
+    search_flops: Callable[[Any, int], float] | None = None,
     bench: Mapping[str, BenchSettings] | None = None,
 ) -> Mechanism:
     """Register attention `kind`: the model builds `cls` for it, configured by dataclass `section`.
@@ -78,6 +80,8 @@ def register(
         reach=reach,
         whole_row=whole_row,
         run_files=run_files,
+        flops=flops,
+        search_flops=search_flops,
     )
     mechanism = Mechanism(kind, cls, section, memory_size_key, dict(bench or {}), facts)
     MECHANISMS[kind] = mechanism
@@ -98,7 +102,7 @@ def _bidirectional_chunks(**settings: Any) -> Callable[[bool], dict[str, Any]]:
 
 
 # Benchmark memories match the benchmarks' segment of 512 tokens (`longrange.bench.variants.XL_SEGMENT`).
-register("full", FullAttention, FullConfig, bench={"full": {"rotary": False}})
+register("full", FullAttention, FullConfig, flops=FullConfig.flops, bench={"full": {"rotary": False}})
 register(
     "xl",
     XLAttention,
@@ -106,6 +110,7 @@ register(
     memory_size_key="mem_len",
     memory_rank=0,  # the cache that compressed and kNN memories extend: ablate theirs in a model with both
     reach=XLConfig.reach,
+    flops=XLConfig.flops,
     bench={"xl": {"mem_len": 512}},
 )
 register(
@@ -113,6 +118,7 @@ register(
     LSHAttention,
     LSHConfig,
     whole_row=True,
+    flops=LSHConfig.flops,
     bench={f"lsh-{n}": _bidirectional_chunks(n_hashes=n, bucket_size=64, n_buckets=None) for n in (1, 2, 4, 8)},
 )
 register(
@@ -120,6 +126,7 @@ register(
     LocalAttention,
     LocalConfig,
     whole_row=True,  # the Reformer's other layer: linear in the length, read in one pass with LSH
+    flops=LocalConfig.flops,
     bench={"local": _bidirectional_chunks(chunk_len=64)},
 )
 register(
@@ -127,6 +134,7 @@ register(
     LunaAttention,
     LunaConfig,
     whole_row=True,
+    flops=LunaConfig.flops,
     # chunk ~ sqrt(proj_len * head width): the fastest on CPU; keys and values share a projection, as in the paper
     bench={"luna-16": {"proj_len": 16, "chunk_len": 32}, "luna-128": {"proj_len": 128, "chunk_len": 64}},
 )
@@ -136,6 +144,7 @@ register(
     CompressiveConfig,
     memory_size_key="cmem_len",
     reach=CompressiveConfig.reach,
+    flops=CompressiveConfig.flops,
     bench={"compressive": {"mem_len": 256, "cmem_len": 256, "rate": 4, "compression": "conv"}},
 )
 register(
@@ -145,6 +154,8 @@ register(
     memory_size_key="memory_size",
     reach=KNNConfig.reach,
     run_files=KNNConfig.run_files,
+    flops=KNNConfig.flops,
+    search_flops=KNNConfig.search_flops,
     bench={"knn": {"memory_size": 8192, "topk": 32, "backend": "exact", "mem_len": 512}},
 )
 

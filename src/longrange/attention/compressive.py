@@ -70,6 +70,23 @@ class CompressiveConfig:
         """The memory, then the compressed slots, each `rate` tokens (Rae et al. 2020)."""
         return self.mem_len + self.cmem_len * self.rate, "(mem_len + cmem_len x rate)"
 
+    def flops(self, d_model: int, segment_len: int) -> float:
+        """Training FLOPs per token (`longrange.bench.mfu`): as XL's with mem_len -> cmem_len + mem_len; plus the
+        compression of T evicted states into T / c slots (a kernel-c, stride-c convolution: ``6 d^2`` per token;
+        none for max/mean/most-used) and the attention reconstruction loss: T queries over the T evicted and the
+        T / c compressed states (``12 d (T + T / c)``, non-causal) with the compressed slots' keys/values
+        projected (``12 d^2 / c``); autoencoding instead decodes each slot to its c states (``6 d^2``)."""
+        d, t, c = d_model, segment_len, self.rate
+        n_prev = self.mem_len + self.cmem_len
+        flops = 18 * d * (n_prev + (t + 1) / 2) + 6 * d * d * (n_prev + t + 1) / t  # content + position scores; W_R
+        if self.compression in ("conv", "dilated_conv"):
+            flops += 6 * d * d  # the convolution: d x (c d) weights on T / c groups
+            if self.loss == "attention":
+                flops += 12 * d * (t + t / c) + 12 * d * d / c
+            else:
+                flops += 6 * d * d
+        return flops
+
 
 class CompressiveAttention(AttentionModule):
     stateful = True

@@ -29,6 +29,11 @@ class FullConfig:
     rotary: bool = True  # rotary position embedding on q/k (positions restart every segment)
     shared_qk: bool = False  # Reformer's shared-QK: keys = unit-norm queries, a token attends to itself last
 
+    def flops(self, d_model: int, segment_len: int) -> float:
+        """Training FLOPs per token (`longrange.bench.mfu`): causal, K = (T + 1) / 2 keys on average (nanoGPT
+        counts K = T, which doubles this term); ``12 d K`` for the scores and the weighted sum of values."""
+        return 12 * d_model * (segment_len + 1) / 2
+
 
 class FullAttention(AttentionModule):
     def __init__(

@@ -76,6 +76,16 @@ class KNNConfig:
         """The last `memory_size` tokens, stored after each segment (so it covers the XL cache), or the cache."""
         return max(self.memory_size, self.mem_len), "kNN memory_size"
 
+    def flops(self, d_model: int, segment_len: int) -> float:
+        """Training FLOPs per token (`longrange.bench.mfu`): local attention over K = mem_len + (T + 1) / 2 keys
+        (a T5 bias, no matmul) plus attention over the top-k retrieved pairs (``12 d k``)."""
+        return 12 * d_model * (self.mem_len + (segment_len + 1) / 2) + 12 * d_model * self.topk
+
+    def search_flops(self, d_model: int) -> float:
+        """The search, ``2 d M`` per token over M stored keys (forward only): retrieval, not the model's arithmetic,
+        so `longrange.bench.mfu` counts it only when asked."""
+        return 2 * d_model * self.memory_size
+
     def run_files(self, folder: Path) -> dict[str, Any]:
         """A disk memory lives under run `folder` (reclaimed with it), unless a folder is set."""
         if self.storage == "disk" and self.storage_dir is None:
@@ -132,6 +142,7 @@ class KNNAttention(AttentionModule):
                 storage=self.storage,
                 directory=self.storage_dir,
                 dtype=dtype,  # the model's (a float64 model gets a float64 store; see KNNMemory)
+                adopt_bf16=dtype == torch.float32,  # bf16 entries (bf16 autocast) make it a bf16 store
             )
         return LayerState(
             {

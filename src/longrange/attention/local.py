@@ -47,6 +47,10 @@ class LocalConfig:
     chunks_before: int = 1
     chunks_after: int = 0
 
+    def flops(self, d_model: int, segment_len: int) -> float:
+        """Training FLOPs per token (`longrange.bench.mfu`): K = chunk_len (before + after) + (chunk_len + 1) / 2."""
+        return 12 * d_model * (self.chunk_len * (self.chunks_before + self.chunks_after) + (self.chunk_len + 1) / 2)
+
 
 class LocalAttention(AttentionModule):
     decode_cache = True  # causal layers only (set per instance)

@@ -85,6 +85,12 @@ class LunaConfig:
     share_projections: bool = True  # keys = values in pack and unpack (the paper's sharing, its parameter budget)
     chunk_len: int = 32  # block of the causal prefix sums; fastest near sqrt(proj_len * head width): 32 for l=16
 
+    def flops(self, d_model: int, segment_len: int) -> float:
+        """Training FLOPs per token (`longrange.bench.mfu`), causal: pack (l slots over the prefix) and unpack (the
+        token over l packed slots): K = 2 l; the pack queries' projection runs on the l slots of P per segment
+        (``6 d^2 l / T``)."""
+        return 12 * d_model * 2 * self.proj_len + 6 * d_model * d_model * self.proj_len / segment_len
+
 
 class LunaAttention(AttentionModule):
     decode_cache = True

@@ -58,6 +58,17 @@ class XLConfig:
         """Each XL layer lets a prediction see `mem_len` more tokens back (Dai et al. 2019: O(N x L))."""
         return self.mem_len, "mem_len"
 
+    def flops(self, d_model: int, segment_len: int) -> float:
+        """Training FLOPs per token (`longrange.bench.mfu`): K = mem_len + (T + 1) / 2 keys, plus the relative
+        position scores (q + v) . R over the same keys (another ``6 d K``), plus W_R applied to the L + 1 distances
+        of a segment: ``6 d^2 (L + 1) / T`` with L = mem_len + T; with ``positions: t5`` a looked-up bias replaces
+        both (``12 d K`` only)."""
+        d, t = d_model, segment_len
+        k = self.mem_len + (t + 1) / 2
+        if self.positions == "t5":
+            return 12 * d * k
+        return 18 * d * k + 6 * d * d * (self.mem_len + t + 1) / t
+
 
 class XLAttention(AttentionModule):
     stateful = True

@@ -14,85 +14,40 @@ hardware FLOPs, not model FLOPs) and no elementwise work. Per token, with d = d_
   + sum over layers of attention(layer)
 
 where a layer's attention costs ``12 d K`` for K keys attended per query on average (scores q.k and the weighted
-sum of values: 2 x 2dK forward, x 3), with a per-mechanism K and extras (T = segment length):
-
-- full: K = (T + 1) / 2 (causal; nanoGPT counts K = T, which doubles this term).
-- xl: K = mem_len + (T + 1) / 2, plus the relative position scores (q + v) . R over the same keys (another
-  ``6 d K``), plus W_R applied to the L + 1 distances of a segment: ``6 d^2 (L + 1) / T`` with L = mem_len + T;
-  with ``positions: t5`` a looked-up bias replaces both (``12 d K`` only).
-- compressive: as xl with mem_len -> cmem_len + mem_len; plus the compression of T evicted states into T / c
-  slots (a kernel-c, stride-c convolution: ``6 d^2`` per token; none for max/mean/most-used) and the attention
-  reconstruction loss: T queries over the T evicted and the T / c compressed states (``12 d (T + T / c)``,
-  non-causal) with the compressed slots' keys/values projected (``12 d^2 / c``); autoencoding instead decodes
-  each slot to its c states (``6 d^2``).
-- knn: local attention over K = mem_len + (T + 1) / 2 (a T5 bias, no matmul) plus attention over the top-k
-  retrieved pairs (``12 d k``). The search itself (``2 d M`` per token over M stored keys, forward only) is not
-  counted by default: it is retrieval, not the model's arithmetic; ``include_search=True`` adds it.
-- lsh: n_hashes rounds, each query attending its chunk of bucket_size b (causal: (b + 1) / 2) and chunks_before
-  (+ chunks_after) whole chunks: K = n_hashes (b (before + after) + (b + 1) / 2); plus the hashing, forward only
-  (no gradient through argmax): ``2 d n_hashes n_buckets / 2`` (random rotations to n_buckets / 2 directions).
-- local: K = chunk_len (before + after) + (chunk_len + 1) / 2.
-- luna (causal): pack (l slots over the prefix) and unpack (the token over l packed slots): K = 2 l; the pack
-  queries' projection runs on the l slots of P per segment (``6 d^2 l / T``).
+sum of values: 2 x 2dK forward, x 3), with a per-mechanism K and extras. Each mechanism declares its term when it
+registers (``flops``: the ``flops`` method of each built-in config section under `longrange.attention`, with the
+formula in its docstring), and a search it does besides (``search_flops``: the kNN search, ``2 d M`` per token over
+M stored keys, forward only), which is retrieval, not the model's arithmetic, and is counted only on request.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 
 import torch
 from torch import nn
 
-from longrange.config import ModelConfig
+from longrange.config import ModelConfig, sections
 
 # Linear layers whose rows are not the segment's tokens: counted in the mechanism's term instead of 6 N_tok
 _PER_SEGMENT_LINEARS = ("r_proj", "pack_q", "decoder")
 
 
 def _attention_flops(cfg: ModelConfig, kind: str, t: int, include_search: bool, memory_size: int | None) -> float:
-    """Training FLOPs per token of one layer of attention `kind` (see the module docstring)."""
-    d = cfg.d_model
-    causal_k = (t + 1) / 2
-    if kind == "full":
-        return 12 * d * causal_k
-    if kind in ("xl", "compressive"):
-        sec = getattr(cfg, kind)
-        n_prev = sec.mem_len + (sec.cmem_len if kind == "compressive" else 0)
-        k = n_prev + causal_k
-        if kind == "xl" and sec.positions == "t5":  # a looked-up bias: no position scores, no W_R
-            return 12 * d * k
-        flops = 18 * d * k + 6 * d * d * (n_prev + t + 1) / t  # content + position scores, values; W_R
-        if kind == "compressive" and sec.compression in ("conv", "dilated_conv"):
-            c = sec.rate
-            flops += 6 * d * d  # the convolution: d x (c d) weights on T / c groups
-            if sec.loss == "attention":
-                flops += 12 * d * (t + t / c) + 12 * d * d / c
-            else:
-                flops += 6 * d * d
-        return flops
-    if kind == "knn":
-        sec = cfg.knn
-        flops = 12 * d * (sec.mem_len + causal_k) + 12 * d * sec.topk
-        if include_search:
-            flops += 2 * d * (sec.memory_size if memory_size is None else memory_size)
-        return flops
-    if kind == "lsh":
-        sec = cfg.lsh
-        b = sec.bucket_size
-        k = sec.n_hashes * (b * (sec.chunks_before + sec.chunks_after) + (b + 1) / 2)
-        n_buckets = sec.n_buckets if sec.n_buckets is not None else 2 * math.ceil(t / b)
-        if isinstance(n_buckets, list):
-            n_buckets = math.prod(n_buckets)
-        return 12 * d * k + 2 * d * sec.n_hashes * n_buckets / 2
-    if kind == "local":
-        sec = cfg.local
-        return 12 * d * (sec.chunk_len * (sec.chunks_before + sec.chunks_after) + (sec.chunk_len + 1) / 2)
-    if kind == "luna":
-        sec = cfg.luna
-        return 12 * d * 2 * sec.proj_len + 6 * d * d * sec.proj_len / t
-    known = "full, xl, compressive, knn, lsh, local, luna"
-    raise ValueError(f"no FLOP formula for attention kind {kind!r}; known: {known}")
+    """Training FLOPs per token of one layer of attention `kind`: its registered ``flops`` (and ``search_flops``)."""
+    facts = sections()[kind]
+    if facts.flops is None:
+        known = ", ".join(k for k, s in sections().items() if s.flops is not None)
+        raise ValueError(f"no FLOP formula registered for attention kind {kind!r}; registered: {known}")
+    section = getattr(cfg, kind)
+    flops = facts.flops(section, cfg.d_model, t)
+    if include_search and facts.search_flops is not None:
+        if memory_size is not None and facts.memory_size_key:
+            section = dataclasses.replace(section, **{facts.memory_size_key: memory_size})
+        flops += facts.search_flops(section, cfg.d_model)
+    return flops
 
 
 def matmul_params_per_token(cfg: ModelConfig) -> int:

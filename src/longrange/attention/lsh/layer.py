@@ -52,6 +52,7 @@ rotations, its key scaling and masks), for converted checkpoints; see `hf`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -82,6 +83,18 @@ class LSHConfig:
     hash_seed: int | None = None  # fixed rotations (evaluation, tests, HF interop); None: fresh per call
     # "hf": reproduce Hugging Face transformers' Reformer LSH exactly (converted checkpoints; see attention/lsh/hf.py)
     convention: Literal["longrange", "hf"] = "longrange"
+
+    def flops(self, d_model: int, segment_len: int) -> float:
+        """Training FLOPs per token (`longrange.bench.mfu`): n_hashes rounds, each query attending its chunk of
+        bucket_size b (causal: (b + 1) / 2) and chunks_before (+ chunks_after) whole chunks:
+        K = n_hashes (b (before + after) + (b + 1) / 2); plus the hashing, forward only (no gradient through argmax):
+        ``2 d n_hashes n_buckets / 2`` (random rotations to n_buckets / 2 directions)."""
+        b = self.bucket_size
+        k = self.n_hashes * (b * (self.chunks_before + self.chunks_after) + (b + 1) / 2)
+        n_buckets = self.n_buckets if self.n_buckets is not None else 2 * math.ceil(segment_len / b)
+        if isinstance(n_buckets, list):
+            n_buckets = math.prod(n_buckets)
+        return 12 * d_model * k + 2 * d_model * self.n_hashes * n_buckets / 2
 
 
 class LSHAttention(AttentionModule):
