@@ -228,3 +228,26 @@ def test_settings_of_a_section_no_layer_uses_warn(caplog):
         "config section 'knn'",
         "config section 'lsh'",
     ]
+
+
+def test_a_section_is_read_by_name_also_when_registered_after_the_config_was_made():
+    from dataclasses import dataclass
+
+    from longrange.attention import FullAttention, register, unregister
+
+    @dataclass
+    class LateConfig:
+        width: int = 3
+
+    cfg = lr.ModelConfig.from_name("transformer-xl-tiny")
+    assert cfg.section("xl") is cfg.xl and cfg.xl.mem_len == 64
+    register("late", FullAttention, LateConfig)
+    try:
+        assert cfg.section("late") == LateConfig()  # the defaults, kept from then on
+        assert cfg.to_dict() == lr.ModelConfig.from_name("transformer-xl-tiny").to_dict()
+        assert cfg == cfg.replace()
+    finally:
+        unregister("late")
+    with pytest.raises(ConfigError, match="no attention kind 'late' is registered"):
+        cfg.section("late")
+    assert not hasattr(lr.ModelConfig, "__getattr__")  # what type checkers see: declared attributes and methods

@@ -11,6 +11,7 @@ import argparse
 import importlib.metadata
 import logging
 import os
+import signal
 import sys
 from types import ModuleType
 
@@ -85,10 +86,29 @@ def main(argv: list[str] | None = None) -> int:
         level = logging.WARNING
     logging.basicConfig(level=level, format="%(message)s")
     try:
+        check_encodable(args)
         return int(args._run(args) or 0)
     except (ValueError, OSError) as err:  # ConfigError, CheckpointError, bad data, unreadable files: one clear line
         print(f"longrange {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C outside a training loop (start-up, eval, generate): nothing half-written
+        print(f"\nlongrange {args.command}: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
+
+
+def check_encodable(args: argparse.Namespace) -> None:
+    """Refuse (ValueError) an argument that is not valid UTF-8 (a path of other bytes, as Python reads it from
+    the command line): what a run records (its folder, its corpus) is written as UTF-8 JSON and YAML, so such a
+    name would train and then leave a run that cannot be read back."""
+    for name, value in vars(args).items():
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, str | os.PathLike) and not isinstance(item, bytes):
+                try:
+                    str(item).encode("utf-8")
+                except UnicodeEncodeError:
+                    raise ValueError(
+                        f"{ascii(str(item))} (argument {name}) is not valid UTF-8; give a name in UTF-8"
+                    ) from None
 
 
 if __name__ == "__main__":

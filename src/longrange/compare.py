@@ -125,8 +125,8 @@ def whole_row_systems(size: str) -> list[str]:
 
 
 def _get_dotted(cfg: ModelConfig, key: str) -> Any:
-    section, name = key.split(".")
-    return getattr(getattr(cfg, section), name)
+    kind, name = key.split(".")
+    return getattr(cfg.section(kind), name)
 
 
 def unregistered(cfg: ModelConfig) -> list[str]:
@@ -144,7 +144,7 @@ def reach(cfg: ModelConfig) -> tuple[int, str]:
     mechanism that declares no reach adds its registered memory size (stated as an estimate).
     """
     registered = sections()
-    spans = [span for kind in cfg.layers if (span := registered[kind].span(getattr(cfg, kind))) is not None]
+    spans = [span for kind in cfg.layers if (span := registered[kind].span(cfg.section(kind))) is not None]
     if not spans:
         return cfg.segment_len, "segment (no memory)"
     terms: dict[str, int] = {}

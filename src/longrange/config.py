@@ -20,9 +20,18 @@ import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import yaml
+
+if TYPE_CHECKING:  # the built-in sections' types, for type checkers only: at run time this module imports no mechanism
+    from longrange.attention.compressive import CompressiveConfig
+    from longrange.attention.full import FullConfig
+    from longrange.attention.knn import KNNConfig
+    from longrange.attention.local import LocalConfig
+    from longrange.attention.lsh import LSHConfig
+    from longrange.attention.luna import LunaConfig
+    from longrange.attention.xl import XLConfig
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +138,26 @@ class ModelConfig:
 
     Besides the fields below, a config holds one section per registered mechanism, an attribute named by
     its kind (``cfg.xl.mem_len``); the constructor takes each as a keyword argument, a mapping or the
-    section's dataclass (``ModelConfig(layers=["xl"], xl={"mem_len": 64})``).
+    section's dataclass (``ModelConfig(layers=["xl"], xl={"mem_len": 64})``). `section` reads one by name,
+    also of a mechanism registered after the config was made.
     """
+
+    if TYPE_CHECKING:  # what type checkers see of the built-in sections (the constructor sets every registered one)
+
+        @property
+        def full(self) -> FullConfig: ...
+        @property
+        def xl(self) -> XLConfig: ...
+        @property
+        def lsh(self) -> LSHConfig: ...
+        @property
+        def local(self) -> LocalConfig: ...
+        @property
+        def luna(self) -> LunaConfig: ...
+        @property
+        def compressive(self) -> CompressiveConfig: ...
+        @property
+        def knn(self) -> KNNConfig: ...
 
     name: str = "custom"
     vocab_size: int = 256  # bytes by default
@@ -179,13 +206,14 @@ class ModelConfig:
             setattr(self, kind, _section_value(kind, kwargs.get(kind)))
         self.__post_init__()
 
-    def __getattr__(self, name: str) -> Any:
-        """The default section of a mechanism registered after this config was made."""
-        section = _REGISTERED.get(name)
-        if section is None or name.startswith("_"):
-            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-        value = self.__dict__[name] = section.cls()
-        return value
+    def section(self, kind: str) -> Any:
+        """The section of registered mechanism `kind` (``cfg.section("xl") is cfg.xl``); a config made before
+        `kind` was registered gets its defaults."""
+        if kind not in _REGISTERED:
+            raise ConfigError(f"no attention kind {kind!r} is registered; registered: {list(_REGISTERED)}")
+        if kind not in self.__dict__:
+            setattr(self, kind, _REGISTERED[kind].cls())
+        return self.__dict__[kind]
 
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):
@@ -196,13 +224,13 @@ class ModelConfig:
 
     def __repr__(self) -> str:
         items = [f"{k}={v!r}" for k, v in dataclasses.asdict(self).items()]
-        items += [f"{kind}={getattr(self, kind)!r}" for kind in _REGISTERED if kind in self.layers]
+        items += [f"{kind}={self.section(kind)!r}" for kind in _REGISTERED if kind in self.layers]
         return f"ModelConfig({', '.join(items)})"
 
     def _as_dict(self, kinds: Any) -> dict[str, Any]:
         """The fields, then the sections of `kinds` as plain dicts."""
         data = dataclasses.asdict(self)
-        data.update({kind: dataclasses.asdict(getattr(self, kind)) for kind in kinds})
+        data.update({kind: dataclasses.asdict(self.section(kind)) for kind in kinds})
         return data
 
     def __post_init__(self) -> None:
@@ -242,7 +270,7 @@ class ModelConfig:
             if not self.axial_shape or _prod(self.axial_shape) < self.max_len:
                 raise ConfigError(f"axial_shape={self.axial_shape} must multiply to at least max_len={self.max_len}")
         for kind in _REGISTERED:
-            _check_literals(getattr(self, kind), prefix=f"{kind}.")
+            _check_literals(self.section(kind), prefix=f"{kind}.")
 
     # derived ------------------------------------------------------------------
     @property
@@ -294,7 +322,7 @@ class ModelConfig:
         for kind in dict.fromkeys(self.layers):
             run_files = _REGISTERED[kind].run_files
             if run_files is not None:
-                settings = run_files(getattr(self, kind), Path(folder))
+                settings = run_files(self.section(kind), Path(folder))
                 overrides.update({f"{kind}.{key}": value for key, value in settings.items()})
         return self.replace(**overrides) if overrides else self
 
@@ -312,7 +340,7 @@ def _warn_unused_sections(cfg: ModelConfig, keys: Any) -> None:
     """Warn about sections among `keys` that were changed from their defaults although no layer uses them."""
     for key in keys:
         section = _REGISTERED.get(key)
-        if section is not None and key not in cfg.layers and getattr(cfg, key) != section.cls():
+        if section is not None and key not in cfg.layers and cfg.section(key) != section.cls():
             log.warning(
                 "config section %r is set but no layer uses it (layers: %s); its settings have no effect",
                 key,

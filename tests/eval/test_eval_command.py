@@ -8,6 +8,7 @@ import torch
 
 import longrange as lr
 from longrange.cli import main
+from longrange.commands.eval import default_output
 from longrange.data.corpus import load_corpus
 from longrange.eval.evaluate import ImplausibleResult, check_result
 
@@ -47,11 +48,12 @@ def test_a_result_far_worse_than_uniform_is_an_error(tmp_path, corpus_dir, capsy
 
 def test_result_is_printed_before_the_file_and_an_unwritable_file_is_a_warning(tmp_path, corpus_dir, capsys):
     run = _run(tmp_path, corpus_dir)
-    blocked = tmp_path / "blocked.json"
+    blocked = default_output(run, "train", {"docs": 2})  # the default file of these settings
     blocked.mkdir()  # cannot be written as a file, even by root (a read-only folder is not, for root)
-    assert _eval(run, "--output", str(blocked)) == 0
+    assert _eval(run) == 0
     captured = capsys.readouterr()
     assert "bits per byte over" in captured.out and f"warning: could not write {blocked}" in captured.err
+    assert _eval(run, "--output", str(blocked)) == 2  # a file the user named: an error (tests/test_cli_one_line.py)
 
 
 def test_file_name_carries_the_settings_so_an_ablation_keeps_the_baseline(tmp_path, corpus_dir, capsys):

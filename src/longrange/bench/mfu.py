@@ -41,7 +41,7 @@ def _attention_flops(cfg: ModelConfig, kind: str, t: int, include_search: bool, 
     if facts.flops is None:
         known = ", ".join(k for k, s in sections().items() if s.flops is not None)
         raise ValueError(f"no FLOP formula registered for attention kind {kind!r}; registered: {known}")
-    section = getattr(cfg, kind)
+    section = cfg.section(kind)
     flops = facts.flops(section, cfg.d_model, t)
     if include_search and facts.search_flops is not None:
         if memory_size is not None and facts.memory_size_key:

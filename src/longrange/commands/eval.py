@@ -5,8 +5,9 @@ Example: longrange eval runs/xl --split test
 The result is printed first, then written as strict JSON to RUN/eval-SPLIT.json, or with settings that change
 the result (--set, --data, --docs, --segment-len, --precision) to RUN/eval-SPLIT-<hash of the settings>.json,
 so an ablation never replaces the baseline; --output PATH names the file. A run folder that cannot be written
-gives a warning, not an error. The corpus is compared with the one the run was trained on (corpus.json):
-a changed corpus is an error unless --allow-corpus-change.
+gives a warning, not an error; an --output that cannot be written is an error (exit 2; checked before the
+evaluation, and a write that fails after it still prints the result first). The corpus is compared with the one
+the run was trained on (corpus.json): a changed corpus is an error unless --allow-corpus-change.
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ import argparse
 import hashlib
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
 import torch
 
 from longrange.commands.train import parse_overrides
-from longrange.data.corpus import Corpus, PreparedCorpus, corpus_change, load_corpus
+from longrange.data.corpus import Corpus, PreparedCorpus, corpus_change, load_corpus, read_corpus_record
 from longrange.data.tokenizers import TokenizedCorpus, load_run_tokenizer
 from longrange.eval.evaluate import check_result, evaluate
 from longrange.model.io import load
@@ -82,8 +84,7 @@ def corpus_of_run(run: Path, data: str | None, *, allow_change: bool = True) -> 
     When it is the run's own corpus, its content hash is compared with the recorded one: a change (files
     added or edited move documents between splits) is a warning with `allow_change`, else a ValueError.
     """
-    record_file = run / "corpus.json"
-    recorded = json.loads(record_file.read_text()) if record_file.is_file() else {}
+    recorded = read_corpus_record(run) or {}
     if data is None:
         data = recorded.get("spec")
     corpus = load_corpus(data)
@@ -115,7 +116,21 @@ def default_output(run: Path, split: str, settings: dict) -> Path:
     return run / f"eval-{split}-{digest}.json"
 
 
+def check_output(path: Path | None) -> None:
+    """Refuse (OSError, one line) an --output that cannot be written, before the evaluation is spent on it."""
+    if path is None:
+        return
+    folder = path.parent
+    if path.is_dir():
+        raise IsADirectoryError(f"--output {str(path)!r} is a directory; name a file")
+    if not folder.is_dir():
+        raise FileNotFoundError(f"--output {str(path)!r}: the folder {str(folder)!r} does not exist")
+    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise PermissionError(f"--output {str(path)!r} cannot be written (permission denied)")
+
+
 def run(args: argparse.Namespace) -> int:
+    check_output(args.output)
     device = resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -143,6 +158,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         out.write_text(json.dumps({**result, "split": args.split, "settings": settings}, indent=1, allow_nan=False))
     except OSError as err:  # the result is already printed: a read-only run folder loses only the file
+        if args.output is not None:  # ... but a file the user named is what was asked for: its loss is an error
+            print(f"longrange eval: error: could not write --output {out}: {err.strerror or err}", file=sys.stderr)
+            return 2
         print(f"longrange eval: warning: could not write {out}: {err.strerror or err}", file=sys.stderr)
         return 0
     print(f"-> {out}")

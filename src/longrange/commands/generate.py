@@ -5,6 +5,7 @@ The prompt is echoed (unless --no-echo), then each token is printed as soon as i
 Several --prompt-file options sample every prompt at once (rows of one batch, each with its own memories; prompt
 i seeded --seed + i) and print each completion after a ``==> FILE <==`` line once all are done.
 Prompts are encoded and samples decoded with the run's tokenizer (RUN/tokenizer.json, else bytes).
+Ctrl-C stops sampling: the text printed so far stays, and the command exits 130.
 """
 
 from __future__ import annotations
@@ -92,9 +93,11 @@ def _write(prompt: bytes, tokens, tokenizer, *, echo: bool) -> None:
     if echo:
         sys.stdout.write(prompt.decode("utf-8", errors="replace"))
         sys.stdout.flush()
-    for token in tokens:
-        data = tokenizer.id_to_bytes(token)
-        sys.stdout.write(decoder.decode(data) if data else "\ufffd")
+    try:
+        for token in tokens:
+            data = tokenizer.id_to_bytes(token)
+            sys.stdout.write(decoder.decode(data) if data else "\ufffd")
+            sys.stdout.flush()
+    finally:  # also on Ctrl-C: what was printed stays, the line is ended (the CLI then exits 130)
+        sys.stdout.write(decoder.decode(b"", final=True) + "\n")
         sys.stdout.flush()
-    sys.stdout.write(decoder.decode(b"", final=True) + "\n")
-    sys.stdout.flush()

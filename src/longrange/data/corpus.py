@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import stat
 import sys
 import sysconfig
 from dataclasses import dataclass, field
@@ -171,6 +172,11 @@ def load_corpus(
         path = Path(spec)
         if not path.exists():
             raise ValueError(f"corpus {str(spec)!r} does not exist (give a directory, a text/.jsonl file or 'stdlib')")
+        if stat.S_ISFIFO(path.stat().st_mode) or stat.S_ISSOCK(path.stat().st_mode):
+            raise ValueError(
+                f"corpus {str(spec)!r} is a named pipe or socket: reading it waits for a writer and the split needs "
+                "every document at once; write the text to a file first"
+            )
         if path.is_dir():
             corpus = Corpus(path.name, _directory_documents(path, max_document_bytes))
         elif path.suffix == ".jsonl":
@@ -185,6 +191,28 @@ def load_corpus(
     corpus.manifest.setdefault("bytes", corpus.num_bytes)
     corpus.manifest.setdefault("sha256", _digest(corpus.documents))
     return corpus
+
+
+CORPUS_RECORD = "corpus.json"  # a run's record of its corpus: the spec, the manifest, the tokenizer
+
+
+def read_corpus_record(run: str | Path) -> dict | None:
+    """The corpus record a run keeps (``RUN/corpus.json``: its spec, manifest and tokenizer), None when it has
+    none (a model saved by `longrange.save`, a converted one); a ValueError naming the file when it is torn or
+    not a JSON object."""
+    path = Path(run) / CORPUS_RECORD
+    if not path.is_file():
+        return None
+    try:
+        recorded = json.loads(path.read_bytes())
+    except (ValueError, RecursionError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        reason = "nested too deeply" if isinstance(err, RecursionError) else str(err).splitlines()[0]
+        raise ValueError(f"{str(path)!r} is not a valid corpus record ({reason}); was it cut short or edited?") from err
+    if not isinstance(recorded, dict):
+        raise ValueError(
+            f"{str(path)!r} is not a valid corpus record: it holds a JSON {type(recorded).__name__}, not an object"
+        )
+    return recorded
 
 
 def corpus_change(recorded: dict, corpus: Corpus) -> str | None:

@@ -160,12 +160,47 @@ def save_run_tokenizer(run: str | Path, tokenizer: Tokenizer) -> None:
 
 
 def load_run_tokenizer(path: str | Path) -> Tokenizer:
-    """The tokenizer of a run: RUN/tokenizer.json (looked up from a checkpoint folder too), else bytes."""
+    """The tokenizer of a run: RUN/tokenizer.json (looked up from a checkpoint folder too), else bytes.
+
+    A run records its tokenizer (name, size, sha256) in ``RUN/corpus.json``; the tokenizer found is compared with
+    that record, so a run whose ``tokenizer.json`` was deleted or replaced is refused (ValueError) instead of
+    being evaluated or sampled with other ids: a BPE run read as bytes reports a wrong bits-per-byte and prints
+    garbage. A folder without a record (a saved or converted model) is read as it is.
+    """
+    from longrange.data.corpus import CORPUS_RECORD, read_corpus_record
+
     path = Path(path)
-    for folder in (path, path.parent, path.parent.parent):
-        if (folder / RUN_TOKENIZER).is_file():
-            return BPETokenizer.from_file(folder / RUN_TOKENIZER)
-    return ByteTokenizer()
+    candidates = (path, path.parent, path.parent.parent)
+    run = next((f for f in candidates if (f / RUN_TOKENIZER).is_file() or (f / CORPUS_RECORD).is_file()), None)
+    if run is None:
+        return ByteTokenizer()
+    file = run / RUN_TOKENIZER
+    tokenizer = BPETokenizer.from_file(file) if file.is_file() else ByteTokenizer()
+    recorded = (read_corpus_record(run) or {}).get("tokenizer")
+    if isinstance(recorded, dict):
+        _check_recorded_tokenizer(run, recorded, tokenizer)
+    return tokenizer
+
+
+def _check_recorded_tokenizer(run: Path, recorded: dict, tokenizer: Tokenizer) -> None:
+    """Refuse `tokenizer` unless it is the one `run` recorded having trained with."""
+    name, digest = recorded.get("name"), recorded.get("sha256")
+    if name == "bpe" and isinstance(tokenizer, ByteTokenizer):
+        raise ValueError(
+            f"run {str(run)!r} was trained with a BPE tokenizer of {recorded.get('vocab_size')} ids (sha256 "
+            f"{str(digest)[:12]}), but its {RUN_TOKENIZER} is missing; put the run's {RUN_TOKENIZER} back (reading "
+            "the run with bytes would report wrong bits per byte and sample garbage)"
+        )
+    if name == "bytes" and not isinstance(tokenizer, ByteTokenizer):
+        raise ValueError(
+            f"run {str(run)!r} was trained on bytes, but it holds a {RUN_TOKENIZER}; remove that file (it is not "
+            "the run's tokenizer)"
+        )
+    if isinstance(tokenizer, BPETokenizer) and digest and digest != tokenizer.identity:
+        raise ValueError(
+            f"{str(run / RUN_TOKENIZER)!r} is not the tokenizer run {str(run)!r} was trained with (sha256 "
+            f"{tokenizer.identity[:12]}, the run recorded {str(digest)[:12]}); put the run's own {RUN_TOKENIZER} back"
+        )
 
 
 class TokenizedCorpus:

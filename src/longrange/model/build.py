@@ -16,7 +16,7 @@ def build_attention(cfg: ModelConfig, kind: str, layer_index: int, causal: bool 
     """One attention module of registry `kind`, configured from the config section of that name."""
     if kind not in REGISTRY:
         raise ConfigError(f"attention kind {kind!r} is not available; registered kinds: {sorted(REGISTRY)}")
-    section = dataclasses.asdict(getattr(cfg, kind))
+    section = dataclasses.asdict(cfg.section(kind))
     return REGISTRY[kind](
         d_model=cfg.d_model,
         n_heads=cfg.n_heads,

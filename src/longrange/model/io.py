@@ -33,11 +33,20 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, truncated, corrupt or does not fit the model."""
 
 
+_FALLBACKS_SAID: set[Path] = set()
+
+
 def checkpoint_dir(path: str | Path) -> Path:
-    """The directory holding weights + config: `path` itself, or its ``checkpoint/`` subdirectory."""
+    """The directory holding weights + config: `path` itself, or its ``checkpoint/`` subdirectory; when a run was
+    killed inside the checkpoint swap (``checkpoint/`` already moved aside, the new one not yet in place), the
+    whole one it left, as ``--resume`` finds it: ``checkpoint.old``, else the newest ``checkpoint-step-N``."""
     path = Path(path)
-    for candidate in (path, path / "checkpoint"):
+    older = sorted(path.glob("checkpoint-step-*"), reverse=True) if path.is_dir() else []
+    for candidate in (path, path / "checkpoint", path / "checkpoint.old", *older):
         if (candidate / WEIGHTS).is_file() and (candidate / CONFIG).is_file():
+            if candidate.name != "checkpoint" and candidate != path and candidate not in _FALLBACKS_SAID:
+                _FALLBACKS_SAID.add(candidate)  # once, though a load asks for the folder several times
+                log.warning("%s has no checkpoint/ (killed while writing one?): reading %s", path, candidate.name)
             return candidate
     raise CheckpointError(f"{str(path)!r} holds no checkpoint ({WEIGHTS} + {CONFIG}); train one first")
 
