@@ -49,3 +49,17 @@ def test_shared_qk_from_the_config_has_no_key_projection():
     assert "attention.qk.weight" in names and not any("qkv" in n for n in names)
     out = model(torch.randint(0, 256, (2, 16)))
     assert out.logits.shape == (2, 16, 256)
+
+
+def test_full_attention_does_not_load_the_lsh_package():
+    """The plain Transformer's attention shares only the self score with LSH, from the neutral `attention.base`."""
+    import ast
+    import inspect
+
+    import longrange.attention.full as full_module
+
+    tree = ast.parse(inspect.getsource(full_module))
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert "longrange.attention.base" in imported
+    assert not [m for m in imported if m and m.startswith("longrange.attention.lsh")]

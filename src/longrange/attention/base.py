@@ -15,7 +15,7 @@ Contract (see docs/architecture.md, "The attention contract"):
 - ``aux_loss`` is a scalar trained alongside the LM loss (the Compressive reconstruction loss).
 
 Constructors take plain keyword arguments: ``d_model, n_heads, dropout, causal, layer_index`` and
-the fields of the mechanism's config section (`longrange.config`). Mechanisms declare
+the fields of the mechanism's config section (a dataclass in the mechanism's module). Mechanisms declare
 ``stateful``, ``decode_cache``, ``causal_only``, ``length_multiple`` and raise `ValueError` naming the setting to
 change when asked for something they cannot do.
 """
@@ -28,6 +28,10 @@ import torch
 from torch import Tensor, nn
 
 from longrange.memory.state import LayerState
+
+# Shared query-key attention (Reformer; `FullConfig.shared_qk`, every LSH path): a token's score for its own key,
+# so that it attends to itself only when nothing else is visible (the paper's -1e5, not -inf)
+SELF_SCORE = -1e5
 
 
 class AttentionOutput(NamedTuple):

@@ -17,8 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from longrange.attention.base import AttentionModule, AttentionOutput, merge_heads, split_heads
-from longrange.attention.lsh.scores import SELF_SCORE
+from longrange.attention.base import SELF_SCORE, AttentionModule, AttentionOutput, merge_heads, split_heads
 from longrange.attention.positions import apply_rotary, rotary_tables
 
 
