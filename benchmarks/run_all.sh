@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every benchmark of the README, one after another (never two at once: the numbers would be noise).
+# Every benchmark quoted in benchmarks/README.md, one after another (never two at once: the numbers would be noise).
 # Usage: benchmarks/run_all.sh [longrange-binary]   Results land in benchmarks/results/.
 set -euo pipefail
 LR=${1:-.venv/bin/longrange}

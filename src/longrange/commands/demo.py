@@ -7,7 +7,7 @@ each system trained with 2 seeds (mean and spread in the table), evaluated on th
 documents (whole standard-library documents reach 1.4 MB; `longrange eval` reads them whole), and writes the
 report to OUT/report.md and OUT/report.html. Measured alone on a 2-core CPU with 2 threads: 8 rows x 64
 updates took 3.5 min and left every system near 4.1 bits per byte; 4 rows x 200 took 6.7 min; 4 rows x 140
-took 4.3 min (the README's table). Rerun with the same --out to
+took 4.3 min (the table in benchmarks/README.md). Rerun with the same --out to
 continue an interrupted demo.
 `--preset NAME` trains a single preset instead (the earlier demo: train, evaluate, sample).
 """
