@@ -5,8 +5,8 @@ installed), checks their recorded sha256, splits whole documents into train/vali
 them with a manifest.json under ROOT/NAME (default ./data/NAME). Train with `--data data/NAME/train`.
 
 `longrange data prepare enwik8 --from enwik8.zip` (also `pg19 --from DIR`, `wikitext103 --from DIR`) reads a
-copy the user already has, checks it, and writes the manifest plus a memory-mapped byte store; train with
-`--data data/NAME`.
+copy the user already has, checks it (enwik8: its size and the md5 published with it; a zip is read only up to
+that size), and writes the manifest plus a memory-mapped byte store; train with `--data data/NAME`.
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ import subprocess
 import tarfile
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -259,6 +260,9 @@ def prepare(
 # Train with `--data ROOT/NAME` (the prepared splits); a subword tokenizer writes its own store beside it.
 
 ENWIK8_BYTES = 10**8  # enwik8 is the first 10^8 bytes of the 2006 English Wikipedia dump (Hutter prize)
+# the md5 of those 10^8 bytes as published with the file (the Hutter prize page's table of sizes and checksums,
+# beside SHA-1 57b8363b814821dc9d47aa4d41f58733519076b2); any other content of that size is refused
+ENWIK8_MD5 = "a1fa5ffddb56f4953e226637dabbb36a"
 ENWIK8_SPLIT = (90_000_000, 95_000_000)  # the standard split: 90M train, 5M valid, 5M test (Dai et al. 2019)
 PG19_SPLITS = {"train": "train", "validation": "valid", "test": "test"}
 WIKITEXT_FILES = {"train": "wiki.train.tokens", "valid": "wiki.valid.tokens", "test": "wiki.test.tokens"}
@@ -291,26 +295,61 @@ def _write_prepared(out: Path, name: str, source: dict, parts: dict[str, Iterato
     return out
 
 
-def _enwik8(source: Path, expected_bytes: int) -> tuple[dict, dict]:
-    """enwik8.zip (or the unzipped enwik8): the first 90M / next 5M / last 5M bytes, each one document."""
+def _enwik8(source: Path, expected_bytes: int, expected_md5: str | None) -> tuple[dict, dict]:
+    """enwik8.zip (or the unzipped enwik8): the first 90M / next 5M / last 5M bytes, each one document.
+
+    The member is read as a stream and stops one byte past the expected size, so an archive whose member
+    inflates to gigabytes (a zip bomb) costs no more than enwik8 itself; a damaged archive (a CRC error, a torn
+    file) is one line; the content is checked against `expected_md5`, the published digest of enwik8."""
     if not source.is_file():
         raise ValueError(f"enwik8: --from {str(source)!r} is not a file (give enwik8.zip or enwik8)")
-    if zipfile.is_zipfile(source):
-        with zipfile.ZipFile(source) as z:
-            if "enwik8" not in z.namelist():
-                raise ValueError(f"enwik8: {source.name} holds no member 'enwik8' (it has {z.namelist()[:5]})")
-            data = z.read("enwik8")
-    else:
-        data = source.read_bytes()
-    if len(data) != expected_bytes:
+    try:
+        if zipfile.is_zipfile(source):
+            with zipfile.ZipFile(source) as z:
+                if "enwik8" not in z.namelist():
+                    raise ValueError(f"enwik8: {source.name} holds no member 'enwik8' (it has {z.namelist()[:5]})")
+                with z.open("enwik8") as member:
+                    data = _read_capped(member, expected_bytes)
+        else:
+            with open(source, "rb") as f:
+                data = _read_capped(f, expected_bytes)
+    except (zipfile.BadZipFile, zlib.error, EOFError) as err:
         raise ValueError(
-            f"enwik8: {source.name} holds {len(data):,} bytes, not the {expected_bytes:,} of enwik8; "
+            f"enwik8: {source.name} is damaged ({err}); download enwik8.zip again from the Hutter prize page"
+        ) from err
+    if len(data) != expected_bytes:
+        size = f"{len(data):,} bytes" if len(data) <= expected_bytes else f"more than {expected_bytes:,} bytes"
+        raise ValueError(
+            f"enwik8: {source.name} holds {size}, not the {expected_bytes:,} of enwik8; "
             "is it the file from the Hutter prize page (enwik8.zip)?"
         )
+    digest = hashlib.md5(data, usedforsecurity=False).hexdigest()
+    if expected_md5 is not None and digest != expected_md5:
+        raise ValueError(
+            f"enwik8: {source.name} holds {expected_bytes:,} bytes, but not enwik8's (md5 {digest}, enwik8's is "
+            f"{expected_md5}); use the file from the Hutter prize page (enwik8.zip)"
+        )
     a, b = (expected_bytes * k // ENWIK8_BYTES for k in ENWIK8_SPLIT)
-    record = {"file": source.name, "sha256": sha256_file(source), "enwik8_sha256": hashlib.sha256(data).hexdigest()}
+    record = {
+        "file": source.name,
+        "sha256": sha256_file(source),
+        "enwik8_sha256": hashlib.sha256(data).hexdigest(),
+        "enwik8_md5": digest,
+    }
     parts = {"train": data[:a], "valid": data[a:b], "test": data[b:]}
     return record, {k: iter([(f"enwik8[{k}]", v)]) for k, v in parts.items()}
+
+
+def _read_capped(stream, size: int) -> bytes:
+    """At most `size` + 1 bytes of `stream`, read in blocks (a longer stream stops there, never read whole)."""
+    blocks, total = [], 0
+    while total <= size:
+        block = stream.read(min(1 << 22, size + 1 - total))
+        if not block:
+            break
+        blocks.append(block)
+        total += len(block)
+    return b"".join(blocks)
 
 
 def _pg19(source: Path) -> tuple[dict, dict]:
@@ -349,15 +388,25 @@ def _wikitext(source: Path) -> tuple[dict, dict]:
     return {"folder": source.name}, {k: articles(source / f) for k, f in WIKITEXT_FILES.items()}
 
 
-def prepare_local(name: str, source: str | Path, root: str | Path = "data", *, enwik8_bytes: int = ENWIK8_BYTES):
+def prepare_local(
+    name: str,
+    source: str | Path,
+    root: str | Path = "data",
+    *,
+    enwik8_bytes: int | None = None,
+    enwik8_md5: str | None = None,
+):
     """Prepare corpus `name` (one of LOCAL_CORPORA) from the user's copy at `source` into ``root/name``.
 
-    ``enwik8_bytes`` is the size enwik8 must have (tests pass a small one for a fixture)."""
+    ``enwik8_bytes`` and ``enwik8_md5`` are the size and md5 enwik8 must have: by default enwik8's own
+    (`ENWIK8_BYTES`, `ENWIK8_MD5`); tests pass a small fixture's size, whose md5 is then checked only if given."""
     source = Path(source)
     if not source.exists():
         raise ValueError(f"{name}: --from {str(source)!r} does not exist")
     if name == "enwik8":
-        record, parts = _enwik8(source, enwik8_bytes)
+        size = ENWIK8_BYTES if enwik8_bytes is None else enwik8_bytes
+        digest = enwik8_md5 if enwik8_md5 is not None or size != ENWIK8_BYTES else ENWIK8_MD5
+        record, parts = _enwik8(source, size, digest)
     elif name == "pg19":
         record, parts = _pg19(source)
     elif name == "wikitext103":
