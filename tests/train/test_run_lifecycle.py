@@ -176,9 +176,10 @@ def test_a_non_empty_folder_is_refused_unless_overwrite(tmp_path, data, capsys):
     assert main(["train", "--data", data, "--out", str(run), "--steps", "2", *TINY]) == 2
     assert "is not empty" in capsys.readouterr().err
     assert (run / "config.yaml").read_text() == "my own notes\n"
-    assert main(["train", "--data", data, "--out", str(run), "--steps", "2", "--overwrite", *TINY]) == 0
-    assert (run / "notes.txt").read_text() == "keep me\n"  # --overwrite removes a run's files only
-    assert _losses(run).keys() == {1, 2}
+    # not a run folder: --overwrite clears a run's own files only, so it refuses (tests/train/test_run_safety.py)
+    assert main(["train", "--data", data, "--out", str(run), "--steps", "2", "--overwrite", *TINY]) == 2
+    assert "not a run folder" in capsys.readouterr().err
+    assert (run / "config.yaml").read_text() == "my own notes\n" and (run / "notes.txt").read_text() == "keep me\n"
 
 
 def test_a_rerun_after_an_early_kill_does_not_append_to_the_old_metrics(tmp_path, data):

@@ -19,6 +19,7 @@ import typing
 from pathlib import Path
 
 from longrange.config import ConfigError, ModelConfig, _read_yaml, check_run_config_sections, load_yaml_text
+from longrange.train.resume_checks import finished_message
 from longrange.train.run_folder import RUN_CONFIG
 from longrange.train.trainer import (
     RESUMABLE_KEYS,
@@ -144,6 +145,9 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and args.init_from is not None:
         raise ConfigError("--init-from starts a new run from other weights; --resume continues this run's: pick one")
     model_cfg, train_cfg, data = configs_from_args(args)
+    if args.resume and not args.overwrite and (done := finished_message(args.out, train_cfg.steps)):
+        print(f"longrange train: {done}")  # nothing trained, nothing appended to the run
+        return 0
     try:
         out = train(
             model_cfg,

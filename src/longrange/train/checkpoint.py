@@ -34,6 +34,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from longrange.model.io import CONFIG, WEIGHTS, CheckpointError, checkpoint_dir, load_weights, save
+from longrange.train.run_folder import remove_run_path
 
 TRAINER_STATE = "trainer.pt"
 TRAIN_CONFIG = "train.yaml"
@@ -41,6 +42,8 @@ META = "meta.json"
 LATEST = "checkpoint"
 BEST = "checkpoint-best"
 _OLDER = "checkpoint-step-"
+# what every trainer shard holds (rank 0's also the optimiser state); `Trainer.save` writes these
+TRAINER_KEYS = ("step", "stream", "rng_cpu", "rng_cuda", "model_state")
 
 
 def shard_name(rank: int) -> str:
@@ -102,11 +105,11 @@ def write_checkpoint(
     final, tmp = out_dir / name, out_dir / f"{name}.tmp"
     try:
         if rank == 0:
-            shutil.rmtree(tmp, ignore_errors=True)
+            remove_run_path(tmp)  # a leftover, or a link planted there: removed itself, never followed
+            tmp.mkdir()  # a new folder of our own (fails if something took the name meanwhile)
             if weights is None:
                 save(model, tmp)
             else:
-                tmp.mkdir(parents=True)
                 model.config.to_file(tmp / CONFIG)
                 save_file(_untied(weights), str(tmp / WEIGHTS))
             (tmp / TRAIN_CONFIG).write_text(yaml.safe_dump(train_config, sort_keys=False))
@@ -132,7 +135,7 @@ def _swap_in(out_dir: Path, tmp: Path, final: Path, keep: int) -> None:
             os.replace(final, out_dir / f"{_OLDER}{int(step):08d}")
         else:
             old = out_dir / f"{final.name}.old"
-            shutil.rmtree(old, ignore_errors=True)
+            remove_run_path(old)
             os.replace(final, old)
         _fault_point("checkpoint-swap")
     os.replace(tmp, final)
@@ -196,7 +199,7 @@ def read_checkpoint(path: Path, model, rank: int = 0, world_size: int = 1) -> di
     if not shard.is_file():
         raise CheckpointError(f"{str(path)!r} lacks {shard.name} (the trainer state of rank {rank})")
     try:
-        return torch.load(shard, weights_only=True, map_location="cpu")
+        state = torch.load(shard, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as err:
         raise CheckpointError(
             f"refusing {str(shard)!r}: it holds objects other than tensors and plain data "
@@ -204,3 +207,11 @@ def read_checkpoint(path: Path, model, rank: int = 0, world_size: int = 1) -> di
         ) from err
     except (RuntimeError, EOFError, OSError) as err:
         raise CheckpointError(f"cannot read {str(shard)!r} (truncated or corrupt?): {err}") from err
+    required = TRAINER_KEYS + (("optimizer",) if rank == 0 else ())
+    lacking = [key for key in required if key not in state] if isinstance(state, dict) else list(required)
+    if lacking:
+        raise CheckpointError(
+            f"{str(shard)!r} is not a whole trainer state (it lacks {', '.join(lacking)}), so the run cannot "
+            f"continue exactly; the weights beside it are kept: start a new run from them with --init-from {path}"
+        )
+    return state

@@ -40,15 +40,16 @@ from longrange.train.checkpoint import BEST, LATEST, find_checkpoint, read_check
 from longrange.train.distributed import DistInfo, init_distributed, shutdown_distributed
 from longrange.train.loggers import wandb_logger
 from longrange.train.optim import build_optimizer, lr_at
+from longrange.train.resume_checks import check_resumable, check_resumed_inputs, finished_message
 from longrange.train.run_folder import (
     METRICS,
     RUN_CONFIG,
-    RunFolderError,
     RunLock,
     append_line,
     prepare_run_folder,
     record_invocation,
     truncate_metrics,
+    write_run_file,
 )
 from longrange.train.runtime import autocast, configure_device, maybe_compile, resolve_device
 from longrange.train.sharding import (
@@ -176,6 +177,13 @@ RECIPES: dict[str, dict[str, Any]] = {
 
 def _unknown_recipe(name: str) -> dict:
     raise ConfigError(f"unknown train recipe {name!r}; choose one of {sorted(RECIPES)}")
+
+
+def _with_recipe(data: dict[str, Any]) -> dict[str, Any]:
+    """`data` with its recipe's settings in place of the name (its own settings win): what it asks for."""
+    recipe = data.get("recipe")
+    base = {} if recipe is None else RECIPES[recipe] if recipe in RECIPES else _unknown_recipe(recipe)
+    return {**base, **{key: value for key, value in data.items() if key != "recipe"}}
 
 
 # ----------------------------------------------------------------------------- state (de)serialisation
@@ -554,8 +562,8 @@ def check_resume_settings(out_dir: str | Path, model_cfg: ModelConfig | None, tr
     saved_model, saved_train, saved_data = read_run(out_dir)
     changed = [
         f"{key}={value!r} (the run has {getattr(saved_train, key)!r})"
-        for key, value in train_data.items()
-        if key not in RESUMABLE_KEYS and key != "recipe" and value != getattr(saved_train, key)
+        for key, value in _with_recipe(train_data).items()
+        if key not in RESUMABLE_KEYS and value != getattr(saved_train, key)
     ]
     if model_cfg is not None and model_cfg.to_dict() != saved_model.to_dict():
         old, new = saved_model.to_dict(), model_cfg.to_dict()
@@ -580,12 +588,12 @@ def write_run_config(
     init_from: str | Path | None = None,
 ) -> None:
     """What `--resume` and `eval` read: the model config, the training config + corpus spec, the corpus manifest."""
-    model_cfg.to_file(out_dir / "config.yaml")
+    write_run_file(out_dir / "config.yaml", yaml.safe_dump(model_cfg.to_dict(), sort_keys=False))
     run_config = {"train": train_cfg.to_dict(), "data": data}
     if init_from is not None:
         run_config["init_from"] = str(init_from)
-    (out_dir / RUN_CONFIG).write_text(yaml.safe_dump(run_config, sort_keys=False))
-    (out_dir / "corpus.json").write_text(json.dumps({"spec": data or "stdlib", **manifest}, indent=1))
+    write_run_file(out_dir / RUN_CONFIG, yaml.safe_dump(run_config, sort_keys=False))
+    write_run_file(out_dir / "corpus.json", json.dumps({"spec": data or "stdlib", **manifest}, indent=1))
 
 
 def _init_weights(model: LongRangeLM, source: Path) -> None:
@@ -637,13 +645,10 @@ def train(
             # an existing folder is locked before it is judged, so a run in progress is named as such
             held = RunLock(out_dir) if out_dir.is_dir() else None
             try:
-                prepare_run_folder(out_dir, resume=resume, overwrite=overwrite)
+                prepare_run_folder(out_dir, resume=resume, overwrite=overwrite, init_from=init_from)
                 held = held or RunLock(out_dir)
-                if resume and find_checkpoint(out_dir) is None:
-                    raise RunFolderError(
-                        f"cannot resume {str(out_dir)!r}: it has no checkpoint yet (killed before its first one?); "
-                        "start it again with --overwrite"
-                    )
+                if resume:
+                    check_resumable(out_dir, train_cfg.steps, tokenizer)
             except BaseException:
                 if held is not None:
                     held.release()
@@ -651,8 +656,14 @@ def train(
             return held
 
         lock = dist_info.agree(claim_folder)
+        if resume and (done := finished_message(out_dir, train_cfg.steps)):  # nothing to train, nothing appended
+            log.info("%s", done)
+            clean = True
+            return out_dir
         corpus = dist_info.agree(lambda: run_corpus(data, tokenizer, out_dir, resume), main_only=False)
         model_cfg = corpus.model_config(model_cfg)  # a subword tokenizer's vocabulary size
+        if resume:  # the corpus and the model config the run was trained with
+            dist_info.agree(lambda: check_resumed_inputs(out_dir, model_cfg, corpus), main_only=False)
         torch.manual_seed(train_cfg.seed)
         with torch.device("cpu"):  # the seed gives the same initial weights whatever the run's or default device
             model = build_model(model_cfg.with_run_files(out_dir))  # e.g. a disk-backed kNN memory
