@@ -20,6 +20,7 @@ from longrange.commands import (
     analyze,
     bench,
     compare,
+    compressive_attention,
     convert,
     data,
     demo,
@@ -39,7 +40,8 @@ COMMANDS: dict[str, ModuleType] = {
     "presets": presets,
     "bench": bench,
     "repro": repro,
-    "analyze": analyze,
+    "compressive-attention": compressive_attention,
+    "analyze": analyze,  # the former name of compressive-attention (`analyze attention RUN`)
     "inspect-memory": inspect_memory,
     "data": data,
     "compare": compare,

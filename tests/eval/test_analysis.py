@@ -2,13 +2,14 @@
 
 import json
 
+import pytest
 import torch
 
 import longrange as lr
 from longrange.cli import main
 from longrange.commands.inspect_memory import inspect
 from longrange.eval import evaluate
-from longrange.eval.attention_analysis import attention_by_region
+from longrange.eval.compressive_attention import attention_by_region
 
 
 def test_evaluate_counts_every_target_byte_once_and_buckets_by_position():
@@ -31,14 +32,15 @@ def test_attention_analysis_reports_three_regions_per_layer():
         assert layer["compressed"][-1] > 0  # the compressed memory is attended
 
 
-def test_analyze_command_writes_json_and_plot(tmp_path):
+@pytest.mark.parametrize("command", [["compressive-attention"], ["analyze", "attention"]])  # the former name too
+def test_compressive_attention_command_writes_json_and_plot(tmp_path, command):
     run = tmp_path / "run"
     lr.save(lr.build_model(lr.ModelConfig.from_name("compressive-tiny", segment_len=16)), run)
     docs = tmp_path / "docs"
     docs.mkdir()
     for i in range(4):
         (docs / f"{i}.txt").write_text("some text about memory " * 40)
-    assert main(["analyze", "attention", str(run), "--data", str(docs), "--docs", "2"]) == 0
+    assert main([*command, str(run), "--data", str(docs), "--docs", "2"]) == 0
     assert json.loads((run / "attention.json").read_text())["layers"]
     assert (run / "attention.png").stat().st_size > 0
 
