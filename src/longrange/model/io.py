@@ -5,13 +5,15 @@ runs code. A directory may be a run directory (we then use its ``checkpoint/``) 
 
 `load` checks the file's tensor shapes (read from the safetensors header, no tensor data) against a
 model built on the meta device before it allocates anything, so a hostile or mistaken ``config.yaml``
-(``vocab_size: 100000000``) is refused in milliseconds instead of allocating gigabytes; and it refuses
-weights that are not finite (a diverged run), which would only ever produce NaN.
+(``vocab_size: 100000000``) is refused in milliseconds instead of allocating gigabytes; shapes that agree with
+such a config are refused when the model and the file's tensors together need more than the machine's memory
+(`check_memory`); and it refuses weights that are not finite (a diverged run), which would only ever produce NaN.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -87,12 +89,44 @@ def check_shapes(cfg: ModelConfig, path: str | Path) -> None:
     """
     shapes = read_shapes(path)
     with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in build_model(cfg).state_dict().items()}
+        meta_model = build_model(cfg)
+    expected = {k: tuple(v.shape) for k, v in meta_model.state_dict().items()}
     wrong = [(k, shapes[k], expected[k]) for k in shapes if k in expected and shapes[k] != expected[k]]
     if wrong:
         raise CheckpointError(
             f"weights {str(_weights_file(path))!r} do not fit {CONFIG} (name, file shape, config shape): "
             f"{wrong[:3]}; was the config edited or saved from a different model?"
+        )
+    check_memory(meta_model, path)
+
+
+def memory_bytes() -> int | None:
+    """This machine's physical memory in bytes; None where the system does not tell."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(meta_model: LongRangeLM, path: str | Path) -> None:
+    """Refuse (CheckpointError) weights whose loading would allocate more than this machine's memory: the model
+    `meta_model` describes (built on the meta device: sizes, no memory) plus the tensors read from the file.
+
+    Shapes that agree with an edited ``config.yaml`` pass `check_shapes`, and a sparse file claims any size at no
+    cost on disk; without this check such a pair allocates until the system kills the process."""
+    limit = memory_bytes()
+    if limit is None:
+        return
+    tensors = {id(t): t for t in (*meta_model.parameters(), *meta_model.buffers())}  # tied weights once
+    model = sum(t.numel() * t.element_size() for t in tensors.values())
+    file = _weights_file(path)
+    stored = file.stat().st_size
+    if model + stored > limit:
+        gib = 2**30
+        raise CheckpointError(
+            f"loading {str(file)!r} would allocate {(model + stored) / gib:.1f} GiB (the model {model / gib:.1f} GiB, "
+            f"the file's tensors {stored / gib:.1f} GiB), more than this machine's {limit / gib:.1f} GiB of memory; "
+            f"was {CONFIG} edited, or is the file not this model's?"
         )
 
 
