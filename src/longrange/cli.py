@@ -24,6 +24,7 @@ from longrange.commands import (
     convert,
     data,
     demo,
+    export,
     generate,
     inspect_memory,
     presets,
@@ -46,6 +47,7 @@ COMMANDS: dict[str, ModuleType] = {
     "data": data,
     "compare": compare,
     "convert": convert,
+    "export": export,
 }
 
 

@@ -8,10 +8,15 @@ model built on the meta device before it allocates anything, so a hostile or mis
 (``vocab_size: 100000000``) is refused in milliseconds instead of allocating gigabytes; shapes that agree with
 such a config are refused when the model and the file's tensors together need more than the machine's memory
 (`check_memory`); and it refuses weights that are not finite (a diverged run), which would only ever produce NaN.
+
+A folder written by `longrange export hf` (or by transformers' ``save_pretrained`` of a `longrange.hf` model) is
+read too: its ``config.json`` holds the ModelConfig under the key ``longrange`` and its weights carry the same
+names, so this module reads it with the standard library, without importing transformers.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -21,7 +26,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_model
 
-from longrange.config import ModelConfig
+from longrange.config import MAX_CONFIG_BYTES, ConfigError, ModelConfig
 from longrange.model.build import build_model
 from longrange.model.lm import LongRangeLM
 
@@ -29,6 +34,9 @@ log = logging.getLogger(__name__)
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.yaml"
+HF_CONFIG = "config.json"  # a Hugging Face export (`longrange.hf`): the ModelConfig inside, under HF_CONFIG_KEY
+HF_MODEL_TYPE = "longrange"
+HF_CONFIG_KEY = "longrange"
 
 
 class CheckpointError(ValueError):
@@ -45,12 +53,15 @@ def checkpoint_dir(path: str | Path) -> Path:
     path = Path(path)
     older = sorted(path.glob("checkpoint-step-*"), reverse=True) if path.is_dir() else []
     for candidate in (path, path / "checkpoint", path / "checkpoint.old", *older):
-        if (candidate / WEIGHTS).is_file() and (candidate / CONFIG).is_file():
+        if (candidate / WEIGHTS).is_file() and ((candidate / CONFIG).is_file() or (candidate / HF_CONFIG).is_file()):
             if candidate.name != "checkpoint" and candidate != path and candidate not in _FALLBACKS_SAID:
                 _FALLBACKS_SAID.add(candidate)  # once, though a load asks for the folder several times
                 log.warning("%s has no checkpoint/ (killed while writing one?): reading %s", path, candidate.name)
             return candidate
-    raise CheckpointError(f"{str(path)!r} holds no checkpoint ({WEIGHTS} + {CONFIG}); train one first")
+    raise CheckpointError(
+        f"{str(path)!r} holds no checkpoint ({WEIGHTS} + {CONFIG}, or a Hugging Face export's {HF_CONFIG}); "
+        "train one first"
+    )
 
 
 def save(model: LongRangeLM, path: str | Path) -> Path:
@@ -63,7 +74,36 @@ def save(model: LongRangeLM, path: str | Path) -> Path:
 
 
 def load_config(path: str | Path) -> ModelConfig:
-    return ModelConfig.from_file(checkpoint_dir(path) / CONFIG)
+    folder = checkpoint_dir(path)
+    if (folder / CONFIG).is_file():
+        return ModelConfig.from_file(folder / CONFIG)
+    return read_hf_config(folder / HF_CONFIG)
+
+
+def read_hf_config(file: Path) -> ModelConfig:
+    """The ModelConfig in a Hugging Face export's ``config.json`` (ConfigError, one line, for any other file)."""
+    try:
+        with open(file, "rb") as f:
+            text = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as err:
+        raise ConfigError(f"cannot read {str(file)!r}: {err}") from err
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{str(file)!r} is larger than {MAX_CONFIG_BYTES} bytes; a config is a few hundred")
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as err:  # RecursionError: a hostile [[[[...]]]]
+        raise ConfigError(f"{str(file)!r} is not valid JSON: {err}") from err
+    if (
+        not isinstance(data, dict)
+        or data.get("model_type") != HF_MODEL_TYPE
+        or not isinstance(data.get(HF_CONFIG_KEY), dict)
+    ):
+        kind = data.get("model_type") if isinstance(data, dict) else None
+        raise ConfigError(
+            f"{str(file)!r} is not a longrange model's config (model_type {kind!r}, expected {HF_MODEL_TYPE!r} "
+            f"with a {HF_CONFIG_KEY!r} mapping); a Hugging Face Reformer converts with `longrange convert hf-reformer`"
+        )
+    return ModelConfig.from_dict(data[HF_CONFIG_KEY])
 
 
 def _weights_file(path: str | Path) -> Path:
