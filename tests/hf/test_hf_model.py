@@ -276,3 +276,15 @@ def corpus_dir(tmp_path):
     for i in range(8):
         (root / f"d{i}.txt").write_bytes(f"document {i}: the quick brown fox\n".encode() * 20)
     return str(root)
+
+
+def test_a_subword_runs_tokenizer_travels_with_the_export(tmp_path):
+    pytest.importorskip("tokenizers")
+    from longrange.data.tokenizers import BPETokenizer, load_run_tokenizer, save_run_tokenizer
+
+    tokenizer = BPETokenizer.train([b"the quick brown fox jumps over the lazy dog " * 20], 300)
+    lr.save(random_model(lr.ModelConfig.from_name("transformer-tiny", vocab_size=300)), tmp_path / "run")
+    save_run_tokenizer(tmp_path / "run", tokenizer)
+    out = export_hf(tmp_path / "run", tmp_path / "hf")
+    assert load_run_tokenizer(out).identity == tokenizer.identity
+    assert transformers.AutoConfig.from_pretrained(out).vocab_size == 300

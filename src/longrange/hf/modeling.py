@@ -19,9 +19,12 @@ A call has one of two meanings, as longrange's own programs do:
   recomputes over its last ``segment_len`` tokens, which the cache keeps instead; its call returns the logits of
   the last ``min(new tokens, segment_len)`` positions only. Streaming runs without gradients.
 
-The cache travels under the name this transformers version gives it (``cache`` from 5.x, ``past_key_values`` in
-4.x; `CACHE_NAME`), through the model's own `prepare_inputs_for_generation`, so transformers never builds a
-`DynamicCache` for it. What `generate` cannot do with it, and why:
+The cache travels under the name this transformers version gives it (``cache`` in 5.24, ``past_key_values`` in
+4.x: `CACHE_NAME`, read from the fields of transformers' own output class), through the model's own
+`prepare_inputs_for_generation`, so transformers never builds a `DynamicCache` for it. Checked on transformers
+4.40, 4.57 and 5.24. Greedy decoding gives `longrange.generate`'s tokens exactly; sampling works, but draws from
+torch's global generator through transformers' logits processors, so its tokens differ from those of
+`longrange generate --seed` (a private generator). What `generate` cannot do with the cache, and why:
 
 - beam search and assisted/speculative decoding: they roll back or reorder the cache per step, and the kNN store
   is an external FIFO with no copy per beam (refused with a ValueError; greedy and sampling work);
@@ -49,7 +52,7 @@ from longrange.memory.state import ModelState
 from longrange.model.build import build_model
 from longrange.model.lm import IGNORE_INDEX, LongRangeLM
 
-# the output field (and generate's keyword) that holds the cache: renamed `cache` in transformers 5
+# the output field (and generate's keyword) that holds the cache: `past_key_values` in 4.x, `cache` in recent 5.x
 CACHE_NAME = "cache" if "cache" in {f.name for f in dataclasses.fields(CausalLMOutputWithPast)} else "past_key_values"
 _TRANSFORMERS_MAJOR = int(transformers.__version__.split(".")[0])
 # keyword arguments transformers or its users pass that carry nothing for this model
