@@ -95,9 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as err:  # ConfigError, CheckpointError, bad data, unreadable files: one clear line
         print(f"longrange {args.command}: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # Ctrl-C outside a training loop (start-up, eval, generate): nothing half-written
-        print(f"\nlongrange {args.command}: interrupted", file=sys.stderr)
-        return 128 + signal.SIGINT
+    except KeyboardInterrupt as stop:  # Ctrl-C outside a training loop (start-up, eval, generate), a stopped compare
+        print(f"\nlongrange {args.command}: {str(stop) or 'interrupted'}", file=sys.stderr)
+        return getattr(stop, "exit_code", 128 + signal.SIGINT)
 
 
 def check_encodable(args: argparse.Namespace) -> None:

@@ -29,7 +29,9 @@ Fairness (a batch layout that differs per system would confound the layout with 
 
 Resumable: a run is finished when ``runs/<system>/seed-<k>/done`` exists (written after its evaluation
 JSON), a system when ``runs/<system>/done`` exists (all its seeds); an unfinished run is continued from its
-last checkpoint (``train(..., resume=True)``), one killed before its first checkpoint is started again.
+last checkpoint (``train(..., resume=True)``), one killed before its first checkpoint is started again. Runs are
+reused only under the settings they were trained with (``compare.json``; `check_earlier_settings`). A SIGTERM
+stops the run training in its own process first (`_run_in_child`), so it leaves no process behind.
 Systems whose attention kinds are not in `longrange.attention.REGISTRY` are skipped with a note.
 """
 
@@ -37,9 +39,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import resource
 import shutil
+import signal
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -328,9 +333,100 @@ def _ablations(cc: CompareConfig, run_dir: Path, cfg: ModelConfig, docs: list[by
 
 
 def _child(cc_dict: dict, system: str, row_tokens: int, run_dir: str, seed: int) -> None:
+    from longrange.train.trainer import TrainingInterrupted
+
     cc = CompareConfig(**cc_dict)
     cfgs, _, _ = plan(CompareConfig(**{**cc_dict, "systems": [system], "row_tokens": row_tokens}))
-    run_system(cc, system, cfgs[system], row_tokens, Path(run_dir), seed)
+    try:
+        run_system(cc, system, cfgs[system], row_tokens, Path(run_dir), seed)
+    except TrainingInterrupted as stop:  # its checkpoint is written: the comparison continues from it when rerun
+        log.warning("%s seed %d: %s", system, seed, stop)
+        sys.exit(stop.exit_code)
+
+
+class CompareInterrupted(KeyboardInterrupt):
+    """SIGINT / SIGTERM while a run trained in its own process: that process was stopped first (its trainer writes
+    a checkpoint), so rerunning the comparison continues it. `exit_code` follows the shell's 128 + signal."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        super().__init__(f"interrupted by {signal.Signals(signum).name}; rerun the same command to continue")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+def _run_in_child(target, args: tuple) -> int:
+    """Run ``target(*args)`` in a spawned process and return its exit code.
+
+    A SIGTERM sent to this process is passed on to the child (whose trainer finishes its step, writes a checkpoint
+    and exits) and this process waits for it, then raises `CompareInterrupted`: killing the comparison never leaves
+    its training child running. SIGINT is not passed on: Ctrl-C reaches the whole foreground process group, so the
+    child has it already (a second one would make its trainer abort without a checkpoint); this process waits for
+    the child likewise. Whatever else stops the wait, the child is terminated, not left behind."""
+    import multiprocessing
+
+    proc = multiprocessing.get_context("spawn").Process(target=target, args=args)
+    received: list[int] = []
+
+    def on_signal(signum: int, frame: Any) -> None:
+        received.append(signum)
+        if signum == signal.SIGTERM and proc.pid is not None and proc.exitcode is None:
+            os.kill(proc.pid, signum)
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {signum: signal.signal(signum, on_signal) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        proc.start()
+        if signal.SIGTERM in received:  # arrived before the child had a pid
+            os.kill(proc.pid, signal.SIGTERM)
+        proc.join()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if proc.pid is not None and proc.is_alive():
+            proc.terminate()
+            proc.join(30)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+    if received:
+        raise CompareInterrupted(received[0])
+    return proc.exitcode
+
+
+# settings that leave a finished run's result as it is: which systems and how many seeds run (each run, one system
+# and one seed, is trained and scored on its own), the report's size tolerance, the command line recorded verbatim
+REPORT_ONLY_KEYS = ("systems", "seeds", "param_tolerance", "command")
+
+
+def check_earlier_settings(out: Path, record: dict) -> None:
+    """Refuse (ValueError) to reuse the runs in `out` when the comparison that trained them (its ``compare.json``)
+    had other settings than `record`: their results would be reported under settings they were not trained with.
+    Settings in `REPORT_ONLY_KEYS` may differ; a key one of the two records lacks (an older version's) is not
+    compared."""
+    earlier_file, runs = out / "compare.json", out / "runs"
+    if not earlier_file.is_file() or not (runs.is_dir() and any(runs.iterdir())):
+        return
+    try:
+        earlier = json.loads(earlier_file.read_bytes())
+    except (ValueError, RecursionError) as err:
+        raise ValueError(f"{str(earlier_file)!r} is not valid JSON ({err}); was it cut short or edited?") from err
+    if not isinstance(earlier, dict):
+        raise ValueError(f"{str(earlier_file)!r} is not a comparison's record (a JSON object)")
+    now = json.loads(json.dumps(record))  # as it is recorded: tuples as lists
+    changed = [
+        f"{key} {earlier[key]!r} -> {value!r}"
+        for key, value in now.items()
+        if key in earlier and key not in REPORT_ONLY_KEYS and earlier[key] != value
+    ]
+    if changed:
+        raise ValueError(
+            f"{str(out)!r} holds runs of a comparison with other settings ({'; '.join(changed)}), which would be "
+            f"reported as results of these; use another --out, or delete {str(runs)!r} to train them again"
+        )
 
 
 def compare(cc: CompareConfig, out: str | Path, *, isolate: bool = True) -> Path:
@@ -338,8 +434,6 @@ def compare(cc: CompareConfig, out: str | Path, *, isolate: bool = True) -> Path
 
     With `isolate` each run (system, seed) trains in its own (spawned) process, so peak memory is per run.
     """
-    import multiprocessing
-
     from longrange.report.html import write_html
     from longrange.report.markdown import write_report
 
@@ -347,7 +441,9 @@ def compare(cc: CompareConfig, out: str | Path, *, isolate: bool = True) -> Path
     out.mkdir(parents=True, exist_ok=True)
     cfgs, skipped, row_tokens = plan(cc)
     layout = {"rows": cc.rows, "row_tokens": row_tokens, "tokens_per_step": cc.rows * row_tokens}
-    (out / "compare.json").write_text(json.dumps({**asdict(cc), **layout}, indent=1))
+    record = {**asdict(cc), **layout}
+    check_earlier_settings(out, record)
+    (out / "compare.json").write_text(json.dumps(record, indent=1))
     results = {}
     for system, cfg in cfgs.items():
         runs = []
@@ -362,13 +458,9 @@ def compare(cc: CompareConfig, out: str | Path, *, isolate: bool = True) -> Path
                 )
                 run_dir.mkdir(parents=True, exist_ok=True)
                 if isolate:
-                    proc = multiprocessing.get_context("spawn").Process(
-                        target=_child, args=(asdict(cc), system, row_tokens, str(run_dir), seed)
-                    )
-                    proc.start()
-                    proc.join()
-                    if proc.exitcode != 0:
-                        skipped[system] = f"seed {seed} failed with exit code {proc.exitcode} (see the log above)"
+                    code = _run_in_child(_child, (asdict(cc), system, row_tokens, str(run_dir), seed))
+                    if code != 0:
+                        skipped[system] = f"seed {seed} failed with exit code {code} (see the log above)"
                         break
                 else:
                     run_system(cc, system, cfg, row_tokens, run_dir, seed)
