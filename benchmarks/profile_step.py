@@ -12,7 +12,7 @@ from dataclasses import replace
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from longrange.bench.peers import SYSTEMS, Layout, _our_step, _peer_step, peer_available
+from longrange.bench.peers import SYSTEMS, Layout, our_step, peer_available, peer_step
 
 
 def main() -> None:
@@ -35,9 +35,9 @@ def main() -> None:
                 continue
             torch.manual_seed(0)
             step = (
-                _peer_step(system, layout, args.length)
+                peer_step(system, layout, args.length)
                 if side == "peer"
-                else _our_step(system, layout, args.length, False)
+                else our_step(system, layout, args.length, False)
             )
             step()  # warm-up
             with profile(activities=[ProfilerActivity.CPU]) as prof:

@@ -54,3 +54,30 @@ def test_a_point_that_fails_is_recorded_with_its_reason():
     point = {"variant": "full", "length": 64, "d_model": 30, "heads": 4, "batch": 1, "causal": True}
     row = measure_in_subprocess({**point, "repeats": 1, "device": "cpu"}, threads=1, timeout=60)
     assert row["status"].startswith("failed")
+
+
+def test_knn_bench_writes_its_table(tmp_path):
+    out = tmp_path / "knn"
+    args = ["bench", "knn", "--sizes", "256", "--backends", "exact", "--distributions", "random", "--queries", "8"]
+    assert main([*args, "--k", "4", "--dim", "8", "--steps", "0", "--threads", "1", "--out", str(out)]) == 0
+    data = json.loads((out / "knn.json").read_text())
+    assert [(r["backend"], r["size"], r["recall"]) for r in data["search"]] == [("exact", 256, 1.0)]
+    table = (out / "knn.md").read_text()
+    assert "| random | 256 | exact |" in table and "k = 4, d = 8" in table
+
+
+def test_reversible_bench_reports_the_growth_of_both_stacks(tmp_path, monkeypatch):
+    from longrange.bench import attention
+
+    # each point's peak, as a fresh process would measure it: the plain stack grows 30 MiB per layer, the other 1
+    def measured(point, threads, timeout):
+        kind, depth = point["variant"].split("-depth")
+        return {**point, "peak_mib": 100 + int(depth) * (1 if kind == "reversible" else 30), "status": "ok"}
+
+    monkeypatch.setattr(attention, "measure_in_subprocess", measured)
+    out = tmp_path / "reversible"
+    args = ["bench", "reversible", "--length", "64", "--d-model", "32", "--heads", "2", "--threads", "1"]
+    assert main([*args, "--out", str(out)]) == 0
+    data = json.loads((out / "reversible.json").read_text())
+    assert [r["variant"] for r in data["rows"]] == [f"{k}-depth{d}" for k in ("reversible", "plain") for d in (2, 4, 8)]
+    assert data["growth"] == {"reversible": 6, "plain": 180, "ratio": 6 / 180}

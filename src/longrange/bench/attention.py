@@ -4,7 +4,7 @@ Each (variant, length) point runs in a fresh subprocess, so its peak memory is i
 the growth of the process's peak resident set (``ru_maxrss``) over the level measured just before
 the input is created; on CUDA ``torch.cuda.max_memory_allocated``. Time is the median of
 `repeats` forward+backward passes after one warm-up. Ratios are against ``full`` at the same
-length, measured in the same run.
+length, measured in the same run (`sweep`). `reversible_growth` measures reversible against plain stacks.
 """
 
 from __future__ import annotations
@@ -16,9 +16,11 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 import torch
 
+from longrange.bench.report import BASELINE, add_ratios
 from longrange.bench.variants import VARIANTS
 
 
@@ -60,6 +62,81 @@ def measure_in_subprocess(point: dict, threads: int, timeout: float) -> dict:
         reason = "out of memory" if done.returncode in (-9, 137) else done.stderr.strip().splitlines()[-1:]
         return {**point, "status": f"failed: {reason}"}
     return {**point, **json.loads(done.stdout.strip().splitlines()[-1]), "status": "ok"}
+
+
+def sweep(
+    variants: list[str],
+    lengths: list[int],
+    *,
+    d_model: int,
+    heads: int,
+    batch: int,
+    causal: bool,
+    repeats: int,
+    device: str,
+    threads: int,
+    timeout: float,
+    baseline_max_length: int,
+    on_row: Callable[[dict], None] | None = None,
+) -> list[dict]:
+    """Every (variant, length) point in a fresh process, the baseline (full attention) included up to
+    `baseline_max_length` (quadratic time); rows with ratios against the baseline. `on_row` sees each row as it
+    is measured."""
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown variant {unknown[0]!r}; choose from {sorted(VARIANTS)}")
+    variants = variants if BASELINE in variants else [BASELINE, *variants]
+    rows = []
+    for length in lengths:
+        for variant in variants:
+            if variant == BASELINE and length > baseline_max_length:
+                continue
+            point = {
+                "variant": variant,
+                "length": length,
+                "d_model": d_model,
+                "heads": heads,
+                "batch": batch,
+                "causal": causal,
+                "repeats": repeats,
+                "device": device,
+            }
+            rows.append(measure_in_subprocess(point, threads, timeout))
+            if on_row is not None:
+                on_row(rows[-1])
+    add_ratios(rows)
+    return rows
+
+
+def reversible_growth(
+    length: int, d_model: int, heads: int, threads: int, timeout: float, on_row: Callable[[dict], None] | None = None
+) -> tuple[list[dict], dict]:
+    """Peak memory of reversible and plain Reformer stacks at depth 2, 4 and 8 (a fresh process per point), and
+    each one's growth from depth 2 to 8 with their ratio (the reversible stack should barely grow)."""
+    rows = []
+    for kind in ("reversible", "plain"):
+        for depth in (2, 4, 8):
+            point = {
+                "variant": f"{kind}-depth{depth}",
+                "length": length,
+                "d_model": d_model,
+                "heads": heads,
+                "batch": 1,
+                "causal": True,
+                "repeats": 1,
+                "device": "cpu",
+            }
+            rows.append(measure_in_subprocess(point, threads, timeout))
+            if on_row is not None:
+                on_row(rows[-1])
+    growth = {}
+    for kind in ("reversible", "plain"):
+        peaks = {r["variant"]: r.get("peak_mib") for r in rows if r["variant"].startswith(kind)}
+        if peaks.get(f"{kind}-depth2") is not None and peaks.get(f"{kind}-depth8") is not None:
+            growth[kind] = peaks[f"{kind}-depth8"] - peaks[f"{kind}-depth2"]
+    if len(growth) == 2:
+        growth["ratio"] = growth["reversible"] / max(growth["plain"], 1e-9)
+    return rows, growth
 
 
 def main() -> None:  # the subprocess side

@@ -25,6 +25,17 @@ DISTRIBUTIONS = ("clustered", "random")
 N_CENTRES, SPREAD = 1024, 0.75
 
 
+def available_backends(backends: list[str], threads: int) -> list[str]:
+    """`backends` less the faiss ones when faiss is not installed; sets torch's and faiss's thread counts alike."""
+    torch.set_num_threads(threads)
+    try:
+        import faiss
+    except ImportError:
+        return [b for b in backends if not b.startswith("faiss")]
+    faiss.omp_set_num_threads(threads)  # the same thread count for torch and faiss
+    return list(backends)
+
+
 def make_keys(distribution: str, n: int, dim: int, seed: int) -> torch.Tensor:
     """(n, dim) unit vectors from `distribution` (see the module docstring)."""
     g = torch.Generator().manual_seed(seed)

@@ -27,7 +27,8 @@ keeps freed tensor memory, see `tune_cpu_allocator`; ``LONGRANGE_MALLOC_TUNING=0
 as installed.
 
 The MFU column is `model_flops_per_token` of our config (the same layout) x tokens/s over the fp32 matmul
-ceiling measured by the parent process at the start of the run.
+ceiling measured by the parent process at the start of the run. `compare_with_peers` runs the whole comparison;
+`longrange.bench.report.peers_table` writes its table.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -95,7 +97,7 @@ def our_config(system: str, layout: Layout, length: int):
     raise ValueError(f"system={system!r} is not one of {list(SYSTEMS)}")
 
 
-def _our_step(system: str, layout: Layout, length: int, carry: bool, full_memory: bool = False):
+def our_step(system: str, layout: Layout, length: int, carry: bool, full_memory: bool = False):
     """A closure doing one training step of our model on random tokens (L + 1 of them: inputs and targets).
 
     ``carry``: memories carried from step to step; ``full_memory``: carried, and every kNN store filled to its M
@@ -128,7 +130,7 @@ def _our_step(system: str, layout: Layout, length: int, carry: bool, full_memory
     return step
 
 
-def _peer_step(system: str, layout: Layout, length: int):
+def peer_step(system: str, layout: Layout, length: int):
     """A closure doing one training step of the peer library, configured as its README shows."""
     tokens = torch.randint(1, layout.vocab, (1, length + 1))
     seg = min(layout.segment, length)
@@ -240,11 +242,11 @@ def run_point(point: dict) -> dict:
     torch.manual_seed(0)
     layout = Layout(**point["layout"])
     if point["side"] == "peer":
-        step = _peer_step(point["system"], layout, point["length"])
+        step = peer_step(point["system"], layout, point["length"])
     else:  # with the settings `longrange train` applies on the CPU (the allocator tuning; LONGRANGE_MALLOC_TUNING=0)
         configure_device(torch.device("cpu"))
         carry, full = point.get("carry", False), point.get("full_memory", False)
-        step = _our_step(point["system"], layout, point["length"], carry, full)
+        step = our_step(point["system"], layout, point["length"], carry, full)
     for _ in range(point["warmup"]):
         step()
     times = []
@@ -275,6 +277,86 @@ def peer_available(system: str) -> bool:
     import importlib.util
 
     return importlib.util.find_spec(PEER_PACKAGES[system]) is not None
+
+
+def compare_with_peers(
+    systems: list[str],
+    lengths: list[int],
+    layout: Layout,
+    *,
+    threads: int,
+    steps: int,
+    warmup: int,
+    repeats: int,
+    ours_only: bool,
+    timeout: float,
+    on_point: Callable[[dict, dict], None] | None = None,
+) -> tuple[list[dict], list[dict], dict]:
+    """(the table's rows, the best measured point of each (system, length, side, memory), meta).
+
+    Points are interleaved: each repeat runs every system and length, ours and the peer, the order of the sides
+    reversed every other repeat; each point keeps its fastest round. `on_point(point, row)` sees each
+    measurement as it is made.
+    """
+    from longrange.bench.mfu import matmul_ceiling, mfu, model_flops_per_token
+    from longrange.bench.report import machine_meta
+
+    unknown = [s for s in systems if s not in SYSTEMS]
+    if unknown:
+        raise ValueError(f"--systems: unknown system {unknown[0]!r}; choose from {list(SYSTEMS)}")
+    points = []
+    for repeat in range(repeats):
+        for system in systems:
+            with_peer = not ours_only and peer_available(system)
+            for length in lengths:
+                runs = [("ours", False)] + ([("peer", False)] if with_peer else [])
+                if system == "memorizing":  # memory carried across steps, as our trainer runs: as it grows
+                    runs += [("ours", True), ("ours", "full")]  # over the timed steps, and full (M entries)
+                for side, carry in runs if repeat % 2 == 0 else runs[::-1]:
+                    point = {"system": system, "length": length, "side": side, "carry": bool(carry)}
+                    points.append({**point, "full_memory": carry == "full"})
+    meta = machine_meta(threads)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout
+    meta["commit"] = commit.strip() or "unknown"
+    meta["layout"] = vars(layout)
+    best: dict[tuple, dict] = {}
+    for point in points:
+        full = {**point, "threads": threads, "steps": steps, "warmup": warmup, "layout": vars(layout)}
+        row = measure_in_subprocess(full, timeout)
+        if on_point is not None:
+            on_point(point, row)
+        key = (point["system"], point["length"], point["side"], "full" if point["full_memory"] else point["carry"])
+        if row["status"] == "ok" and row["tokens_per_s"] > best.get(key, {}).get("tokens_per_s", 0):
+            best[key] = row
+        elif key not in best:
+            best[key] = row
+    ceilings: dict[int, float] = {}
+    rows = []
+    for system in systems:
+        for length in lengths:
+            cfg = our_config(system, layout, length)
+            if cfg.segment_len not in ceilings:
+                ceilings[cfg.segment_len] = matmul_ceiling(cfg, cfg.segment_len, threads)["gflops"]
+            flops, ceiling = model_flops_per_token(cfg), ceilings[cfg.segment_len]
+            peer = best.get((system, length, "peer", False), {})
+            for memory in (False, True, "full") if system == "memorizing" else (False,):
+                ours = best.get((system, length, "ours", memory), {})
+                ours_tps, peer_tps = ours.get("tokens_per_s"), peer.get("tokens_per_s")
+                rows.append(
+                    {
+                        "system": system + {True: " (memory carried)", "full": " (memory full)"}.get(memory, ""),
+                        "length": length,
+                        "peer_tokens_per_s": peer_tps,
+                        "ours_tokens_per_s": ours_tps,
+                        "ratio": ours_tps / peer_tps if ours_tps and peer_tps else None,
+                        "model_flops_per_token": flops,
+                        "ceiling_gflops": ceiling,
+                        "ours_mfu": mfu(flops, ours_tps, ceiling) if ours_tps else None,
+                        "peer_mfu": mfu(flops, peer_tps, ceiling) if peer_tps else None,
+                        "status": f"ours {ours.get('status', 'not run')}, peer {peer.get('status', 'not run')}",
+                    }
+                )
+    return rows, list(best.values()), meta
 
 
 if __name__ == "__main__":

@@ -1,14 +1,32 @@
-"""Benchmark result files: CSV, JSON, a printed table with ratios, and a log-log plot."""
+"""Benchmark results as files and tables: the attention sweep (CSV, JSON, a Markdown table with ratios, a
+log-log plot), the kNN search and the peer comparison tables, and the machine a run was measured on."""
 
 from __future__ import annotations
 
 import csv
 import json
 import math
+import os
+import platform
 from pathlib import Path
 
+import torch
 
-def add_ratios(rows: list[dict], baseline: str = "full", key: str = "variant") -> None:
+BASELINE = "full"  # exact attention: the attention sweep measures every variant against it at the same length
+
+
+def machine_meta(threads: int) -> dict:
+    """What a result file records of the machine: threads, torch version, processor, cores."""
+    return {
+        "threads": threads,
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+        "cpus": os.cpu_count(),
+    }
+
+
+def add_ratios(rows: list[dict], baseline: str = BASELINE, key: str = "variant") -> None:
     """Add time_ratio / memory_ratio against the baseline variant at the same length (same run)."""
     base = {r["length"]: r for r in rows if r[key] == baseline and r.get("status") == "ok"}
     for r in rows:
@@ -90,3 +108,49 @@ def plot(rows: list[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def knn_table(rows: list[dict], overhead: list[dict], meta: dict) -> str:
+    """Markdown: kNN search time, speed-up and recall per key distribution, memory size and backend; then the
+    training-step time per memory size (`longrange.bench.knn`)."""
+    lines = [
+        f"kNN search: {meta['queries']} queries, k = {meta['k']}, d = {meta['dim']}, {meta['threads']} thread(s) "
+        f"for torch and faiss; index settings {meta['index_options']}.",
+        "",
+        "| keys | M | backend | search ms | speed-up vs exact | recall@k | build s |",
+        "|---|---:|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['distribution']} | {r['size']:,} | {r['backend']} | {r['search_s'] * 1e3:.1f} | "
+            f"{r['speedup_vs_exact']:.1f} | {r['recall']:.3f} | {r['build_s']:.1f} |"
+        )
+    if overhead:
+        lines += ["", "| memory M | train step s | vs no memory |", "|---:|---:|---:|"]
+        lines += [f"| {r['memory_size']:,} | {r['step_s']:.3f} | {r['ratio']:.2f} |" for r in overhead]
+    return "\n".join(lines) + "\n"
+
+
+def peers_table(rows: list[dict], meta: dict) -> str:
+    """Markdown: training tokens/s of ours against each peer library, their ratio and MFU (`longrange.bench.peers`)."""
+
+    def num(x, fmt="{:,.0f}"):
+        return "-" if x is None else fmt.format(x)
+
+    lay = meta["layout"]
+    lines = [
+        f"Training step (forward + backward + AdamW), batch 1, vocab {lay['vocab']}, d {lay['d_model']}, depth "
+        f"{lay['depth']}, {lay['heads']} heads, segments {lay['segment']}, M {lay['knn_memory']:,}; commit "
+        f"{meta['commit']}, torch {meta['torch']}, {meta['threads']} thread(s). MFU: our model FLOPs per token x "
+        "tokens/s over the fp32 matmul ceiling measured in this run.",
+        "",
+        "| system | L | peer tokens/s | ours tokens/s | ratio | MFU ours | MFU peer | ceiling GFLOP/s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['system']} | {r['length']:,} | {num(r['peer_tokens_per_s'])} | {num(r['ours_tokens_per_s'])} | "
+            f"{num(r['ratio'], '{:.2f}x')} | {num(r['ours_mfu'], '{:.0%}')} | {num(r['peer_mfu'], '{:.0%}')} | "
+            f"{r['ceiling_gflops']:.0f} |"
+        )
+    return "\n".join(lines) + "\n"

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 from pathlib import Path
-
-import torch
 
 from longrange.bench import attention as attention_bench
 from longrange.bench import report
+from longrange.bench.report import machine_meta
 from longrange.bench.variants import VARIANTS
 from longrange.train.runtime import add_runtime_options, resolve_device
 
@@ -47,35 +45,30 @@ def add_attention_args(p: argparse.ArgumentParser) -> None:
 
 def run_attention(args: argparse.Namespace) -> int:
     """Attention forward+backward time and peak memory vs sequence length (fresh process per point)."""
-    unknown = [v for v in args.variants if v not in VARIANTS]
-    if unknown:
-        raise ValueError(f"unknown variant {unknown[0]!r}; choose from {sorted(VARIANTS)}")
-    variants = args.variants if "full" in args.variants else ["full", *args.variants]
-    args.device = str(resolve_device(args.device))
-    rows = []
-    for length in args.lengths:
-        for variant in variants:
-            if variant == "full" and length > args.full_max_length:
-                continue
-            point = {
-                "variant": variant,
-                "length": length,
-                "d_model": args.d_model,
-                "heads": args.heads,
-                "batch": args.batch,
-                "causal": not args.bidirectional,
-                "repeats": args.repeats,
-                "device": args.device,
-            }
-            row = attention_bench.measure_in_subprocess(point, args.threads, args.timeout)
-            rows.append(row)
-            print(
-                f"{variant:>12} L={length:>6}: {row.get('time_s', float('nan')):8.3f} s "
-                f"{row.get('peak_mib', float('nan')):8.0f} MiB  {row['status']}",
-                flush=True,
-            )
-    report.add_ratios(rows)
-    report.write_results(rows, args.out, _meta(args))
+
+    def show(row: dict) -> None:
+        print(
+            f"{row['variant']:>12} L={row['length']:>6}: {row.get('time_s', float('nan')):8.3f} s "
+            f"{row.get('peak_mib', float('nan')):8.0f} MiB  {row['status']}",
+            flush=True,
+        )
+
+    device = str(resolve_device(args.device))
+    rows = attention_bench.sweep(
+        args.variants,
+        args.lengths,
+        d_model=args.d_model,
+        heads=args.heads,
+        batch=args.batch,
+        causal=not args.bidirectional,
+        repeats=args.repeats,
+        device=device,
+        threads=args.threads,
+        timeout=args.timeout,
+        baseline_max_length=args.full_max_length,
+        on_row=show,
+    )
+    report.write_results(rows, args.out, machine_meta(args.threads))
     print(report.format_table(rows))
     print(f"-> {args.out}/results.{{csv,json,md,png}}")
     return 0
@@ -102,18 +95,8 @@ def run_train(args: argparse.Namespace) -> int:
             f"{r['params']:,} params, threads={r['threads']})"
         )
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "train.json").write_text(json.dumps({"meta": _meta(args), "rows": rows}, indent=1))
+    (args.out / "train.json").write_text(json.dumps({"meta": machine_meta(args.threads), "rows": rows}, indent=1))
     return 0
-
-
-def _meta(args: argparse.Namespace) -> dict:
-    return {
-        "threads": args.threads,
-        "torch": torch.__version__,
-        "machine": platform.machine(),
-        "processor": platform.processor(),
-        "cpus": __import__("os").cpu_count(),
-    }
 
 
 def add_knn_args(p: argparse.ArgumentParser) -> None:
@@ -136,15 +119,9 @@ def add_knn_args(p: argparse.ArgumentParser) -> None:
 
 def run_knn(args: argparse.Namespace) -> int:
     """kNN search time/recall vs memory size per backend, and the training-step overhead of a kNN layer."""
-    from longrange.bench.knn import search_points, step_overhead
+    from longrange.bench.knn import available_backends, search_points, step_overhead
 
-    torch.set_num_threads(args.threads)
-    try:
-        import faiss
-
-        faiss.omp_set_num_threads(args.threads)  # same thread count for torch and faiss
-    except ImportError:
-        args.backends = [b for b in args.backends if not b.startswith("faiss")]
+    args.backends = available_backends(args.backends, args.threads)
     options = {"hnsw_m": args.hnsw_m, "ef_construction": args.ef_construction, "ef_search": args.ef_search}
     options.update({"ivf_lists": args.ivf_lists, "ivf_probe": args.ivf_probe})
     rows = []
@@ -162,30 +139,12 @@ def run_knn(args: argparse.Namespace) -> int:
     for r in overhead:
         print(f"train step, memory {r['memory_size']:>6}: {r['step_s']:.3f} s  x{r['ratio']:.2f} vs no memory")
     args.out.mkdir(parents=True, exist_ok=True)
-    meta = {**_meta(args), "index_options": options, "queries": args.queries, "k": args.k, "dim": args.dim}
+    meta = {**machine_meta(args.threads), "index_options": options, "queries": args.queries, "k": args.k}
+    meta["dim"] = args.dim
     (args.out / "knn.json").write_text(json.dumps({"meta": meta, "search": rows, "step": overhead}, indent=1))
-    (args.out / "knn.md").write_text(_knn_table(rows, overhead, meta))
+    (args.out / "knn.md").write_text(report.knn_table(rows, overhead, meta))
     print(f"-> {args.out}/knn.{{json,md}}")
     return 0
-
-
-def _knn_table(rows: list[dict], overhead: list[dict], meta: dict) -> str:
-    lines = [
-        f"kNN search: {meta['queries']} queries, k = {meta['k']}, d = {meta['dim']}, {meta['threads']} thread(s) "
-        f"for torch and faiss; index settings {meta['index_options']}.",
-        "",
-        "| keys | M | backend | search ms | speed-up vs exact | recall@k | build s |",
-        "|---|---:|---|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['distribution']} | {r['size']:,} | {r['backend']} | {r['search_s'] * 1e3:.1f} | "
-            f"{r['speedup_vs_exact']:.1f} | {r['recall']:.3f} | {r['build_s']:.1f} |"
-        )
-    if overhead:
-        lines += ["", "| memory M | train step s | vs no memory |", "|---:|---:|---:|"]
-        lines += [f"| {r['memory_size']:,} | {r['step_s']:.3f} | {r['ratio']:.2f} |" for r in overhead]
-    return "\n".join(lines) + "\n"
 
 
 def add_reversible_args(p: argparse.ArgumentParser) -> None:
@@ -197,35 +156,17 @@ def add_reversible_args(p: argparse.ArgumentParser) -> None:
 
 def run_reversible(args: argparse.Namespace) -> int:
     """Peak memory of reversible vs plain Reformer stacks at depth 2, 4, 8 (fresh process per point)."""
-    rows = []
-    for kind in ("reversible", "plain"):
-        for depth in (2, 4, 8):
-            point = {
-                "variant": f"{kind}-depth{depth}",
-                "length": args.length,
-                "d_model": args.d_model,
-                "heads": args.heads,
-                "batch": 1,
-                "causal": True,
-                "repeats": 1,
-                "device": "cpu",
-            }
-            rows.append(attention_bench.measure_in_subprocess(point, args.threads, args.timeout))
-            print(rows[-1], flush=True)
-    growth = {}
-    for kind in ("reversible", "plain"):
-        peaks = {r["variant"]: r.get("peak_mib") for r in rows if r["variant"].startswith(kind)}
-        if peaks.get(f"{kind}-depth2") is not None and peaks.get(f"{kind}-depth8") is not None:
-            growth[kind] = peaks[f"{kind}-depth8"] - peaks[f"{kind}-depth2"]
-    if len(growth) == 2:
-        growth["ratio"] = growth["reversible"] / max(growth["plain"], 1e-9)
+    rows, growth = attention_bench.reversible_growth(
+        args.length, args.d_model, args.heads, args.threads, args.timeout, on_row=lambda row: print(row, flush=True)
+    )
+    if "ratio" in growth:
         print(
             f"peak-memory growth depth 2 -> 8: reversible {growth['reversible']:.0f} MiB, plain "
             f"{growth['plain']:.0f} MiB, ratio {growth['ratio']:.2f}"
         )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "reversible.json").write_text(
-        json.dumps({"meta": _meta(args), "rows": rows, "growth": growth}, indent=1)
+        json.dumps({"meta": machine_meta(args.threads), "rows": rows, "growth": growth}, indent=1)
     )
     return 0
 
@@ -251,104 +192,36 @@ def add_peers_args(p: argparse.ArgumentParser) -> None:
 
 def run_peers(args: argparse.Namespace) -> int:
     """Training tokens/s of each system against its peer library, same layout, interleaved fresh processes."""
-    import subprocess
+    from longrange.bench.peers import Layout, compare_with_peers
 
-    from longrange.bench.mfu import matmul_ceiling, mfu, model_flops_per_token
-    from longrange.bench.peers import SYSTEMS, Layout, measure_in_subprocess, our_config, peer_available
-
-    unknown = [s for s in args.systems if s not in SYSTEMS]
-    if unknown:
-        raise ValueError(f"--systems: unknown system {unknown[0]!r}; choose from {list(SYSTEMS)}")
-    layout = Layout(args.vocab, args.d_model, args.depth, args.heads, args.segment, args.knn_memory, bucket=args.bucket)
-    points = []
-    for repeat in range(args.repeats):
-        for system in args.systems:
-            with_peer = not args.ours_only and peer_available(system)
-            for length in args.lengths:
-                runs = [("ours", False)] + ([("peer", False)] if with_peer else [])
-                if system == "memorizing":  # memory carried across steps, as our trainer runs: as it grows
-                    runs += [("ours", True), ("ours", "full")]  # over the timed steps, and full (M entries)
-                for side, carry in runs if repeat % 2 == 0 else runs[::-1]:
-                    point = {"system": system, "length": length, "side": side, "carry": bool(carry)}
-                    points.append({**point, "full_memory": carry == "full"})
-    meta = _meta(args)
-    meta["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout
-    meta["commit"] = meta["commit"].strip() or "unknown"
-    meta["layout"] = vars(layout)
-    ceilings: dict[int, float] = {}
-    best: dict[tuple, dict] = {}
-    for point in points:
-        full = {**point, "threads": args.threads, "steps": args.steps, "warmup": args.warmup, "layout": vars(layout)}
-        row = measure_in_subprocess(full, args.timeout)
-        memory = "full" if point["full_memory"] else point["carry"]
-        key = (point["system"], point["length"], point["side"], memory)
-        label = {True: " carried", "full": " full memory"}.get(memory, "")
+    def show(point: dict, row: dict) -> None:
+        label = " full memory" if point["full_memory"] else " carried" if point["carry"] else ""
         print(
             f"{point['system']:>12} L={point['length']:>5} {point['side']:>4}{label}: "
             f"{row.get('tokens_per_s', float('nan')):8.0f} tokens/s  {row['status']}",
             flush=True,
         )
-        if row["status"] == "ok" and row["tokens_per_s"] > best.get(key, {}).get("tokens_per_s", 0):
-            best[key] = row
-        elif key not in best:
-            best[key] = row
-    rows = []
-    for system in args.systems:
-        for length in args.lengths:
-            cfg = our_config(system, layout, length)
-            if cfg.segment_len not in ceilings:
-                ceilings[cfg.segment_len] = matmul_ceiling(cfg, cfg.segment_len, args.threads)["gflops"]
-            flops, ceiling = model_flops_per_token(cfg), ceilings[cfg.segment_len]
-            peer = best.get((system, length, "peer", False), {})
-            for memory in (False, True, "full") if system == "memorizing" else (False,):
-                ours = best.get((system, length, "ours", memory), {})
-                ours_tps, peer_tps = ours.get("tokens_per_s"), peer.get("tokens_per_s")
-                rows.append(
-                    {
-                        "system": system + {True: " (memory carried)", "full": " (memory full)"}.get(memory, ""),
-                        "length": length,
-                        "peer_tokens_per_s": peer_tps,
-                        "ours_tokens_per_s": ours_tps,
-                        "ratio": ours_tps / peer_tps if ours_tps and peer_tps else None,
-                        "model_flops_per_token": flops,
-                        "ceiling_gflops": ceiling,
-                        "ours_mfu": mfu(flops, ours_tps, ceiling) if ours_tps else None,
-                        "peer_mfu": mfu(flops, peer_tps, ceiling) if peer_tps else None,
-                        "status": f"ours {ours.get('status', 'not run')}, peer {peer.get('status', 'not run')}",
-                    }
-                )
-    table = _peers_table(rows, meta)
+
+    layout = Layout(args.vocab, args.d_model, args.depth, args.heads, args.segment, args.knn_memory, bucket=args.bucket)
+    rows, points, meta = compare_with_peers(
+        args.systems,
+        args.lengths,
+        layout,
+        threads=args.threads,
+        steps=args.steps,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        ours_only=args.ours_only,
+        timeout=args.timeout,
+        on_point=show,
+    )
+    table = report.peers_table(rows, meta)
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "peers.json").write_text(
-        json.dumps({"meta": meta, "rows": rows, "points": list(best.values())}, indent=1)
-    )
+    (args.out / "peers.json").write_text(json.dumps({"meta": meta, "rows": rows, "points": points}, indent=1))
     (args.out / "peers.md").write_text(table)
     print(f"-> {args.out}/peers.{{json,md}}")
     return 0
-
-
-def _peers_table(rows: list[dict], meta: dict) -> str:
-    def num(x, fmt="{:,.0f}"):
-        return "-" if x is None else fmt.format(x)
-
-    lay = meta["layout"]
-    lines = [
-        f"Training step (forward + backward + AdamW), batch 1, vocab {lay['vocab']}, d {lay['d_model']}, depth "
-        f"{lay['depth']}, {lay['heads']} heads, segments {lay['segment']}, M {lay['knn_memory']:,}; commit "
-        f"{meta['commit']}, torch {meta['torch']}, {meta['threads']} thread(s). MFU: our model FLOPs per token x "
-        "tokens/s over the fp32 matmul ceiling measured in this run.",
-        "",
-        "| system | L | peer tokens/s | ours tokens/s | ratio | MFU ours | MFU peer | ceiling GFLOP/s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['system']} | {r['length']:,} | {num(r['peer_tokens_per_s'])} | {num(r['ours_tokens_per_s'])} | "
-            f"{num(r['ratio'], '{:.2f}x')} | {num(r['ours_mfu'], '{:.0%}')} | {num(r['peer_mfu'], '{:.0%}')} | "
-            f"{r['ceiling_gflops']:.0f} |"
-        )
-    return "\n".join(lines) + "\n"
 
 
 # name -> (add_arguments, run); mechanisms add their benchmarks here
