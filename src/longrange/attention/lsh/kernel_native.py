@@ -20,8 +20,9 @@ dense ones pays for the whole window and the copies around it (`kernel_torch` is
 The C source is compiled on first use with the system's C compiler (``cc``, or ``$CC``) into a per-user
 cache and loaded with ctypes (no Python headers or build step needed). A built file gets mode 0700 whatever the
 umask; a cached file is checked with lstat (owner, no group/other write, not a symbolic link) and a refused one
-is removed and rebuilt, so a loose umask never leaves the slow kernel in use for good. Rows run in
-``torch.get_num_threads()`` threads (ctypes releases the GIL). Without a compiler, or with
+is removed and rebuilt, so a loose umask never leaves the slow kernel in use for good. Every folder above the
+cache must be this user's or root's and writable by nobody else unless sticky (/tmp), or the cache is not used.
+Rows run in ``torch.get_num_threads()`` threads (ctypes releases the GIL). Without a compiler, or with
 ``LONGRANGE_NATIVE=0``, `available()` is False and the fused PyTorch kernel is used: same results.
 Float32 and float64 tensors on the CPU are supported.
 """
@@ -78,6 +79,41 @@ def _check_private(path: Path) -> None:
         raise OSError(f"{path} is not private to this user (owner {info.st_uid}, mode {oct(info.st_mode & 0o777)})")
 
 
+def _check_ancestors(folder: Path) -> None:
+    """Refuse a cache folder below a folder where another user could swap what lies beneath it: every existing
+    folder above it (as written, and as its links resolve) must belong to this user or to root and be writable
+    by nobody else, unless it is sticky as /tmp is (there others cannot rename or remove what is not theirs); the
+    owner of / counts as root (in a container it may be another id).
+    A link on the way must belong to this user or root (the folder holding it is checked as well)."""
+    folder = Path(os.path.abspath(folder))
+    resolved = folder.resolve()
+    trusted = {os.getuid(), 0, os.stat("/").st_uid}  # the owner of / could replace anything anyway (containers)
+    for above in (*folder.parents, *resolved.parents):
+        try:
+            info = os.lstat(above)
+        except FileNotFoundError:
+            continue  # made by `_make_private_folders`
+        if info.st_uid not in trusted:
+            raise OSError(f"{above}, a folder above the kernel cache, belongs to another user ({info.st_uid})")
+        if stat.S_ISDIR(info.st_mode) and info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX:
+            raise OSError(
+                f"{above}, a folder above the kernel cache, can be written by others (mode "
+                f"{oct(info.st_mode & 0o7777)}, not sticky): the cache could be replaced from there"
+            )
+
+
+def _make_private_folders(folder: Path) -> None:
+    """Create `folder` and any missing folder above it with mode 0700 (``mkdir(parents=True)`` would give the
+    folders above the umask's mode, 0775 under umask 002)."""
+    missing = []
+    for above in (folder, *folder.parents):
+        if os.path.lexists(above):
+            break
+        missing.append(above)
+    for new in reversed(missing):
+        new.mkdir(mode=0o700, exist_ok=True)
+
+
 def _usable(target: Path) -> bool:
     """Whether a built kernel may be loaded as it is. One that is refused (a link, a loose mode such as the 0775
     an older build left under umask 002, another owner) is removed so that it is rebuilt privately."""
@@ -112,6 +148,7 @@ def _library(scalar: str, head_dim: int) -> ctypes.CDLL | None:
     for folder in folders:
         target = folder / f"lsh_band_{scalar}_e{head_dim}_{key.hexdigest()[:16]}.so"
         try:
+            _check_ancestors(target.parent)
             if target.parent.exists():
                 _check_private(target.parent)  # before touching anything in it
             if not _usable(target):
@@ -137,7 +174,8 @@ def _compile(compiler: str, flags: list[str], target: Path) -> None:
     """Build into a scratch folder beside target, then rename: parallel processes (test workers) never load a
     half-written library. Folders are made private (0700); `_library` loads only from a folder and a file that
     this user owns and nobody else can write, so a library another user could plant is never loaded."""
-    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _make_private_folders(target.parent)
+    _check_ancestors(target.parent)
     _check_private(target.parent)
     with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
         built = Path(scratch) / target.name
