@@ -80,7 +80,9 @@ class CompareConfig:
     # compressive model has the parameters of the others (`longrange repro long-context`)
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     device: str = "cpu"  # cpu, cuda, cuda:N (resolved by the command from --device)
-    precision: str = "fp32"  # fp32 | bf16 | fp16, training and evaluation alike
+    # auto | fp32 | bf16 | fp16, training and evaluation alike; auto is decided per system (its width and kind:
+    # `resolve_precision`) when its run starts, recorded by the run, and kept when the run is resumed
+    precision: str = "auto"
     compile: bool = False
     ablations: bool = True
     command: str = ""  # the command line that produced the report (recorded verbatim)

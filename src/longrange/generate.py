@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from longrange.model.lm import LongRangeLM
-from longrange.train.runtime import autocast, maybe_compile
+from longrange.runtime import autocast, maybe_compile, resolve_precision
 
 
 class NonFiniteLogits(ValueError):
@@ -109,7 +109,8 @@ def stream_generate(
     ``precision`` ("fp32"), ``compile`` (False).
     Sampling draws from a private CPU `torch.Generator`, so the same seed gives the same tokens on any
     device and global RNG state is left alone. ``device`` moves the model there (default: where it is).
-    ``precision`` runs the model under autocast; ``compile`` through `torch.compile`.
+    ``precision`` runs the model under autocast ("auto": as `resolve_precision` decides for the model and device);
+    ``compile`` through `torch.compile`.
     """
     for step in _stream_rows(model, [prompt_tokens], max_new_tokens, seeds=[seed], **options):
         yield step[0]
@@ -139,6 +140,7 @@ def _stream_rows(
         model.to(device)
     model.eval()
     device = model.embed.weight.device
+    precision = resolve_precision(precision, device, model.config)
     forward = maybe_compile(model, compile)
     generators = []
     for seed in seeds:

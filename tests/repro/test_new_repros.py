@@ -69,22 +69,32 @@ def test_luna_seq2seq_reports_both_models(tmp_path):
         luna_seq2seq.run(_args("luna-seq2seq", tmp_path, models="luna-16,nope"))
 
 
-def test_memory_finetune_from_a_pretrained_run_and_refuses_a_non_xl_run(tmp_path):
+def test_memory_finetune_starts_from_a_model_pretrained_without_memory(tmp_path):
     from longrange.config import ModelConfig
     from longrange.repro import memory_finetune
 
-    small = dict(batch_size=2, segment_len=16, memory_size=32, eval_bytes=256, eval_docs=1, finetune_steps=2)
+    small = dict(batch_size=2, segment_len=16, memory_size=32, eval_bytes=256, eval_docs=1, finetune_steps="2")
     args = _args("memory-finetune", tmp_path / "a", pretrain_steps=2, **small)
     args.func = print  # the command line's handler rides along in args: not written to the JSON
     table = memory_finetune.run(args)
-    assert "| memorizing (kNN M = 32), fine-tuned | +2 |" in table and "| XL continued | +2 |" in table
+    assert "| fine-tuned with memory | +2 |" in table and "| continued without memory | +2 |" in table
     bpb = json.loads((tmp_path / "a" / "memory_finetune.json").read_text())["bpb"]
-    assert set(bpb) == {"before", "memorizing, not fine-tuned", "xl-continued", "memorizing", "memorizing, memory off"}
-    # --from: the pretrained run is reused (not trained again)
-    table = memory_finetune.run(
-        _args("memory-finetune", tmp_path / "b", source=tmp_path / "a" / "runs" / "xl", **small)
+    assert set(bpb) == {
+        "pretrained",
+        "memory on, not fine-tuned",
+        "memory+2",
+        "memory+2, memory off",
+        "no-memory+2",
+    }
+    pretrained = ModelConfig.from_dict(
+        __import__("yaml").safe_load((tmp_path / "a" / "runs" / "pretrained" / "config.yaml").read_text())
     )
-    assert "given run" in table and not (tmp_path / "b" / "runs" / "xl").exists()
+    assert "knn" in pretrained.layers and pretrained.knn.memory_size == 0  # the memorizing layout, memory off
+    # --from: the pretrained run is reused (not trained again); an XL run is swapped into the memorizing layout
+    table = memory_finetune.run(
+        _args("memory-finetune", tmp_path / "b", source=tmp_path / "a" / "runs" / "pretrained", **small)
+    )
+    assert "given run" in table and not (tmp_path / "b" / "runs" / "pretrained").exists()
     cfg = memory_finetune.memorizing_config(ModelConfig.from_name("transformer-xl-tiny"), 64)
     assert cfg.layers == ModelConfig.from_name("memorizing-tiny").layers and cfg.knn.memory_size == 64
     with pytest.raises(ValueError, match="transformer-xl"):
@@ -119,7 +129,7 @@ def test_the_command_line_names_every_new_reproduction():
     for argv in (
         ["reformer-ablations", "--rounds", "1,8", "--seeds", "5"],
         ["luna-seq2seq", "--task", "sort", "--max-len", "512"],
-        ["memory-finetune", "--from", "runs/xl", "--finetune-steps", "50"],
+        ["memory-finetune", "--from", "runs/xl", "--finetune-steps", "50,200"],
         ["listops", "--lra", "--time-steps", "0"],
     ):
         args = parser.parse_args(argv)

@@ -142,6 +142,7 @@ class KNNAttention(AttentionModule):
                 storage=self.storage,
                 directory=self.storage_dir,
                 dtype=dtype,  # the model's (a float64 model gets a float64 store; see KNNMemory)
+                adopt_bf16=dtype == torch.float32,  # bf16 entries (bf16 autocast) make it a bf16 store
             )
         return LayerState(
             {

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from longrange.train.runtime import configure_device
+from longrange.runtime import configure_device
 
 SYSTEMS = ("transformer", "reformer", "compressive", "memorizing")
 PEER_PACKAGES = {

@@ -10,7 +10,7 @@ from longrange.bench.mfu import matmul_ceiling, mfu, model_flops_per_token
 from longrange.config import ModelConfig
 from longrange.data.corpus import load_corpus
 from longrange.model.build import build_model
-from longrange.train.runtime import peak_memory_mib, synchronize
+from longrange.runtime import peak_memory_mib, synchronize
 from longrange.train.trainer import TrainConfig, Trainer
 
 
@@ -23,7 +23,8 @@ def train_tokens_per_s(
     overrides: dict | None = None,
     runtime: dict | None = None,
 ) -> dict:
-    """Tokens/s of whole training steps; `runtime`: TrainConfig's device / precision / compile (default: CPU fp32).
+    """Tokens/s of whole training steps; `runtime`: TrainConfig's device / precision / compile (default: the CPU,
+    precision auto; the row says which precision ran).
 
     Also the model FLOPs per token, the fp32 matmul ceiling measured in this process right after the timed steps
     (at the model's shapes, same threads and device) and their ratio, the model-FLOPs utilisation ``mfu``.
@@ -62,6 +63,7 @@ def train_tokens_per_s(
         "ceiling_gflops": ceiling["gflops"],
         "mfu": mfu(flops, tokens_per_s, ceiling["gflops"]),
         "device": str(trainer.device),
+        "precision": trainer.cfg.precision,
         "peak_mib": peak_memory_mib(trainer.device),
         "step_s": elapsed / steps,
     }

@@ -17,7 +17,7 @@ from longrange.bench import attention as attention_bench
 from longrange.bench import report
 from longrange.bench.report import machine_meta
 from longrange.bench.variants import VARIANTS
-from longrange.train.runtime import add_runtime_options, resolve_device
+from longrange.runtime import add_runtime_options, resolve_device
 
 
 def _csv(kind):
@@ -90,7 +90,7 @@ def run_train(args: argparse.Namespace) -> int:
     for r in rows:
         r["ratio"] = r["tokens_per_s"] / rows[0]["tokens_per_s"]
         print(
-            f"{r['preset']:>24}: {r['tokens_per_s']:10.0f} tokens/s  x{r['ratio']:.2f}  MFU {r['mfu']:.0%} "
+            f"{r['preset']:>24} {r['precision']}: {r['tokens_per_s']:10.0f} tokens/s  x{r['ratio']:.2f}  MFU {r['mfu']:.0%} "
             f"({r['model_flops_per_token'] / 1e6:.1f} MFLOP/token, ceiling {r['ceiling_gflops']:.0f} GFLOP/s; "
             f"{r['params']:,} params, threads={r['threads']})"
         )

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from longrange.compare import SYSTEMS, CompareConfig, compare
-from longrange.train.runtime import add_runtime_options, resolve_device
+from longrange.runtime import add_runtime_options, resolve_device
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

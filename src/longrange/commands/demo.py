@@ -26,8 +26,8 @@ from longrange.data.corpus import load_corpus
 from longrange.data.tokenizer import ByteTokenizer
 from longrange.eval.evaluate import evaluate
 from longrange.generate import generate
-from longrange.train.runtime import add_runtime_options, resolve_device
-from longrange.train.trainer import TrainConfig, train
+from longrange.runtime import add_runtime_options, resolve_device
+from longrange.train.trainer import TrainConfig, read_run, train
 
 EVAL_BYTES = 16 * 1024
 DEMO_STEPS = 140  # updates per system and seed in the comparison; see the docstring for the time
@@ -56,26 +56,40 @@ def run_demo(
     batch_size: int = 8,
     eval_docs: int = 8,
     resume: bool = False,
+    device: str = "cpu",
+    precision: str = "auto",
+    compile: bool = False,
 ) -> dict:
     """Train `preset` on the built-in corpus into `out_dir`, evaluate held-out bpb, sample 200 bytes.
 
     Returns the evaluation dict plus ``sample``, ``prompt`` and ``documents``. The budget is a step
-    count rather than minutes, so a demo run is reproducible and resumable on any machine.
+    count rather than minutes, so a demo run is reproducible and resumable on any machine. Evaluation and
+    sampling run in the precision the run trained in (``auto``: decided once and recorded by the run).
     """
     model_cfg = ModelConfig.from_name(preset)
     train_cfg = TrainConfig(
-        steps=steps, batch_size=batch_size, lr=2e-3, warmup_steps=20, checkpoint_every=50, log_every=10
+        steps=steps,
+        batch_size=batch_size,
+        lr=2e-3,
+        warmup_steps=20,
+        checkpoint_every=50,
+        log_every=10,
+        device=device,
+        precision=precision,
+        compile=compile,
     )
     train(model_cfg, train_cfg, None, out_dir, resume=resume)
     from longrange.model.io import load
 
-    model = load(out_dir)
+    model = load(out_dir).to(device)
+    trained_in = read_run(out_dir)[1].precision
     corpus = load_corpus(None)
     held_out = [d[:EVAL_BYTES] for d in corpus.split("test")[:eval_docs]]
-    result = evaluate(model, held_out, batch_size=min(4, len(held_out)))
+    result = evaluate(model, held_out, batch_size=min(4, len(held_out)), device=device, precision=trained_in)
     (out_dir / "eval-demo.json").write_text(json.dumps(result, indent=1))
     prompt = b"import os\n\n\ndef "
-    sample = ByteTokenizer().decode(generate(model, list(prompt), 200, temperature=0.8, top_k=40, seed=0))
+    sample = generate(model, list(prompt), 200, temperature=0.8, top_k=40, seed=0, precision=trained_in)
+    sample = ByteTokenizer().decode(sample)
     return {**result, "prompt": prompt.decode(), "sample": sample, "documents": len(held_out)}
 
 
@@ -94,6 +108,9 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         eval_docs=args.eval_docs,
         resume=args.resume,
+        device=str(resolve_device(args.device)),
+        precision=args.precision,
+        compile=args.compile,
     )
     wall = time.perf_counter() - start
     print(

@@ -27,7 +27,7 @@ from longrange.data.corpus import Corpus, PreparedCorpus, corpus_change, load_co
 from longrange.data.tokenizers import TokenizedCorpus, load_run_tokenizer
 from longrange.eval.evaluate import check_result, evaluate
 from longrange.model.io import load
-from longrange.train.runtime import add_runtime_options, resolve_device
+from longrange.runtime import add_runtime_options, resolve_device, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -97,14 +97,14 @@ def corpus_of_run(run: Path, data: str | None, *, allow_change: bool = True) -> 
     return corpus
 
 
-def settings_of(args: argparse.Namespace) -> dict:
-    """The options that change the result (not where or how fast it is computed)."""
+def settings_of(args: argparse.Namespace, precision: str) -> dict:
+    """The options that change the result (not where or how fast it is computed); `precision` as decided."""
     settings = {
         "set": sorted(args.set),
         "data": args.data,
         "docs": args.docs,
         "segment_len": args.segment_len,
-        "precision": None if args.precision == "fp32" else args.precision,
+        "precision": None if precision == "fp32" else precision,
     }
     return {k: v for k, v in settings.items() if v}
 
@@ -138,18 +138,19 @@ def run(args: argparse.Namespace) -> int:
     documents = TokenizedCorpus(corpus, load_run_tokenizer(args.run)).held_out(args.split)  # the run's tokenizer
     documents = documents[: args.docs]
     model = load(args.run, **parse_overrides(args.set)).to(device)
+    precision = resolve_precision(args.precision, device, model.config)  # auto: by this device and model
     result = evaluate(
         model,
         documents,
         batch_size=args.batch_size,
         segment_len=args.segment_len,
         device=device,
-        precision=args.precision,
+        precision=precision,
         compile=args.compile,
         progress=not args.no_progress,
     )
     check_result(result, model.config.vocab_size, allow_worse_than_uniform=args.allow_worse_than_uniform)
-    settings = settings_of(args)
+    settings = settings_of(args, precision)
     out = args.output or default_output(args.run, args.split, settings)
     line = f"{args.split}: {result['bpb']:.4f} bits per byte over {result['bytes']:,} bytes"
     if result["tokens"] != result["bytes"]:  # a subword tokenizer: the papers' per-token perplexity too

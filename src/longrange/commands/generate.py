@@ -20,7 +20,7 @@ import torch
 from longrange.data.tokenizers import load_run_tokenizer
 from longrange.generate import check_sampling, generate_batch, stream_generate
 from longrange.model.io import load
-from longrange.train.runtime import add_runtime_options, resolve_device
+from longrange.runtime import add_runtime_options, resolve_device
 
 MAX_PROMPT_BYTES = 1 << 30  # a prompt file larger than this is a mistake (a device, a dump), not a prompt
 

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from longrange.data.stream import IGNORE_INDEX, DocumentStream
 from longrange.data.token_store import TokenDocuments
 from longrange.model.lm import LongRangeLM
-from longrange.train.runtime import autocast, maybe_compile
+from longrange.runtime import autocast, maybe_compile, resolve_precision
 
 # bits per byte above log2(vocab) + this many bits are refused by `check_result` unless allowed. A model no
 # better than uniform scores log2(vocab) (an untrained one, within a few hundredths); a sound model scores
@@ -83,7 +83,8 @@ def evaluate(
     bytes the predicted tokens cover, in bits (for bytes: ``loss / ln 2``). ``by_position`` lists buckets
     ``{"start", "end", "tokens", "bpb"}`` of target positions [2^i, 2^(i+1)) in the document.
     ``max_segments`` caps the work (a partial evaluation, for periodic validation during training).
-    ``precision`` ("fp32", "bf16", "fp16") runs the model under autocast (losses are taken in fp32);
+    ``precision`` ("fp32", "bf16", "fp16") runs the model under autocast (losses are taken in fp32); "auto"
+    decides by the device and the model (`resolve_precision`), and the result's ``precision`` says which;
     ``compile`` runs it through `torch.compile`; ``progress`` shows a progress bar (stderr) over segments.
     """
     if not documents:
@@ -96,6 +97,7 @@ def evaluate(
     state = model.init_state(batch_size, device) if model.stateful else None
     forward = maybe_compile(model, compile)
     device_type = torch.device(device)
+    precision = resolve_precision(precision, device_type, model.config)
     total = count_segments(stream)
     bar = tqdm(total=min(total, max_segments or total), unit="segment", disable=not progress, desc="eval")
     # the bookkeeping is host-side, on the CPU whatever torch's default device is
@@ -156,5 +158,6 @@ def evaluate(
         "tokens": tokens,
         "bytes": num_bytes,
         "segments": segments,
+        "precision": precision,
         "by_position": by_position,
     }

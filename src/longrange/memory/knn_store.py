@@ -13,9 +13,21 @@ padded entries: they take their ring slots (rows stay in step) but are never fou
 
 Device and dtype: the store lives on the model's device in the model's dtype (``dtype``); queries
 and entries of another dtype are converted on the way in, results are returned in the queries'
-dtype. The exact search runs on that device (GPU, CPU, or the meta device) without synchronising
-with the host: the counters a search needs (entries ever added, whether some slot may be stale)
-are mirrored in Python, so ``add``/``search``/``reset`` never read a tensor value back.
+dtype. With ``adopt_bf16`` (what the kNN layer asks of a float32 model's store) an empty store becomes a
+bfloat16 one when the first entries added, or the state loaded, are bfloat16: a run under bf16 autocast
+keeps its memory in bf16 (half the bytes, bf16 matrix products to search it; the entries were bf16 already,
+so nothing is lost by storing them so). The exact search runs on that device (GPU, CPU, or the meta device)
+without synchronising with the host: the counters a search needs (entries ever added, whether some slot may
+be stale) are mirrored in Python, so ``add``/``search``/``reset`` never read a tensor value back.
+
+Search in 16 bits (a bfloat16 or float16 store): the scores are matrix products in the store's dtype (on CPUs
+with AMX, bf16 products run about 6x faster than fp32 ones), whose results are rounded to 8 (bf16) or 11
+(fp16) significant bits: near a score of 0.9 bf16 cannot tell apart scores within 0.004, and a top-k taken on
+them would pick among ties at random. So the search keeps `_candidates(k)` (2k, at least k + 32) candidates by
+the rounded scores, recomputes their scores in float32 from the stored entries (a gather of the candidates'
+keys: a few percent of the search) and takes the top k of those. This gives the top k of the float32 scores
+of the stored entries unless more than k + 32 slots share the rounded k-th score (one bf16 step), and the
+returned scores are float32 accurate.
 
 Backends:
 - ``exact``: torch matmul + top-k, chunked over the memory so a million entries fit, pruned by group
@@ -70,6 +82,12 @@ _QUERY_BLOCK = 64
 _CPU_SCORE_FLOATS = 1 << 21
 _SCORE_FLOATS = 1 << 24
 _CANDIDATE_FLOATS = 1 << 23  # kept groups' scores held before they are merged (32 MB)
+_LOW_PRECISION = (torch.bfloat16, torch.float16)  # stores whose search rescores its candidates in float32
+
+
+def _candidates(k: int) -> int:
+    """Candidates a 16-bit store's search keeps by its rounded scores before rescoring them (module docstring)."""
+    return max(2 * k, k + 32)
 
 
 def _start_time(pid: int) -> str:
@@ -141,6 +159,7 @@ class KNNMemory:
         ivf_lists: int | None = None,
         ivf_probe: int | None = None,
         dtype: torch.dtype = torch.float32,
+        adopt_bf16: bool = False,
     ):
         if backend not in BACKENDS:
             raise ValueError(f"knn.backend={backend!r} is not one of {list(BACKENDS)}")
@@ -156,6 +175,8 @@ class KNNMemory:
             raise ValueError(f"a kNN memory holds floating-point entries ({list(_NUMPY)}), not {dtype}")
         self.batch_size, self.capacity, self.n_heads, self.dim = batch_size, capacity, n_heads, dim
         self.backend, self.search_chunk, self.storage, self.dtype = backend, search_chunk, storage, dtype
+        # an empty store turns bf16 when bf16 entries arrive (module docstring); faiss indexes hold float32 only
+        self.adopt_bf16 = adopt_bf16 and backend == "exact"
         # approximate-index settings (see `longrange bench knn` for the recall/speed they give)
         self.hnsw_m, self.ef_construction, self.ef_search = hnsw_m, ef_construction, ef_search
         self.ivf_lists = ivf_lists or max(1, 4 * int(capacity**0.5))  # faiss guideline: 4 sqrt(N) lists
@@ -198,6 +219,21 @@ class KNNMemory:
         file = self.directory / f"{name}.{_SUFFIX[self.dtype]}"
         array = np.memmap(file, dtype=_NUMPY[self.dtype], mode="w+", shape=shape)  # zero-filled
         return torch.from_numpy(array).view(self.dtype)  # shares the mapping: writes go to the file
+
+    def _adopt(self, dtype: torch.dtype) -> None:
+        """Hold keys and values in `dtype` from now on, when this store adopts it (`adopt_bf16`) and is empty.
+
+        Decided on the host (a dtype, a host-side counter): no device read. A disk store's files are made anew."""
+        if not self.adopt_bf16 or dtype != torch.bfloat16 or self.dtype == dtype or not self.never_written:
+            return
+        old, device, shape = self.dtype, self.keys.device, tuple(self.keys.shape)
+        self.keys = self.values = None  # the old tables go before the new ones are made
+        self.dtype = dtype
+        if self.storage == "disk":
+            for name in ("keys", "values"):
+                (self.directory / f"{name}.{_SUFFIX[old]}").unlink(missing_ok=True)
+        self.keys = self._allocate("keys", shape, device)
+        self.values = self._allocate("values", shape, device)
 
     # ------------------------------------------------------------------ bookkeeping
     @property
@@ -245,6 +281,7 @@ class KNNMemory:
             raise ValueError(
                 f"keys {tuple(keys.shape)} / values {tuple(values.shape)} do not fit a memory of shape {expected}"
             )
+        self._adopt(keys.dtype)  # an empty bf16-adopting store meeting bf16 entries (a bf16 autocast run)
         keys, values = keys.to(self.keys.device, self.dtype), values.to(self.keys.device, self.dtype)
         if positions is None:
             positions = torch.full((b, n), -1, dtype=torch.long, device=keys.device)
@@ -343,40 +380,62 @@ class KNNMemory:
 
         Only written slots are scanned; the live mask is applied only when some written slot is stale (after a
         reset or padding). A memory of at most 4k groups of slots takes one matmul and one `topk` (grouping
-        would keep too much of it to pay); a larger one the chunked, grouped scan of `_grouped_topk`.
+        would keep too much of it to pay); a larger one the chunked, grouped scan of `_grouped_topk`. A 16-bit
+        store searches for `_candidates(k)` by its rounded scores and keeps the k best of their float32 scores
+        (`_rescore`; see the module docstring); its scores are returned in float32.
         """
         b, h, q, e = queries.shape
         device = self.keys.device
+        low = self.dtype in _LOW_PRECISION
         used = min(self._max_added_host, self.capacity)  # slots >= used were never written
         if used == 0:
-            empty = torch.full((b, h, q, k), float("-inf"), device=device, dtype=self.dtype)
+            empty = torch.full((b, h, q, k), float("-inf"), device=device, dtype=torch.float32 if low else self.dtype)
             return empty, torch.zeros((b, h, q, k), dtype=torch.long, device=device)
         rows = b * h
         keys = self.keys.view(rows, self.capacity, e)[:, :used]  # (B*H, used, E)
+        exact_queries = queries.to(device, torch.float32).reshape(rows, q, e) if low else None
         queries = queries.to(device, self.dtype).reshape(rows, q, e)
         stale = None  # (B*H, used) bool: slots to score -inf
         if self._added_host is None or self._max_added_host < self._stale_until:
             stale = (~self.valid()[:, None, :used]).expand(b, h, used).reshape(rows, used)
-        if used <= 4 * k * _GROUP:
+        wanted = _candidates(k) if low else k
+        if used <= 4 * wanted * _GROUP:
             every = torch.matmul(queries, keys.transpose(1, 2))  # (B*H, Q, used)
             if stale is not None:
                 every.masked_fill_(stale[:, None], float("-inf"))
-            best = every.topk(min(k, used), dim=-1)
+            best = every.topk(min(wanted, used), dim=-1)
             scores, slots = best.values, best.indices
-        elif used <= 16 * k * _GROUP or rows == 1:
-            scores, slots = self._grouped_topk(keys, queries, stale, k)
+        elif used <= 16 * wanted * _GROUP or rows == 1:
+            scores, slots = self._grouped_topk(keys, queries, stale, wanted)
         else:
             # a memory larger than the smallest chunk: one (row, head) at a time, so each call's chunks grow to the
             # cache budget; all 32 rows of a batch of 4 x 8 heads at once searched 65K slots in 2.23 s, row by row
             # in 1.55 s (at 8K slots and below the two ways are within 10%, and all rows at once is kept)
             found = [
-                self._grouped_topk(keys[r : r + 1], queries[r : r + 1], None if stale is None else stale[r : r + 1], k)
+                self._grouped_topk(
+                    keys[r : r + 1], queries[r : r + 1], None if stale is None else stale[r : r + 1], wanted
+                )
                 for r in range(rows)
             ]
             scores, slots = (torch.cat(parts) for parts in zip(*found, strict=True))
+        if low:
+            scores, slots = self._rescore(exact_queries, scores, slots, k)
         missing = k - scores.shape[-1]  # fewer than k slots written: the rest is -inf (slot 0)
         scores = torch.nn.functional.pad(scores, (0, missing), value=float("-inf")).view(b, h, q, k)
         return scores, torch.nn.functional.pad(slots, (0, missing)).view(b, h, q, k)
+
+    def _rescore(self, queries: Tensor, scores: Tensor, slots: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        """The k best (R, Q, k) of a 16-bit store's candidates, ``scores`` and ``slots`` (R, Q, c) found by rounded
+        scores, by their scores recomputed in float32: float32 queries (R, Q, E) against the stored keys of the
+        candidates (exact in float32). Candidates scored -inf (stale slots, padding) stay -inf."""
+        rows, q, c = slots.shape
+        offsets = torch.arange(rows, device=slots.device).view(rows, 1, 1) * self.capacity
+        flat = (slots + offsets).view(-1)  # into the (B * H * M, E) view
+        candidates = self.keys.view(-1, self.dim).index_select(0, flat).view(rows, q, c, self.dim)
+        exact = torch.matmul(candidates.float(), queries.unsqueeze(-1)).squeeze(-1)  # (R, Q, c)
+        exact.masked_fill_(scores == float("-inf"), float("-inf"))
+        best = exact.topk(min(k, c), dim=-1)
+        return best.values, slots.gather(-1, best.indices)
 
     def _grouped_topk(self, keys: Tensor, queries: Tensor, stale: Tensor | None, k: int) -> tuple[Tensor, Tensor]:
         """Top-k scores and slots (R, Q, k) of queries (R, Q, E) over keys (R, N, E) (R = B*H rows, N written
@@ -554,6 +613,8 @@ class KNNMemory:
         return {name: getattr(self, name) if name in mapped else getattr(self, name).clone() for name in names}
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        if "keys" in state:
+            self._adopt(state["keys"].dtype)  # a bf16 run's memory resumes in bf16 (its searches unchanged)
         for name, value in state.items():
             current = getattr(self, name)
             if current.shape != value.shape:

@@ -24,7 +24,6 @@ from typing import Any, Literal
 
 import torch
 import yaml
-from safetensors import safe_open
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
@@ -34,10 +33,10 @@ from longrange.data.stream import IGNORE_INDEX, DocumentStream
 from longrange.data.tokenizers import run_corpus, save_run_tokenizer
 from longrange.memory.state import ModelState
 from longrange.model.build import build_model
-from longrange.model.io import checkpoint_dir, load_weights
 from longrange.model.lm import LongRangeLM
 from longrange.train.checkpoint import BEST, LATEST, find_checkpoint, read_checkpoint, read_weights, write_checkpoint
 from longrange.train.distributed import DistInfo, init_distributed, shutdown_distributed
+from longrange.train.init_from import init_weights
 from longrange.train.loggers import wandb_logger
 from longrange.train.optim import build_optimizer, lr_at
 from longrange.train.resume_checks import check_resumable, check_resumed_inputs, finished_message
@@ -51,7 +50,7 @@ from longrange.train.run_folder import (
     truncate_metrics,
     write_run_file,
 )
-from longrange.train.runtime import autocast, configure_device, maybe_compile, resolve_device
+from longrange.runtime import autocast, configure_device, maybe_compile, resolve_device, resolve_precision
 from longrange.train.sharding import (
     full_optimizer_state,
     full_weights,
@@ -85,8 +84,11 @@ class TrainConfig:
     betas: list[float] = _option([0.9, 0.95], "Adam betas, e.g. 0.9 0.95")
     grad_clip: float = _option(1.0, "max global gradient norm (0: off)")
     accumulate: int = _option(1, "micro-batches per update (update every k steps)")
-    precision: Literal["fp32", "bf16", "fp16"] = _option(
-        "fp32", "fp32, bf16 (autocast) or fp16 (autocast + gradient scaler)"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = _option(
+        "auto",
+        "auto (bf16 autocast where the device has fast bf16 matrix products and the model trains faster in it, "
+        "else fp32: see longrange.runtime.resolve_precision; the run records the choice), fp32, bf16 "
+        "(autocast) or fp16 (autocast + gradient scaler)",
     )
     seed: int = _option(0, "random seed (weights, data order)")
     eval_every: int = _option(0, "validate every N steps and keep the best checkpoint (0: only at the end)")
@@ -276,6 +278,8 @@ class Trainer:
         self.cfg, self.out_dir = cfg, Path(out_dir)
         self.dist = dist_info or DistInfo()
         self.device = resolve_device(cfg.device, local_rank=self.dist.local_rank)
+        if cfg.precision == "auto":  # decided here when the caller did not (`train` decides before recording it)
+            self.cfg = cfg = dataclasses.replace(cfg, precision=resolve_precision("auto", self.device, model.config))
         configure_device(self.device)
         self.model = model.to(self.device)
         self.fsdp = self.dist.enabled and cfg.shard == "fsdp"
@@ -563,7 +567,9 @@ def check_resume_settings(out_dir: str | Path, model_cfg: ModelConfig | None, tr
     changed = [
         f"{key}={value!r} (the run has {getattr(saved_train, key)!r})"
         for key, value in _with_recipe(train_data).items()
-        if key not in RESUMABLE_KEYS and value != getattr(saved_train, key)
+        if key not in RESUMABLE_KEYS
+        and value != getattr(saved_train, key)
+        and not (key == "precision" and value == "auto")  # auto resumes with the precision the run recorded
     ]
     if model_cfg is not None and model_cfg.to_dict() != saved_model.to_dict():
         old, new = saved_model.to_dict(), model_cfg.to_dict()
@@ -596,19 +602,18 @@ def write_run_config(
     write_run_file(out_dir / "corpus.json", json.dumps({"spec": data or "stdlib", **manifest}, indent=1))
 
 
-def _init_weights(model: LongRangeLM, source: Path) -> None:
-    """Weights only from another run (`--init-from`); what is fresh or skipped is listed."""
-    own = set(model.state_dict())
-    missing = load_weights(model, checkpoint_dir(source), strict=False)
-    with safe_open(str(checkpoint_dir(source) / "model.safetensors"), framework="pt") as fh:
-        skipped = sorted(set(fh.keys()) - own)
-    log.info(
-        "initialised from %s: %d tensors loaded; fresh (not in the source): %s; skipped (no place here): %s",
-        source,
-        len(own) - len(missing),
-        missing or "none",
-        skipped or "none",
-    )
+def _decided_precision(
+    train_cfg: TrainConfig, device: torch.device, model_cfg: ModelConfig, out_dir: Path, resume: bool
+) -> TrainConfig:
+    """`precision: auto` decided once for a run: a resumed run keeps the precision it recorded (when it moved to
+    another machine too), a new one takes `resolve_precision`'s choice, which the run config then records."""
+    if train_cfg.precision != "auto":
+        return train_cfg
+    if resume and (out_dir / RUN_CONFIG).is_file():
+        recorded = TrainConfig.from_dict(_read_yaml(out_dir / RUN_CONFIG).get("train", {})).precision
+        if recorded != "auto":
+            return dataclasses.replace(train_cfg, precision=recorded)
+    return dataclasses.replace(train_cfg, precision=resolve_precision("auto", device, model_cfg))
 
 
 def train(
@@ -664,16 +669,21 @@ def train(
         model_cfg = corpus.model_config(model_cfg)  # a subword tokenizer's vocabulary size
         if resume:  # the corpus and the model config the run was trained with
             dist_info.agree(lambda: check_resumed_inputs(out_dir, model_cfg, corpus), main_only=False)
+        train_cfg = _decided_precision(train_cfg, device, model_cfg, out_dir, resume)
         torch.manual_seed(train_cfg.seed)
         with torch.device("cpu"):  # the seed gives the same initial weights whatever the run's or default device
             model = build_model(model_cfg.with_run_files(out_dir))  # e.g. a disk-backed kNN memory
-        if init_from is not None and not resume:
-            _init_weights(model, Path(init_from))
+        init_report = None
+        if init_from is not None and not resume:  # byte documents only: a subword run's are token documents
+            held_out = corpus.split("valid")
+            init_report = init_weights(model, Path(init_from), held_out if isinstance(held_out, list) else None)
         trainer = Trainer(model, train_cfg, corpus.split("train"), corpus.split("valid"), out_dir, dist_info)
         if dist_info.is_main:
             record_invocation(out_dir, dist_info.world_size)
             if not resume:
                 write_run_config(out_dir, model_cfg, train_cfg, data, corpus.manifest, init_from)
+                if init_report is not None:
+                    write_run_file(out_dir / "init-from.json", json.dumps({"source": str(init_from), **init_report}))
                 save_run_tokenizer(out_dir, corpus.tokenizer)
         dist_info.barrier()
         if resume:

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from longrange.train.distributed import process_group_backend
-from longrange.train.runtime import autocast, autocast_dtype, maybe_compile, resolve_device
+from longrange.runtime import autocast, autocast_dtype, maybe_compile, resolve_device
 
 
 def test_cpu_and_auto_resolve():
@@ -57,7 +57,7 @@ def test_maybe_compile_wraps_only_when_enabled(monkeypatch):
 def test_cpu_allocator_tuning_applies_on_glibc_and_can_be_turned_off(monkeypatch):
     import platform
 
-    from longrange.train.runtime import tune_cpu_allocator
+    from longrange.runtime import tune_cpu_allocator
 
     tune_cpu_allocator.cache_clear()
     monkeypatch.setenv("LONGRANGE_MALLOC_TUNING", "0")
