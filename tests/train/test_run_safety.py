@@ -161,6 +161,17 @@ def test_a_missing_trainer_state_names_it_and_advises_init_from_not_overwrite(ru
     assert (run / "checkpoint" / "model.safetensors").is_file()
 
 
+def test_a_missing_trainer_state_is_not_skipped_for_an_older_checkpoint(tmp_path, data, capsys):
+    out = tmp_path / "run"
+    assert _train(data, out, "--steps", "3", "--checkpoint-every", "1") == 0  # keeps checkpoint-step-00000002/
+    (out / "checkpoint" / "trainer.pt").unlink()
+    before = _snapshot(out)
+    assert _resume(out, "--steps", "5") == 2
+    err = _one_line_error(capsys, "checkpoint/ holds weights but no trainer.pt", "checkpoint-step-00000002/")
+    assert "--overwrite" not in err
+    assert _snapshot(out) == before
+
+
 def test_an_empty_trainer_state_is_one_line(run, capsys):
     torch.save({}, run / "checkpoint" / "trainer.pt")
     assert _resume(run, "--steps", "4") == 2
