@@ -13,8 +13,8 @@ import longrange as lr
 from longrange.data.corpus import Corpus, load_corpus
 from longrange.data.stream import IGNORE_INDEX, DocumentStream
 from longrange.data.token_store import TokenDocuments
-from longrange.data.tokenizer import ByteTokenizer
-from longrange.data.tokenizers import TokenizedCorpus, get_tokenizer, load_run_tokenizer
+from longrange.data.tokenized_corpus import TokenizedCorpus
+from longrange.data.tokenizer import ByteTokenizer, get_tokenizer, load_run_tokenizer
 from longrange.eval.evaluate import evaluate
 from tests.conftest import make_documents
 

@@ -11,7 +11,8 @@ import torch
 import longrange as lr
 from longrange.cli import main
 from longrange.data.corpus import load_corpus, read_corpus_record
-from longrange.data.tokenizers import TokenizedCorpus, get_tokenizer, load_run_tokenizer
+from longrange.data.tokenized_corpus import TokenizedCorpus
+from longrange.data.tokenizer import get_tokenizer, load_run_tokenizer
 from longrange.model.io import checkpoint_dir
 from tests.conftest import make_documents
 

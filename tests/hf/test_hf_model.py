@@ -280,7 +280,7 @@ def corpus_dir(tmp_path):
 
 def test_a_subword_runs_tokenizer_travels_with_the_export(tmp_path):
     pytest.importorskip("tokenizers")
-    from longrange.data.tokenizers import BPETokenizer, load_run_tokenizer, save_run_tokenizer
+    from longrange.data.tokenizer import BPETokenizer, load_run_tokenizer, save_run_tokenizer
 
     tokenizer = BPETokenizer.train([b"the quick brown fox jumps over the lazy dog " * 20], 300)
     lr.save(random_model(lr.ModelConfig.from_name("transformer-tiny", vocab_size=300)), tmp_path / "run")

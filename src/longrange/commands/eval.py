@@ -24,7 +24,8 @@ import torch
 
 from longrange.commands.train import parse_overrides
 from longrange.data.corpus import Corpus, PreparedCorpus, corpus_change, load_corpus, read_corpus_record
-from longrange.data.tokenizers import TokenizedCorpus, load_run_tokenizer
+from longrange.data.tokenized_corpus import TokenizedCorpus
+from longrange.data.tokenizer import load_run_tokenizer
 from longrange.eval.evaluate import check_result, evaluate
 from longrange.model.io import load
 from longrange.runtime import add_runtime_options, resolve_device, resolve_precision

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from longrange.data.tokenizers import load_run_tokenizer
+from longrange.data.tokenizer import load_run_tokenizer
 from longrange.generate import check_sampling, generate_batch, stream_generate
 from longrange.model.io import load
 from longrange.runtime import add_runtime_options, resolve_device

@@ -11,7 +11,7 @@ uniform guess over the vocabulary, comes from broken weights (a diverged run), n
 is refused instead of being printed as a number.
 
 With a subword tokenizer the documents carry ``token_bytes`` (bytes per token id, see
-`longrange.data.tokenizers`): bits per byte are the total loss over the bytes the predicted tokens cover,
+`longrange.data.tokenizer`): bits per byte are the total loss over the bytes the predicted tokens cover,
 ``sum(nats) / (sum(token_bytes[targets]) * ln 2)``, so systems and tokenizers compare on one scale; the
 per-token loss and perplexity are reported beside them (the papers' word/token perplexities). For bytes
 both definitions coincide: ``bpb = loss / ln 2``. Positions are then counted in tokens.

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from longrange.data.tokenizers import load_run_tokenizer, save_run_tokenizer
+from longrange.data.tokenizer import load_run_tokenizer, save_run_tokenizer
 from longrange.hf.modeling import LongRangeForCausalLM
 from longrange.model.io import load
 

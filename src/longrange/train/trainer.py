@@ -30,7 +30,8 @@ from tqdm.auto import tqdm
 
 from longrange.config import ConfigError, ModelConfig, _check_literals, _from_dict, _read_yaml
 from longrange.data.stream import IGNORE_INDEX, DocumentStream
-from longrange.data.tokenizers import run_corpus, save_run_tokenizer
+from longrange.data.tokenized_corpus import run_corpus
+from longrange.data.tokenizer import save_run_tokenizer
 from longrange.memory.state import ModelState
 from longrange.model.build import build_model
 from longrange.model.lm import LongRangeLM
@@ -634,7 +635,7 @@ def train(
     the run. ``init_from`` (a run or checkpoint folder) starts a new run from its weights only (fine-tuning,
     e.g. a transformer-xl run into a memorizing model): tensors it lacks start fresh and are listed,
     tensors this model has no place for are skipped and listed, mis-shaped ones are an error.
-    ``tokenizer``: bytes (None), ``bpe:VOCAB`` or a FILE.json (`longrange.data.tokenizers`), kept in the run.
+    ``tokenizer``: bytes (None), ``bpe:VOCAB`` or a FILE.json (`longrange.data.tokenizer`), kept in the run.
     Raises `TrainingDiverged` and `TrainingInterrupted` (after writing a checkpoint).
     """
     out_dir = Path(out_dir)
