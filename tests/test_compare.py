@@ -208,3 +208,22 @@ def test_demo_runs_the_fair_comparison(tmp_path, monkeypatch):
         "reformer": 1024,
         "luna": 1024,
     }  # 16 segments of a row per update for the others, memories carried
+
+
+def test_the_demo_says_when_its_budget_cannot_separate_the_systems(tmp_path):
+    from longrange.commands.demo import regime_note
+
+    within = [
+        {"better": "memorizing", "worse": "transformer", "difference": 0.01, "separated": False},
+        {"better": "transformer", "worse": "luna", "difference": 0.9, "separated": True},
+    ]
+    stored = tmp_path / "long-context.json"
+    stored.write_text(
+        json.dumps({"transformer": {"bpb": [1.6, 1.7], "paired": []}, "memorizing": {"bpb": [1.5], "paired": [-0.1]}})
+    )
+    note = regime_note(within, 2, stored)
+    assert "not yet learned" in note and "repro long-context" in note and "memorizing -0.100" in note
+    assert "1.650" in note  # the stored Transformer's held-out bpb
+    assert "memorizing" not in regime_note(within, 2, tmp_path / "missing.json")  # no stored figure: the pointer
+    separated = [{"better": "memorizing", "worse": "transformer", "difference": 0.2, "separated": True}]
+    assert regime_note(separated, 2, stored) is None
