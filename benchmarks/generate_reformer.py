@@ -18,7 +18,7 @@ import time
 
 import torch
 
-import longrange as lr
+import longrange
 from longrange.generate import carries_state, generate
 
 
@@ -41,7 +41,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = lr.build_model(lr.ModelConfig.from_name(args.preset)).eval()
+    model = longrange.build_model(longrange.ModelConfig.from_name(args.preset)).eval()
     if not carries_state(model):
         raise SystemExit(f"{args.preset} keeps no decode caches (lsh.n_buckets null?); nothing to compare")
     rows = []

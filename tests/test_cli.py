@@ -52,10 +52,10 @@ def test_parser_builds():
 def test_eval_and_generate_commands_on_a_saved_model(tmp_path, corpus_dir, capsys):
     import json
 
-    import longrange as lr
+    import longrange
 
     run = tmp_path / "run"
-    lr.save(lr.build_model(lr.ModelConfig.from_name("transformer-xl-tiny", segment_len=16)), run)
+    longrange.save(longrange.build_model(longrange.ModelConfig.from_name("transformer-xl-tiny", segment_len=16)), run)
     out = tmp_path / "eval.json"
     args = ["eval", str(run), "--data", str(corpus_dir), "--split", "train", "--override", "xl.mem_len=32"]
     assert main([*args, "--out", str(out)]) == 0

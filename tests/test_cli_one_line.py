@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-import longrange as lr
+import longrange
 from longrange.cli import main
 from longrange.commands import eval as eval_command
 from longrange.commands import generate as generate_command
@@ -17,7 +17,9 @@ DEEP = "[" * 10_000 + "]" * 10_000  # 20 KB, far under the 1 MiB cap
 
 def _run(tmp_path, corpus_dir):
     run = tmp_path / "run"
-    lr.save(lr.build_model(lr.ModelConfig.from_name("transformer-tiny", segment_len=16)), run / "checkpoint")
+    longrange.save(
+        longrange.build_model(longrange.ModelConfig.from_name("transformer-tiny", segment_len=16)), run / "checkpoint"
+    )
     (run / "corpus.json").write_text(json.dumps({"spec": str(corpus_dir), **load_corpus(str(corpus_dir)).manifest}))
     return run
 

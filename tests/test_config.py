@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-import longrange as lr
+import longrange
 from longrange.commands.train import add_arguments, configs_from_args
 from longrange.config import PRESETS, ConfigError
 
@@ -13,16 +13,16 @@ CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_every_preset_builds(name):
-    cfg = lr.ModelConfig.from_name(name)
+    cfg = longrange.ModelConfig.from_name(name)
     if name.endswith("-base"):
         return  # GPU sizes: building them is slow on CI; their config is still validated
-    assert lr.build_model(cfg).num_parameters() > 0
+    assert longrange.build_model(cfg).num_parameters() > 0
 
 
 def test_yaml_round_trip(tmp_path):
-    cfg = lr.ModelConfig.from_name("memorizing-tiny", **{"knn.memory_size": 77})
+    cfg = longrange.ModelConfig.from_name("memorizing-tiny", **{"knn.memory_size": 77})
     cfg.to_file(tmp_path / "c.yaml")
-    assert lr.ModelConfig.from_file(tmp_path / "c.yaml") == cfg
+    assert longrange.ModelConfig.from_file(tmp_path / "c.yaml") == cfg
 
 
 @pytest.mark.parametrize(
@@ -37,7 +37,7 @@ def test_yaml_round_trip(tmp_path):
 )
 def test_bad_values_name_the_key_and_choices(bad, match):
     with pytest.raises(ConfigError, match=match):
-        lr.ModelConfig.from_name("transformer-tiny", **bad)
+        longrange.ModelConfig.from_name("transformer-tiny", **bad)
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
@@ -74,7 +74,7 @@ def test_yaml_alias_bomb_is_refused_in_well_under_a_second(tmp_path):
     ckpt.mkdir()
     (ckpt / "config.yaml").write_text(_alias_bomb())
     (ckpt / "model.safetensors").write_bytes(b"")
-    for read in (_read_yaml, lr.ModelConfig.from_file, TrainConfig.from_file, lambda _: load_config(ckpt)):
+    for read in (_read_yaml, longrange.ModelConfig.from_file, TrainConfig.from_file, lambda _: load_config(ckpt)):
         start = time.perf_counter()
         with pytest.raises(ConfigError, match=r"anchors and aliases \(&, \*\) are not allowed") as err:
             read(path)
@@ -90,11 +90,11 @@ def test_yaml_single_anchor_python_tag_and_oversized_file_give_one_line(tmp_path
     path = tmp_path / "tag.yaml"
     path.write_text('model: !!python/object/apply:os.system ["echo owned"]\n')
     with pytest.raises(ConfigError, match="tag.yaml' is not a valid config: could not determine a constructor") as err:
-        lr.ModelConfig.from_file(path)
+        longrange.ModelConfig.from_file(path)
     assert "\n" not in str(err.value)
     path.write_text("model:\n  name: " + "x" * MAX_CONFIG_BYTES + "\n")
     with pytest.raises(ConfigError, match="bytes; a config holds at most"):
-        lr.ModelConfig.from_file(path)
+        longrange.ModelConfig.from_file(path)
     with pytest.raises(ConfigError, match="bytes; a config holds at most"):
         load_yaml_text("x" * (MAX_CONFIG_BYTES + 1))
 
@@ -134,7 +134,7 @@ def test_yaml_reads_exponent_floats_as_numbers():
 )
 def test_every_field_is_checked_against_its_declared_type(bad, match):
     with pytest.raises(ConfigError, match=match) as err:
-        lr.ModelConfig.from_name("transformer-xl-tiny").replace(**bad)
+        longrange.ModelConfig.from_name("transformer-xl-tiny").replace(**bad)
     assert "\n" not in str(err.value)
 
 
@@ -143,21 +143,23 @@ def test_types_are_checked_from_yaml_overrides_and_the_constructor():
 
     # `--set tie_embeddings="no"` reaches the config as the string "no"; unquoted `no` is YAML's false
     with pytest.raises(ConfigError, match="tie_embeddings='no'"):
-        lr.ModelConfig.from_name("transformer-tiny", tie_embeddings=load_yaml_text('"no"'))
-    assert lr.ModelConfig.from_name("transformer-tiny", tie_embeddings=load_yaml_text("no")).tie_embeddings is False
+        longrange.ModelConfig.from_name("transformer-tiny", tie_embeddings=load_yaml_text('"no"'))
+    assert (
+        longrange.ModelConfig.from_name("transformer-tiny", tie_embeddings=load_yaml_text("no")).tie_embeddings is False
+    )
     with pytest.raises(ConfigError, match="reversible='abc'"):
-        lr.ModelConfig(reversible="abc")
+        longrange.ModelConfig(reversible="abc")
     with pytest.raises(ConfigError, match=r"xl.mem_len='8' must be an integer"):
-        lr.ModelConfig(layers=["xl"], xl={"mem_len": "8"})
+        longrange.ModelConfig(layers=["xl"], xl={"mem_len": "8"})
 
 
 def test_good_values_pass_and_ints_become_floats():
-    cfg = lr.ModelConfig.from_name(
+    cfg = longrange.ModelConfig.from_name(
         "reformer-tiny", dropout=0, norm_eps=1, axial_shape=(256, 256), **{"lsh.n_buckets": [4, 8]}
     )
     assert cfg.dropout == 0.0 and isinstance(cfg.dropout, float) and isinstance(cfg.norm_eps, float)
     assert cfg.axial_shape == [256, 256] and cfg.lsh.n_buckets == [4, 8]
-    assert lr.ModelConfig.from_name("reformer-tiny", **{"lsh.n_buckets": None}).lsh.n_buckets is None
+    assert longrange.ModelConfig.from_name("reformer-tiny", **{"lsh.n_buckets": None}).lsh.n_buckets is None
 
 
 def test_a_trainer_like_dataclass_gets_the_same_checks():
@@ -213,7 +215,7 @@ def test_a_misspelt_run_config_section_is_named():
 
 
 def test_settings_of_a_section_no_layer_uses_warn(caplog):
-    cfg = lr.ModelConfig.from_name("transformer-xl-tiny")
+    cfg = longrange.ModelConfig.from_name("transformer-xl-tiny")
     with caplog.at_level("WARNING", logger="longrange.config"):
         assert cfg.replace(**{"xl.mem_len": 8}).xl.mem_len == 8  # used: no warning
         assert not caplog.records
@@ -221,8 +223,8 @@ def test_settings_of_a_section_no_layer_uses_warn(caplog):
     assert len(caplog.records) == 1 and "section 'lsh' is set but no layer uses it" in caplog.text
     caplog.clear()
     with caplog.at_level("WARNING", logger="longrange.config"):
-        lr.ModelConfig.from_dict({"layers": ["full"], "knn": {"topk": 4}})
-        lr.ModelConfig.from_dict({"layers": ["full"], "knn": {}})  # defaults only: nothing to warn about
+        longrange.ModelConfig.from_dict({"layers": ["full"], "knn": {"topk": 4}})
+        longrange.ModelConfig.from_dict({"layers": ["full"], "knn": {}})  # defaults only: nothing to warn about
         cfg.replace(**{"lsh.n_hashes": 8}).replace(d_model=32)  # warned once, where the section was set
     assert [r.getMessage().split(" is set")[0] for r in caplog.records] == [
         "config section 'knn'",
@@ -239,15 +241,15 @@ def test_a_section_is_read_by_name_also_when_registered_after_the_config_was_mad
     class LateConfig:
         width: int = 3
 
-    cfg = lr.ModelConfig.from_name("transformer-xl-tiny")
+    cfg = longrange.ModelConfig.from_name("transformer-xl-tiny")
     assert cfg.section("xl") is cfg.xl and cfg.xl.mem_len == 64
     register("late", FullAttention, LateConfig)
     try:
         assert cfg.section("late") == LateConfig()  # the defaults, kept from then on
-        assert cfg.to_dict() == lr.ModelConfig.from_name("transformer-xl-tiny").to_dict()
+        assert cfg.to_dict() == longrange.ModelConfig.from_name("transformer-xl-tiny").to_dict()
         assert cfg == cfg.replace()
     finally:
         unregister("late")
     with pytest.raises(ConfigError, match="no attention kind 'late' is registered"):
         cfg.section("late")
-    assert not hasattr(lr.ModelConfig, "__getattr__")  # what type checkers see: declared attributes and methods
+    assert not hasattr(longrange.ModelConfig, "__getattr__")  # what type checkers see: declared attributes and methods

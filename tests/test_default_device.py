@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import longrange as lr
+import longrange
 from longrange.attention.lsh.hashing import draw_rotations
 from longrange.eval.evaluate import evaluate
 from longrange.memory.knn_store import KNNMemory
@@ -34,7 +34,7 @@ def test_task_batches_are_drawn_on_their_generators_device():
 
 
 def test_evaluation_bookkeeping_stays_on_the_cpu(corpus_dir):
-    model = lr.build_model(lr.ModelConfig.from_name("transformer-tiny"))
+    model = longrange.build_model(longrange.ModelConfig.from_name("transformer-tiny"))
     docs = [p.read_bytes() for p in sorted(corpus_dir.iterdir())[:2]]
     expected = evaluate(model, docs, batch_size=2, max_segments=2)
     with torch.device("meta"):  # the model and its inputs stay on the CPU (device="cpu")
@@ -52,7 +52,7 @@ def test_a_run_trains_the_same_under_another_default_device(tmp_path, corpus_dir
     """The trainer builds its model on the CPU, so the seed fixes the initial weights whatever the default device
     (and a CPU run does not build a model on the default device first)."""
     cfg = TrainConfig(steps=2, batch_size=2, segment_len=16, device="cpu", progress=False, eval_segments=1)
-    model_cfg = lr.ModelConfig.from_name("transformer-xl-tiny")
+    model_cfg = longrange.ModelConfig.from_name("transformer-xl-tiny")
     train(model_cfg, cfg, str(corpus_dir), tmp_path / "plain")
     with torch.device("meta"):
         train(model_cfg, cfg, str(corpus_dir), tmp_path / "other")

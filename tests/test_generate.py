@@ -2,12 +2,12 @@
 
 import torch
 
-import longrange as lr
+import longrange
 from longrange.generate import carries_state, generate, sample_next
 
 
 def _model(name: str, **overrides):
-    return lr.build_model(lr.ModelConfig.from_name(name, **overrides)).eval()
+    return longrange.build_model(longrange.ModelConfig.from_name(name, **overrides)).eval()
 
 
 def test_same_seed_same_sample():

@@ -3,14 +3,14 @@
 import pytest
 import torch
 
-import longrange as lr
+import longrange
 from longrange.generate import generate, generate_batch
 
 
 @pytest.mark.parametrize("preset", ["transformer-xl-tiny", "memorizing-tiny", "transformer-tiny"])
 def test_batched_greedy_generation_equals_one_by_one(preset):
     torch.manual_seed(0)
-    model = lr.build_model(lr.ModelConfig.from_name(preset, segment_len=8)).eval()
+    model = longrange.build_model(longrange.ModelConfig.from_name(preset, segment_len=8)).eval()
     prompts = [list(b"def f(x):\n  return"), list(b"import os, sys\nxyz"), list(b"# a comment\n"), list(b"class A:")]
     assert len(prompts[0]) == len(prompts[1])  # two of them share a batch; the others run alone
     batched = generate_batch(model, prompts, 12, temperature=0)
@@ -21,7 +21,7 @@ def test_batched_greedy_generation_equals_one_by_one(preset):
 
 def test_batched_sampling_uses_seed_plus_index():
     torch.manual_seed(0)
-    model = lr.build_model(lr.ModelConfig.from_name("transformer-xl-tiny", segment_len=8)).eval()
+    model = longrange.build_model(longrange.ModelConfig.from_name("transformer-xl-tiny", segment_len=8)).eval()
     prompts = [list(b"abcdef"), list(b"uvwxyz")]
     batched = generate_batch(model, prompts, 10, seed=5)
     assert batched == [generate(model, p, 10, seed=5 + i) for i, p in enumerate(prompts)]
@@ -31,8 +31,8 @@ def test_generate_command_samples_several_prompt_files(tmp_path, capsys):
     from longrange.cli import main
 
     torch.manual_seed(0)
-    model = lr.build_model(lr.ModelConfig.from_name("transformer-xl-tiny", segment_len=8))
-    lr.save(model, tmp_path / "run")
+    model = longrange.build_model(longrange.ModelConfig.from_name("transformer-xl-tiny", segment_len=8))
+    longrange.save(model, tmp_path / "run")
     for name, text in {"a.txt": "first prompt", "b.txt": "the second one"}.items():
         (tmp_path / name).write_text(text)
     files = ["--prompt-file", str(tmp_path / "a.txt"), "--prompt-file", str(tmp_path / "b.txt")]

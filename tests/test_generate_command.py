@@ -6,14 +6,16 @@ import math
 import pytest
 import torch
 
-import longrange as lr
+import longrange
 from longrange.cli import main
 from longrange.generate import NonFiniteLogits, check_sampling, generate, sample_next, stream_generate
 
 
 @pytest.fixture
 def run(tmp_path):
-    return lr.save(lr.build_model(lr.ModelConfig.from_name("transformer-xl-tiny", segment_len=16)), tmp_path / "run")
+    return longrange.save(
+        longrange.build_model(longrange.ModelConfig.from_name("transformer-xl-tiny", segment_len=16)), tmp_path / "run"
+    )
 
 
 class _Chunks(io.StringIO):
@@ -34,7 +36,7 @@ def test_tokens_are_printed_as_they_are_sampled_after_the_echoed_prompt(run, mon
     assert main(args) == 0
     assert out.getvalue().startswith("def f(") and out.flushed[0] == "def f("
     assert len(out.flushed) >= 1 + 6  # the prompt, then one flush per token (a split character prints empty)
-    expected = generate(lr.load(run), list(b"def f("), 6, temperature=0)
+    expected = generate(longrange.load(run), list(b"def f("), 6, temperature=0)
     assert out.getvalue() == "def f(" + bytes(expected).decode("utf-8", errors="replace") + "\n"
 
 
@@ -45,7 +47,7 @@ def test_no_echo_prints_only_the_sample(run, capsys):
 
 
 def test_stream_generate_yields_before_the_end(run):
-    model = lr.load(run)
+    model = longrange.load(run)
     tokens = stream_generate(model, list(b"abc"), 1000, seed=0)
     first = next(tokens)  # available without sampling the other 999
     assert 0 <= first < 256
@@ -90,10 +92,10 @@ def test_unknown_or_unavailable_device_is_one_line(run, capsys, device):
 
 
 def test_nan_weights_are_refused_before_sampling(tmp_path, capsys):
-    model = lr.build_model(lr.ModelConfig.from_name("transformer-tiny"))
+    model = longrange.build_model(longrange.ModelConfig.from_name("transformer-tiny"))
     with torch.no_grad():
         model.head.weight.fill_(float("nan"))
-    lr.save(model, tmp_path / "nan")
+    longrange.save(model, tmp_path / "nan")
     assert main(["generate", str(tmp_path / "nan"), "--max-new-tokens", "3"]) == 2
     captured = capsys.readouterr()
     assert "NaN or infinite" in captured.err and captured.out == ""

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-import longrange as lr
+import longrange
 from longrange.attention import register, unregister
 from longrange.attention.base import AttentionModule, AttentionOutput, merge_heads, split_heads
 from longrange.config import PRESETS, ConfigError, register_preset
@@ -75,19 +75,19 @@ def test_new_mechanism_trains_evaluates_generates_and_compares(window_mechanism,
     from longrange.train.trainer import TrainConfig, train
 
     # the config accepts the kind, its section (constructor, dotted overrides, YAML) and checks its types
-    cfg = lr.ModelConfig.from_name("window-tiny", **{"window.window": 6})
+    cfg = longrange.ModelConfig.from_name("window-tiny", **{"window.window": 6})
     assert cfg.window.window == 6 and not cfg.stateful
-    assert lr.ModelConfig(layers=["window"], window={"window": 3}).window.window == 3
+    assert longrange.ModelConfig(layers=["window"], window={"window": 3}).window.window == 3
     cfg.to_file(tmp_path / "window.yaml")
     assert "window:\n  window: 6" in (tmp_path / "window.yaml").read_text()
-    assert lr.ModelConfig.from_file(tmp_path / "window.yaml") == cfg
+    assert longrange.ModelConfig.from_file(tmp_path / "window.yaml") == cfg
     with pytest.raises(ConfigError, match=r"window.window='wide' must be an integer"):
         cfg.replace(**{"window.window": "wide"})
 
     # public API: train, load, evaluate, generate
     run = tmp_path / "run"
     train(cfg, TrainConfig(steps=2, batch_size=2, warmup_steps=1, log_every=1, progress=False), corpus, run)
-    model = lr.load(run)
+    model = longrange.load(run)
     assert isinstance(model.blocks[0].attention, WindowAttention) and model.blocks[0].attention.window == 6
     result = evaluate(model, [b"doc 1: key=919\n" * 4], batch_size=1)
     assert math.isfinite(result["bpb"]) and 0 < result["bpb"] < 9
@@ -129,7 +129,7 @@ def test_new_mechanism_registration_is_checked_and_undone(window_mechanism):
         register("window2", WindowAttention, WindowConfig, memory_size_key="size")
     unregister("window")
     with pytest.raises(ConfigError, match=r"layers\[0\]='window' is not allowed"):
-        lr.ModelConfig(layers=["window"])
+        longrange.ModelConfig(layers=["window"])
 
 
 @dataclass
@@ -178,12 +178,12 @@ def cache_mechanism():
 def test_the_programs_read_a_mechanisms_facts_from_its_registration(cache_mechanism, tmp_path):
     from longrange.compare import CompareConfig, memory_key, reach, whole_row_systems
 
-    cfg = lr.ModelConfig(layers=["cache", "cache"], segment_len=16, cache={"size": 4})
+    cfg = longrange.ModelConfig(layers=["cache", "cache"], segment_len=16, cache={"size": 4})
     assert reach(cfg) == (16 + 2 * 12, "segment + 2 x 3 x size")  # the declared reach, per layer
     # the ablated memory: the highest rank (kNN over the cache registered after it), then the upper layer
-    assert memory_key(lr.ModelConfig(layers=["knn", "cache"])) == "knn.memory_size"
-    assert memory_key(lr.ModelConfig(layers=["cache", "xl"])) == "xl.mem_len"
-    assert memory_key(lr.ModelConfig(layers=["xl", "cache"])) == "cache.size"
+    assert memory_key(longrange.ModelConfig(layers=["knn", "cache"])) == "knn.memory_size"
+    assert memory_key(longrange.ModelConfig(layers=["cache", "xl"])) == "xl.mem_len"
+    assert memory_key(longrange.ModelConfig(layers=["xl", "cache"])) == "cache.size"
     # whole-row reading: a system whose every layer is registered for one pass
     assert whole_row_systems("tiny") == ["reformer", "luna", "cache"]
     assert CompareConfig(size="tiny").whole_row == ["reformer", "luna", "cache"]
@@ -204,9 +204,9 @@ def test_the_built_in_facts():
     from longrange.compare import CompareConfig, memory_key, reach
 
     assert CompareConfig(size="small").whole_row == ["reformer", "luna"]
-    cfg = lr.ModelConfig.from_name("memorizing-tiny")  # XL layers and one kNN layer: the kNN memory is ablated
+    cfg = longrange.ModelConfig.from_name("memorizing-tiny")  # XL layers and one kNN layer: the kNN memory is ablated
     assert memory_key(cfg) == "knn.memory_size"
-    assert reach(lr.ModelConfig.from_name("compressive-tiny")) == (
+    assert reach(longrange.ModelConfig.from_name("compressive-tiny")) == (
         64 + 2 * (32 + 8 * 4),
         "segment + 2 x (mem_len + cmem_len x rate)",
     )

@@ -1,8 +1,8 @@
 """longrange: long-range sequence modelling in PyTorch.
 
-import longrange as lr
-cfg = lr.ModelConfig.from_name("transformer-xl-tiny")
-model = lr.build_model(cfg)
+import longrange
+cfg = longrange.ModelConfig.from_name("transformer-xl-tiny")
+model = longrange.build_model(cfg)
 state = model.init_state(batch_size=2)
 out = model(tokens, state=state, doc_start=doc_start)
 """

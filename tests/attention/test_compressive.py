@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-import longrange as lr
+import longrange
 from longrange.attention.base import split_heads
 from longrange.attention.compressive import CompressiveAttention
 from longrange.attention.memory_attention import (
@@ -84,11 +84,13 @@ def test_autoencoding_loss_trains_compressor_and_decoder():
 def test_rate_one_identity_compression_equals_transformer_xl():
     """With c = 1 and mean pooling (the identity), [cmem ; mem] is an XL memory of n_m + n_cm."""
     base = dict(segment_len=8, d_model=32, n_heads=2)
-    xl = lr.build_model(lr.ModelConfig.from_name("transformer-xl-tiny", **base, **{"xl.mem_len": 12})).eval()
-    comp_cfg = lr.ModelConfig.from_name(
+    xl = longrange.build_model(
+        longrange.ModelConfig.from_name("transformer-xl-tiny", **base, **{"xl.mem_len": 12})
+    ).eval()
+    comp_cfg = longrange.ModelConfig.from_name(
         "compressive-tiny", **base, compressive={"mem_len": 4, "cmem_len": 8, "rate": 1, "compression": "mean"}
     )
-    comp = lr.build_model(comp_cfg).eval()
+    comp = longrange.build_model(comp_cfg).eval()
     comp.load_state_dict(xl.state_dict())
     tokens = torch.randint(0, 256, (2, 40))
     states = [xl.init_state(2), comp.init_state(2)]
@@ -102,7 +104,7 @@ def test_rate_one_identity_compression_equals_transformer_xl():
 
 
 def test_generation_equals_recomputation():
-    model = lr.build_model(lr.ModelConfig.from_name("compressive-tiny", segment_len=16)).eval()
+    model = longrange.build_model(longrange.ModelConfig.from_name("compressive-tiny", segment_len=16)).eval()
     prompt = torch.randint(0, 256, (40,)).tolist()
     tokens = generate(model, prompt, 6, temperature=0)
     state = model.init_state(1)
@@ -120,8 +122,10 @@ def test_generation_equals_recomputation():
 
 def test_tiny_model_lm_and_compression_losses_fall():
     torch.manual_seed(0)
-    cfg = lr.ModelConfig.from_name("compressive-tiny", segment_len=16, compressive={"mem_len": 32, "cmem_len": 32})
-    model = lr.build_model(cfg)
+    cfg = longrange.ModelConfig.from_name(
+        "compressive-tiny", segment_len=16, compressive={"mem_len": 32, "cmem_len": 32}
+    )
+    model = longrange.build_model(cfg)
     text = torch.tensor(list(b"the quick brown fox jumps over the lazy dog. " * 40))
 
     def run(steps, optimizer):
@@ -224,8 +228,8 @@ def test_reconstruction_loss_ignores_invalid_compressed_slots(loss):
 def test_compressive_presets_reach_as_far_as_the_transformer_xl_presets():
     """The speed comparison `bench train --presets transformer-xl-small,compressive-small` is at equal span."""
     for size in ("tiny", "small", "base"):
-        xl = lr.ModelConfig.from_name(f"transformer-xl-{size}").xl
-        comp = lr.ModelConfig.from_name(f"compressive-{size}").compressive
+        xl = longrange.ModelConfig.from_name(f"transformer-xl-{size}").xl
+        comp = longrange.ModelConfig.from_name(f"compressive-{size}").compressive
         assert comp.mem_len + comp.cmem_len * comp.rate == xl.mem_len
         assert comp.mem_len + comp.cmem_len < xl.mem_len  # fewer slots to attend over
 
@@ -255,12 +259,12 @@ def test_most_used_validity_follows_the_selected_states():
 def test_a_row_reset_with_pending_states_equals_a_fresh_row(compression):
     """Segments of 16 at rate 3 leave 1, 2, 0, ... states pending; a reset row must group like a fresh one."""
     torch.manual_seed(0)
-    cfg = lr.ModelConfig.from_name(
+    cfg = longrange.ModelConfig.from_name(
         "compressive-tiny",
         segment_len=16,
         compressive={"mem_len": 16, "cmem_len": 8, "rate": 3, "compression": compression},
     )
-    model = lr.build_model(cfg).eval()
+    model = longrange.build_model(cfg).eval()
     old, new = torch.randint(0, 256, (2, 32)), torch.randint(0, 256, (2, 64))
     with torch.no_grad():
         state = model.init_state(2)

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import longrange as lr
+import longrange
 from longrange.attention.knn import KNNAttention
 from longrange.generate import generate
 from longrange.model.io import load_weights, save
@@ -90,7 +90,7 @@ def test_faiss_flat_backend_gives_the_same_outputs():
 
 
 def test_generation_equals_recomputation_with_the_same_segmentation():
-    model = lr.build_model(lr.ModelConfig.from_name("memorizing-tiny", segment_len=16)).eval()
+    model = longrange.build_model(longrange.ModelConfig.from_name("memorizing-tiny", segment_len=16)).eval()
     prompt = torch.randint(0, 256, (40,)).tolist()
     tokens = generate(model, prompt, 6, temperature=0)
     state, expected = model.init_state(1), []
@@ -106,9 +106,9 @@ def test_generation_equals_recomputation_with_the_same_segmentation():
 
 
 def test_transformer_xl_checkpoint_loads_into_a_memorizing_model(tmp_path):
-    xl = lr.build_model(lr.ModelConfig.from_name("transformer-xl-tiny"))
+    xl = longrange.build_model(longrange.ModelConfig.from_name("transformer-xl-tiny"))
     save(xl, tmp_path / "xl")
-    memorizing = lr.build_model(lr.ModelConfig.from_name("memorizing-tiny"))
+    memorizing = longrange.build_model(longrange.ModelConfig.from_name("memorizing-tiny"))
     missing = load_weights(memorizing, tmp_path / "xl", strict=False)
     assert missing and all("rel_bias" in k or "gate_bias" in k or "log_scale" in k or "blocks.1" in k for k in missing)
     torch.testing.assert_close(memorizing.blocks[1].attention.q.weight, xl.blocks[1].attention.q.weight)
@@ -116,9 +116,9 @@ def test_transformer_xl_checkpoint_loads_into_a_memorizing_model(tmp_path):
 
 @pytest.mark.cpu_only  # the files are mapped into CPU memory; a CUDA model refuses disk storage
 def test_disk_storage_option_gives_the_same_model_outputs(tmp_path):
-    ram = lr.build_model(lr.ModelConfig.from_name("memorizing-tiny", segment_len=16)).eval()
-    cfg = lr.ModelConfig.from_name("memorizing-tiny", segment_len=16, **{"knn.storage": "disk"})
-    disk = lr.build_model(cfg.replace(**{"knn.storage_dir": str(tmp_path)})).eval()
+    ram = longrange.build_model(longrange.ModelConfig.from_name("memorizing-tiny", segment_len=16)).eval()
+    cfg = longrange.ModelConfig.from_name("memorizing-tiny", segment_len=16, **{"knn.storage": "disk"})
+    disk = longrange.build_model(cfg.replace(**{"knn.storage_dir": str(tmp_path)})).eval()
     disk.load_state_dict(ram.state_dict())
     tokens = torch.randint(0, 256, (2, 48))
     states = [ram.init_state(2), disk.init_state(2)]

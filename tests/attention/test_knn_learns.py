@@ -23,7 +23,7 @@ models and asks that one of them learns: a model whose memory does not work neve
 import torch
 import torch.nn.functional as F
 
-import longrange as lr
+import longrange
 
 SEG, DOC_LEN, N_SECRETS, QUESTION = 8, 64, 16, ord("?")
 
@@ -47,13 +47,13 @@ def _answer_logits(model, docs: torch.Tensor) -> torch.Tensor:
 
 def _train(memory_size: int, steps: int = 150, batch: int = 32, seed: int = 0) -> tuple[list[float], float]:
     torch.manual_seed(seed)
-    cfg = lr.ModelConfig.from_name(
+    cfg = longrange.ModelConfig.from_name(
         "memorizing-tiny",
         segment_len=SEG,
         dropout=0.0,
         **{"xl.mem_len": SEG, "knn.mem_len": SEG, "knn.memory_size": memory_size, "knn.topk": 64},
     )
-    model = lr.build_model(cfg)
+    model = longrange.build_model(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     g = torch.Generator(torch.get_default_device()).manual_seed(1)
     losses = []

@@ -8,7 +8,7 @@ give the same outputs and gradients, and a state restored from a checkpoint must
 import pytest
 import torch
 
-import longrange as lr
+import longrange
 from longrange.attention.positions import T5RelativeBias
 from longrange.memory.state import ModelState
 from longrange.train.trainer import state_from_dict, state_to_dict
@@ -36,8 +36,8 @@ CONFIGS = {
 
 def _model(name: str):
     torch.manual_seed(0)
-    cfg = lr.ModelConfig(vocab_size=32, d_model=16, n_heads=2, segment_len=SEGMENT, **CONFIGS[name])
-    model = lr.build_model(cfg).train()
+    cfg = longrange.ModelConfig(vocab_size=32, d_model=16, n_heads=2, segment_len=SEGMENT, **CONFIGS[name])
+    model = longrange.build_model(cfg).train()
     with torch.no_grad():  # zero-initialised biases would hide position terms
         for p in model.parameters():
             p.add_(0.2 * torch.randn_like(p))

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-import longrange as lr
+import longrange
 from longrange.attention import luna as luna_module
 from longrange.attention.luna import LunaAttention
 from longrange.generate import generate
@@ -144,7 +144,7 @@ def test_later_layers_need_the_carry():
 
 
 def test_streaming_generation_equals_recomputation():
-    model = lr.build_model(lr.ModelConfig.from_name("luna-tiny", segment_len=16)).eval()
+    model = longrange.build_model(longrange.ModelConfig.from_name("luna-tiny", segment_len=16)).eval()
     prompt = torch.randint(0, 256, (37,)).tolist()
     tokens = generate(model, prompt, 8, temperature=0)
     with torch.no_grad():
@@ -154,7 +154,7 @@ def test_streaming_generation_equals_recomputation():
 
 def test_tiny_luna_lm_loss_falls():
     torch.manual_seed(0)
-    model = lr.build_model(lr.ModelConfig.from_name("luna-tiny"))
+    model = longrange.build_model(longrange.ModelConfig.from_name("luna-tiny"))
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     text = torch.tensor(list(b"luna packs and unpacks. " * 30))
     losses = []
@@ -195,7 +195,7 @@ def test_bidirectional_equals_the_reference_formula(share):
 
 
 def test_causal_pack_weights_default_to_the_references_elu_plus_one():
-    assert lr.ModelConfig.from_name("luna-tiny").luna.activation == "elu"
+    assert longrange.ModelConfig.from_name("luna-tiny").luna.activation == "elu"
     scores = torch.linspace(-5, 5, 11)
     torch.testing.assert_close(_luna(activation="elu")._phi(scores), torch.nn.functional.elu(scores) + 1)
     torch.testing.assert_close(_luna(activation="softplus")._phi(scores), torch.log1p(scores.exp()))

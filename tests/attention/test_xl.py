@@ -2,12 +2,14 @@
 
 import torch
 
-import longrange as lr
+import longrange
 from longrange.attention.xl import XLAttention
 
 
 def _xl_model(mem_len: int):
-    return lr.build_model(lr.ModelConfig.from_name("transformer-xl-tiny", **{"xl.mem_len": mem_len})).eval()
+    return longrange.build_model(
+        longrange.ModelConfig.from_name("transformer-xl-tiny", **{"xl.mem_len": mem_len})
+    ).eval()
 
 
 def test_segments_with_memory_covering_everything_equal_one_pass():
@@ -90,5 +92,5 @@ def test_t5_positions_equal_the_naive_formula_over_memory_and_segment():
     scores = scores.masked_fill(j > i, float("-inf"))
     naive = attn.out((scores.softmax(-1) @ v).transpose(1, 2).reshape(1, t, d))
     torch.testing.assert_close(out, naive, rtol=1e-5, atol=1e-5)
-    model = lr.build_model(lr.ModelConfig.from_name("memorizing-tiny", **{"xl.positions": "t5"})).eval()
+    model = longrange.build_model(longrange.ModelConfig.from_name("memorizing-tiny", **{"xl.positions": "t5"})).eval()
     assert any(getattr(b.attention, "positions", None) == "t5" for b in model.blocks)

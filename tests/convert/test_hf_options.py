@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-import longrange as lr
+import longrange
 from longrange.attention.lsh import LSHAttention
 from longrange.config import ConfigError
 from tests.model.gradients import loss_and_grads as _grads
@@ -25,7 +25,7 @@ HF_STYLE = {
 @pytest.mark.parametrize("dropout", [0.0, 0.2])
 def test_concat_readout_reversible_equals_plain_twin(dropout):
     torch.manual_seed(0)
-    model = lr.build_model(lr.ModelConfig.from_name("reformer-tiny", dropout=dropout, **HF_STYLE))
+    model = longrange.build_model(longrange.ModelConfig.from_name("reformer-tiny", dropout=dropout, **HF_STYLE))
     assert model.norm.normalized_shape == (128,) and model.head.bias is not None
     tokens = torch.randint(0, 256, (2, 64))
     loss_rev, grads_rev = _grads(model, tokens, seed=5)  # dropout + fresh rotations (hash_seed None)
@@ -38,9 +38,11 @@ def test_concat_readout_reversible_equals_plain_twin(dropout):
 
 
 def test_hf_options_round_trip_through_a_checkpoint(tmp_path):
-    model = lr.build_model(lr.ModelConfig.from_name("reformer-tiny", **HF_STYLE, **{"lsh.hash_seed": 7})).eval()
-    lr.save(model, tmp_path / "ckpt")
-    again = lr.load(tmp_path / "ckpt").eval()
+    model = longrange.build_model(
+        longrange.ModelConfig.from_name("reformer-tiny", **HF_STYLE, **{"lsh.hash_seed": 7})
+    ).eval()
+    longrange.save(model, tmp_path / "ckpt")
+    again = longrange.load(tmp_path / "ckpt").eval()
     assert again.config.lsh.n_buckets == [2, 4] and again.config.reversible_readout == "concat"
     tokens = torch.randint(0, 256, (1, 48))
     with torch.no_grad():
@@ -95,4 +97,4 @@ def test_lsh_refuses_bad_settings(kwargs, message):
 )
 def test_config_refuses_inconsistent_options(overrides, message):
     with pytest.raises(ConfigError, match=message):
-        lr.ModelConfig.from_name("reformer-tiny", **overrides)
+        longrange.ModelConfig.from_name("reformer-tiny", **overrides)

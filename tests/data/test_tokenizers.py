@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import longrange as lr
+import longrange
 from longrange.data.corpus import Corpus, load_corpus
 from longrange.data.stream import IGNORE_INDEX, DocumentStream
 from longrange.data.token_store import TokenDocuments
@@ -71,14 +71,16 @@ def _total_nats(model, documents, segment_len):
 def test_bits_per_byte_is_total_nats_over_covered_bytes(bpe):
     docs = make_documents(3)
     torch.manual_seed(0)
-    byte_model = lr.build_model(lr.ModelConfig.from_name("transformer-xl-tiny", segment_len=16)).eval()
+    byte_model = longrange.build_model(longrange.ModelConfig.from_name("transformer-xl-tiny", segment_len=16)).eval()
     result = evaluate(byte_model, docs, batch_size=1)
     nats = _total_nats(byte_model, docs, 16)
     assert result["bytes"] == result["tokens"] == sum(len(d) - 1 for d in docs)
     assert result["bpb"] == pytest.approx(result["loss"] / math.log(2), rel=1e-9)
     assert result["bpb"] == pytest.approx(nats / (result["bytes"] * math.log(2)), rel=1e-5)
 
-    bpe_model = lr.build_model(lr.ModelConfig.from_name("transformer-xl-tiny", segment_len=16, vocab_size=300)).eval()
+    bpe_model = longrange.build_model(
+        longrange.ModelConfig.from_name("transformer-xl-tiny", segment_len=16, vocab_size=300)
+    ).eval()
     tokens = TokenDocuments.from_arrays([bpe.encode_document(d) for d in docs], bpe.dtype, bpe.token_bytes)
     result = evaluate(bpe_model, tokens, batch_size=1)
     covered = sum(len(d) - len(bpe.id_to_bytes(int(t[0]))) for d, t in zip(docs, tokens, strict=True))
@@ -94,7 +96,7 @@ def test_tokenized_corpus_flows_vocab_into_config_and_bytes_stay_unchanged(bpe):
     tokenized = TokenizedCorpus(corpus, bpe)
     train = tokenized.split("train")
     assert isinstance(train, TokenDocuments) and len(train) == len(corpus.split("train"))
-    assert tokenized.model_config(lr.ModelConfig.from_name("transformer-tiny")).vocab_size == 300
+    assert tokenized.model_config(longrange.ModelConfig.from_name("transformer-tiny")).vocab_size == 300
     assert tokenized.manifest["tokenizer"]["vocab_size"] == 300
 
 
@@ -125,7 +127,7 @@ def test_train_with_bpe_records_the_tokenizer_and_eval_reports_bits_per_byte(tmp
     opts = ["--tokenizer", "bpe:280", "--steps", "2", "--batch-size", "2", "--segment-len", "16", "--no-progress"]
     assert main([*args, *opts, "--device", "cpu", "--checkpoint-every", "2"]) == 0
     tok = load_run_tokenizer(run)
-    assert tok.vocab_size == 280 and lr.load(run).config.vocab_size == 280
+    assert tok.vocab_size == 280 and longrange.load(run).config.vocab_size == 280
     capsys.readouterr()
     assert main(["eval", str(run), "--split", "train", "--docs", "2", "--no-progress"]) == 0
     out = capsys.readouterr().out

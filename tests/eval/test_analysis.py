@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-import longrange as lr
+import longrange
 from longrange.cli import main
 from longrange.commands.inspect_memory import inspect
 from longrange.eval import evaluate
@@ -13,7 +13,7 @@ from longrange.eval.compressive_attention import attention_by_region
 
 
 def test_evaluate_counts_every_target_byte_once_and_buckets_by_position():
-    model = lr.build_model(lr.ModelConfig.from_name("transformer-xl-tiny", segment_len=16))
+    model = longrange.build_model(longrange.ModelConfig.from_name("transformer-xl-tiny", segment_len=16))
     docs = [bytes(range(65, 65 + 26)) * 3, b"short document"]
     result = evaluate(model, docs, batch_size=2)
     assert result["tokens"] == sum(len(d) - 1 for d in docs)
@@ -23,7 +23,7 @@ def test_evaluate_counts_every_target_byte_once_and_buckets_by_position():
 
 
 def test_attention_analysis_reports_three_regions_per_layer():
-    model = lr.build_model(lr.ModelConfig.from_name("compressive-tiny", segment_len=16))
+    model = longrange.build_model(longrange.ModelConfig.from_name("compressive-tiny", segment_len=16))
     docs = [bytes(torch.randint(32, 127, (300,)).tolist()) for _ in range(2)]
     result = attention_by_region(model, docs, buckets=4)
     assert len(result["layers"]) == 2 and result["segments"] > 0
@@ -35,7 +35,7 @@ def test_attention_analysis_reports_three_regions_per_layer():
 @pytest.mark.parametrize("command", [["compressive-attention"], ["analyze", "attention"]])  # the former name too
 def test_compressive_attention_command_writes_json_and_plot(tmp_path, command):
     run = tmp_path / "run"
-    lr.save(lr.build_model(lr.ModelConfig.from_name("compressive-tiny", segment_len=16)), run)
+    longrange.save(longrange.build_model(longrange.ModelConfig.from_name("compressive-tiny", segment_len=16)), run)
     docs = tmp_path / "docs"
     docs.mkdir()
     for i in range(4):
@@ -46,7 +46,7 @@ def test_compressive_attention_command_writes_json_and_plot(tmp_path, command):
 
 
 def test_inspect_memory_points_at_earlier_positions_of_the_document():
-    model = lr.build_model(lr.ModelConfig.from_name("memorizing-tiny", segment_len=16))
+    model = longrange.build_model(longrange.ModelConfig.from_name("memorizing-tiny", segment_len=16))
     data = bytes(torch.randint(32, 127, (100,)).tolist())
     report = inspect(model, data, at=70, k=4)
     heads = report[0]["heads"]

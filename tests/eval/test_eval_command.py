@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-import longrange as lr
+import longrange
 from longrange.cli import main
 from longrange.commands.eval import default_output
 from longrange.data.corpus import load_corpus
@@ -15,11 +15,11 @@ from longrange.eval.evaluate import ImplausibleResult, check_result
 
 def _run(tmp_path, corpus_dir, scale: float = 1.0):
     """A run folder as `train` leaves it: checkpoint/ and corpus.json (the manifest of the corpus)."""
-    model = lr.build_model(lr.ModelConfig.from_name("transformer-tiny", segment_len=32))
+    model = longrange.build_model(longrange.ModelConfig.from_name("transformer-tiny", segment_len=32))
     with torch.no_grad():
         model.head.weight.mul_(scale)  # the logits grow with the scale
     run = tmp_path / "run"
-    lr.save(model, run / "checkpoint")
+    longrange.save(model, run / "checkpoint")
     spec = str(corpus_dir)
     (run / "corpus.json").write_text(json.dumps({"spec": spec, **load_corpus(spec).manifest}))
     return run

@@ -6,14 +6,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import longrange as lr
+import longrange
 from longrange.eval.evaluate import evaluate
 
 DOCS = [bytes(range(40, 40 + n)) * 1 for n in (23, 37, 50)] + [b"def f(x):\n    return x * 2\n" * 2]
 
 
 def _model(name: str, **overrides):
-    return lr.build_model(lr.ModelConfig.from_name(name, **overrides)).eval()
+    return longrange.build_model(longrange.ModelConfig.from_name(name, **overrides)).eval()
 
 
 def _one_pass_nats(model, doc: bytes) -> torch.Tensor:

@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 
-import longrange as lr
+import longrange
 from longrange.cli import main
 from longrange.data.corpus import load_corpus, read_corpus_record
 from longrange.data.tokenized_corpus import TokenizedCorpus
@@ -23,8 +23,8 @@ def _bpe_run(tmp_path, corpus_dir):
     tokenizer = get_tokenizer("bpe:300", lambda: iter(make_documents(12)))
     corpus = TokenizedCorpus(load_corpus(str(corpus_dir)), tokenizer)
     run = tmp_path / "run"
-    model = lr.build_model(lr.ModelConfig.from_name("transformer-tiny", segment_len=16, vocab_size=300))
-    lr.save(model, run / "checkpoint")
+    model = longrange.build_model(longrange.ModelConfig.from_name("transformer-tiny", segment_len=16, vocab_size=300))
+    longrange.save(model, run / "checkpoint")
     tokenizer.save(run / "tokenizer.json")
     (run / "corpus.json").write_text(json.dumps({"spec": str(corpus_dir), **corpus.manifest}))
     return run, tokenizer
@@ -66,7 +66,7 @@ def test_a_byte_run_with_a_stray_tokenizer_file_is_refused(tmp_path, corpus_dir)
 
 
 def test_a_folder_without_a_record_is_read_as_it_is(tmp_path):
-    lr.save(lr.build_model(lr.ModelConfig.from_name("transformer-tiny")), tmp_path / "saved")
+    longrange.save(longrange.build_model(longrange.ModelConfig.from_name("transformer-tiny")), tmp_path / "saved")
     assert load_run_tokenizer(tmp_path / "saved").name == "bytes"
 
 
@@ -90,19 +90,20 @@ def test_a_corpus_record_that_is_not_an_object_is_one_line_naming_the_file(tmp_p
 
 def test_eval_and_generate_find_the_checkpoint_a_kill_inside_the_swap_left(tmp_path, capsys):
     run = tmp_path / "run"
-    model = lr.build_model(lr.ModelConfig.from_name("transformer-tiny", segment_len=16))
-    lr.save(model, run / "checkpoint.old")  # keep=1: killed between `checkpoint -> checkpoint.old` and the new one
+    model = longrange.build_model(longrange.ModelConfig.from_name("transformer-tiny", segment_len=16))
+    # keep=1: killed between `checkpoint -> checkpoint.old` and the new one
+    longrange.save(model, run / "checkpoint.old")
     (run / "checkpoint.tmp").mkdir()  # the new one, not yet whole
     assert checkpoint_dir(run) == run / "checkpoint.old"
-    loaded = lr.load(run)
+    loaded = longrange.load(run)
     assert all(
         torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values(), strict=True)
     )
     shutil.move(run / "checkpoint.old", run / "checkpoint-step-00000004")  # keep > 1: the kept one is the newest
-    lr.save(model, run / "checkpoint-step-00000002")
+    longrange.save(model, run / "checkpoint-step-00000002")
     assert checkpoint_dir(run) == run / "checkpoint-step-00000004"
     assert main(["generate", str(run), "--max-new-tokens", "3", "--seed", "0"]) == 0
-    lr.save(model, run / "checkpoint")
+    longrange.save(model, run / "checkpoint")
     assert checkpoint_dir(run) == run / "checkpoint"  # a whole checkpoint/ always comes first
 
 

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 transformers = pytest.importorskip("transformers")
 
-import longrange as lr  # noqa: E402
+import longrange  # noqa: E402
 from longrange.attention import register, unregister  # noqa: E402
 from longrange.attention.base import AttentionModule, AttentionOutput  # noqa: E402
 from longrange.cli import main  # noqa: E402
@@ -37,21 +37,21 @@ from longrange.model.io import CheckpointError  # noqa: E402
 SYSTEMS = ["transformer", "transformer-xl", "reformer", "luna", "compressive", "memorizing"]
 
 
-def random_model(cfg: lr.ModelConfig, seed: int = 0) -> lr.LongRangeLM:
+def random_model(cfg: longrange.ModelConfig, seed: int = 0) -> longrange.LongRangeLM:
     torch.manual_seed(seed)
-    model = lr.build_model(cfg).eval()
+    model = longrange.build_model(cfg).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.1)
     return model
 
 
-def exported(tmp_path, cfg: lr.ModelConfig):
+def exported(tmp_path, cfg: longrange.ModelConfig):
     """(the run's model as `longrange.load` reads it, the exported folder, the model transformers loads from it)"""
-    lr.save(random_model(cfg), tmp_path / "run")
+    longrange.save(random_model(cfg), tmp_path / "run")
     out = export_hf(tmp_path / "run", tmp_path / "hf")
     hf_model = transformers.AutoModelForCausalLM.from_pretrained(out)
-    return lr.load(tmp_path / "run").eval(), out, hf_model
+    return longrange.load(tmp_path / "run").eval(), out, hf_model
 
 
 def some_tokens(batch: int, length: int, seed: int = 1) -> Tensor:
@@ -60,7 +60,7 @@ def some_tokens(batch: int, length: int, seed: int = 1) -> Tensor:
 
 @pytest.mark.parametrize("system", SYSTEMS)
 def test_export_round_trip_gives_the_runs_logits(system, tmp_path):
-    run_model, out, hf_model = exported(tmp_path, lr.ModelConfig.from_name(f"{system}-tiny"))
+    run_model, out, hf_model = exported(tmp_path, longrange.ModelConfig.from_name(f"{system}-tiny"))
     assert isinstance(hf_model, LongRangeForCausalLM) and not hf_model.training
     assert json.loads((out / "config.json").read_text())["model_type"] == "longrange"
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "generation_config.json", "model.safetensors"]
@@ -70,16 +70,16 @@ def test_export_round_trip_gives_the_runs_logits(system, tmp_path):
         expected = run_model(tokens).logits
         torch.testing.assert_close(hf_model(tokens).logits, expected, rtol=0, atol=0)
         # and back: longrange reads the export, and a folder transformers itself wrote
-        torch.testing.assert_close(lr.load(out).eval()(tokens).logits, expected, rtol=0, atol=0)
+        torch.testing.assert_close(longrange.load(out).eval()(tokens).logits, expected, rtol=0, atol=0)
         hf_model.save_pretrained(tmp_path / "saved")
-        torch.testing.assert_close(lr.load(tmp_path / "saved").eval()(tokens).logits, expected, rtol=0, atol=0)
+        torch.testing.assert_close(longrange.load(tmp_path / "saved").eval()(tokens).logits, expected, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("system", SYSTEMS)
 def test_greedy_generate_equals_longrange_generate(system, tmp_path):
     """A prompt longer than one segment (memories filled segment by segment, then one token at a time), alone and
     as two rows of one batch."""
-    run_model, _, hf_model = exported(tmp_path, lr.ModelConfig.from_name(f"{system}-tiny"))
+    run_model, _, hf_model = exported(tmp_path, longrange.ModelConfig.from_name(f"{system}-tiny"))
     length = run_model.config.segment_len + 9
     prompts = some_tokens(2, length).tolist()
     expected = generate(run_model, prompts[0], 8, temperature=0)
@@ -93,7 +93,7 @@ def test_greedy_generate_equals_longrange_generate(system, tmp_path):
 
 @pytest.mark.parametrize("system", SYSTEMS)
 def test_loglikelihood_equals_longrange_eval_on_a_document_longer_than_the_segment(system, tmp_path):
-    run_model, _, hf_model = exported(tmp_path, lr.ModelConfig.from_name(f"{system}-tiny"))
+    run_model, _, hf_model = exported(tmp_path, longrange.ModelConfig.from_name(f"{system}-tiny"))
     segment = run_model.config.segment_len
     document = bytes(some_tokens(1, 2 * segment + 17)[0].tolist())
     result = evaluate(run_model, [document], batch_size=1)
@@ -107,7 +107,7 @@ def test_a_continuation_after_a_context_of_several_segments_scores_as_eval_does(
     """The continuation's log-likelihood is `longrange eval`'s loss over its tokens: the document's total minus its
     context's (Reformer is left out: LSH buckets depend on the whole segment, so a shorter text hashes its earlier
     tokens differently and the context alone does not score as it does inside the document)."""
-    run_model, _, hf_model = exported(tmp_path, lr.ModelConfig.from_name(f"{system}-tiny"))
+    run_model, _, hf_model = exported(tmp_path, longrange.ModelConfig.from_name(f"{system}-tiny"))
     segment = run_model.config.segment_len
     document = bytes(some_tokens(1, 3 * segment)[0].tolist())
     split = 2 * segment + 5
@@ -126,7 +126,7 @@ def test_a_continuation_after_a_context_of_several_segments_scores_as_eval_does(
 
 
 def test_labels_give_the_language_modelling_loss(tmp_path):
-    run_model, _, hf_model = exported(tmp_path, lr.ModelConfig.from_name("transformer-xl-tiny"))
+    run_model, _, hf_model = exported(tmp_path, longrange.ModelConfig.from_name("transformer-xl-tiny"))
     tokens = some_tokens(2, 40)
     with torch.no_grad():
         expected = run_model(tokens[:, :-1], targets=tokens[:, 1:]).loss
@@ -134,7 +134,7 @@ def test_labels_give_the_language_modelling_loss(tmp_path):
 
 
 def test_generation_continues_from_a_returned_cache(tmp_path):
-    _, _, hf_model = exported(tmp_path, lr.ModelConfig.from_name("memorizing-tiny"))
+    _, _, hf_model = exported(tmp_path, longrange.ModelConfig.from_name("memorizing-tiny"))
     prompt = some_tokens(1, 70)
     whole = hf_model.generate(prompt, max_new_tokens=6, do_sample=False)
     first = hf_model.generate(prompt, max_new_tokens=3, do_sample=False, return_dict_in_generate=True)
@@ -145,7 +145,7 @@ def test_generation_continues_from_a_returned_cache(tmp_path):
 
 
 def test_what_generate_cannot_do_is_refused(tmp_path):
-    _, _, hf_model = exported(tmp_path, lr.ModelConfig.from_name("memorizing-tiny"))
+    _, _, hf_model = exported(tmp_path, longrange.ModelConfig.from_name("memorizing-tiny"))
     prompt = some_tokens(2, 10)
     padded = torch.ones_like(prompt)
     padded[0, :3] = 0
@@ -202,7 +202,7 @@ def prefix_mean():
 
 
 def test_a_plug_in_mechanism_registered_at_run_time(prefix_mean, tmp_path):
-    cfg = lr.ModelConfig(
+    cfg = longrange.ModelConfig(
         d_model=32, n_heads=2, layers=["prefixmean", "full"], segment_len=16, prefixmean={"scale": 2.0}
     )
     run_model, out, hf_model = exported(tmp_path, cfg)
@@ -228,7 +228,7 @@ def test_a_plug_in_mechanism_registered_at_run_time(prefix_mean, tmp_path):
 
 
 def test_export_command_and_reading_the_folder_back(tmp_path, capsys):
-    lr.save(random_model(lr.ModelConfig.from_name("transformer-xl-tiny")), tmp_path / "run")
+    longrange.save(random_model(longrange.ModelConfig.from_name("transformer-xl-tiny")), tmp_path / "run")
     out = tmp_path / "hf"
     assert main(["export", "hf", str(tmp_path / "run"), str(out)]) == 0
     assert "config.json + model.safetensors" in capsys.readouterr().out
@@ -247,26 +247,26 @@ def test_export_command_and_reading_the_folder_back(tmp_path, capsys):
 def test_train_init_from_an_export(tmp_path, corpus_dir):
     from longrange.train.trainer import TrainConfig, train
 
-    cfg = lr.ModelConfig.from_name("transformer-xl-tiny")
+    cfg = longrange.ModelConfig.from_name("transformer-xl-tiny")
     source = random_model(cfg)
-    lr.save(source, tmp_path / "run")
+    longrange.save(source, tmp_path / "run")
     out = export_hf(tmp_path / "run", tmp_path / "hf")
     # one step at a learning rate of 1e-6 moves each weight by about that; a fresh start is 0.1 away (random_model)
     train_cfg = TrainConfig(steps=1, lr=1e-6, min_lr=0.0, batch_size=1, warmup_steps=0, progress=False)
-    tuned = lr.load(train(cfg, train_cfg, corpus_dir, tmp_path / "tuned", init_from=out)).state_dict()
+    tuned = longrange.load(train(cfg, train_cfg, corpus_dir, tmp_path / "tuned", init_from=out)).state_dict()
     for name, tensor in source.state_dict().items():
         torch.testing.assert_close(tuned[name], tensor, rtol=0, atol=1e-4, msg=name)
 
 
 def test_a_folder_of_another_model_is_one_clear_error(tmp_path):
-    lr.save(random_model(lr.ModelConfig.from_name("transformer-tiny")), tmp_path / "m")
+    longrange.save(random_model(longrange.ModelConfig.from_name("transformer-tiny")), tmp_path / "m")
     (tmp_path / "m" / "config.yaml").unlink()
     (tmp_path / "m" / "config.json").write_text(json.dumps({"model_type": "reformer"}))
     with pytest.raises(ConfigError, match="model_type 'reformer'.*convert hf-reformer"):
-        lr.load(tmp_path / "m")
+        longrange.load(tmp_path / "m")
     (tmp_path / "m" / "config.json").unlink()
     with pytest.raises(CheckpointError, match="holds no checkpoint"):
-        lr.load(tmp_path / "m")
+        longrange.load(tmp_path / "m")
 
 
 @pytest.fixture
@@ -283,7 +283,7 @@ def test_a_subword_runs_tokenizer_travels_with_the_export(tmp_path):
     from longrange.data.tokenizer import BPETokenizer, load_run_tokenizer, save_run_tokenizer
 
     tokenizer = BPETokenizer.train([b"the quick brown fox jumps over the lazy dog " * 20], 300)
-    lr.save(random_model(lr.ModelConfig.from_name("transformer-tiny", vocab_size=300)), tmp_path / "run")
+    longrange.save(random_model(longrange.ModelConfig.from_name("transformer-tiny", vocab_size=300)), tmp_path / "run")
     save_run_tokenizer(tmp_path / "run", tokenizer)
     out = export_hf(tmp_path / "run", tmp_path / "hf")
     assert load_run_tokenizer(out).identity == tokenizer.identity

@@ -2,7 +2,7 @@
 
 import torch
 
-import longrange as lr
+import longrange
 from longrange.memory.state import LayerState, ModelState
 
 
@@ -60,7 +60,7 @@ def test_model_state_reset_zeroes_position_counter_of_reset_rows():
 def test_model_reset_row_equals_fresh_state():
     """A row flagged doc_start computes exactly what a fresh model state computes."""
     torch.manual_seed(0)
-    model = lr.build_model(lr.ModelConfig.from_name("transformer-xl-tiny")).eval()
+    model = longrange.build_model(longrange.ModelConfig.from_name("transformer-xl-tiny")).eval()
     first, second = torch.randint(0, 256, (2, 2, 16))
     state = model(first).state
     carried = model(second, state=state, doc_start=torch.tensor([True, False])).logits

@@ -3,14 +3,14 @@
 import pytest
 import torch
 
-import longrange as lr
+import longrange
 from longrange.config import ConfigError
 
 
 def _model(**overrides):
     torch.manual_seed(0)
-    cfg = lr.ModelConfig.from_name("transformer-tiny", segment_len=32, **overrides)
-    return lr.build_model(cfg).eval()
+    cfg = longrange.ModelConfig.from_name("transformer-tiny", segment_len=32, **overrides)
+    return longrange.build_model(cfg).eval()
 
 
 def test_padding_is_dropped_and_changes_no_causal_output():
@@ -45,7 +45,9 @@ def test_a_given_padding_mask_is_extended_and_a_chunked_head_loss_is_the_same():
 def test_no_padding_in_training_for_short_inputs_whole_multiples_with_a_state_or_memories(case):
     preset = "transformer-xl-tiny" if case == "model with memories" else "transformer-tiny"
     torch.manual_seed(0)
-    model = lr.build_model(lr.ModelConfig.from_name(preset, segment_len=32, eval_pad_multiple=8, eval_pad_min=4))
+    model = longrange.build_model(
+        longrange.ModelConfig.from_name(preset, segment_len=32, eval_pad_multiple=8, eval_pad_min=4)
+    )
     length = {"short": 4, "multiple": 16}.get(case, 13)
     model.train(case == "training")
     calls = []
@@ -57,8 +59,8 @@ def test_no_padding_in_training_for_short_inputs_whole_multiples_with_a_state_or
 
 def test_bad_padding_settings_are_refused():
     with pytest.raises(ConfigError, match="pad_token"):
-        lr.ModelConfig(vocab_size=16, pad_token=16)
+        longrange.ModelConfig(vocab_size=16, pad_token=16)
     with pytest.raises(ConfigError, match="eval_pad_multiple"):
-        lr.ModelConfig(eval_pad_multiple=0)
+        longrange.ModelConfig(eval_pad_multiple=0)
     with pytest.raises(ConfigError, match="eval_pad_min"):
-        lr.ModelConfig(eval_pad_min=-1)
+        longrange.ModelConfig(eval_pad_min=-1)

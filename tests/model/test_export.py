@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.utils import _pytree as pytree
 
-import longrange as lr
+import longrange
 from longrange.config import ModelConfig
 
 EXPORTS = ["transformer-tiny", "transformer-xl-tiny", "reformer-tiny", "luna-tiny", "compressive-tiny"]
@@ -15,7 +15,7 @@ EXPORTS = ["transformer-tiny", "transformer-xl-tiny", "reformer-tiny", "luna-tin
 @pytest.mark.parametrize("name", EXPORTS)
 def test_exported_program_equals_eager_with_its_state(name):
     torch.manual_seed(0)
-    model = lr.build_model(ModelConfig.from_name(name)).eval()
+    model = longrange.build_model(ModelConfig.from_name(name)).eval()
     tokens = torch.randint(0, 256, (2, 16))
     state = model.init_state(2) if model.stateful else None
     kwargs = {} if state is None else {"state": state}
@@ -29,7 +29,7 @@ def test_exported_program_equals_eager_with_its_state(name):
 
 
 def test_model_state_round_trips_through_pytree():
-    model = lr.build_model(ModelConfig.from_name("transformer-xl-tiny"))
+    model = longrange.build_model(ModelConfig.from_name("transformer-xl-tiny"))
     state = model.init_state(2)
     leaves, spec = pytree.tree_flatten(state)
     assert leaves and all(isinstance(leaf, torch.Tensor) for leaf in leaves)
@@ -39,7 +39,7 @@ def test_model_state_round_trips_through_pytree():
 
 
 def test_memorizing_is_refused_with_the_reason():
-    model = lr.build_model(ModelConfig.from_name("memorizing-tiny")).eval()
+    model = longrange.build_model(ModelConfig.from_name("memorizing-tiny")).eval()
     tokens = torch.randint(0, 256, (2, 16))
     with pytest.raises(ValueError, match="external store"):
         torch.export.export(model, (tokens,), {"state": model.init_state(2)})

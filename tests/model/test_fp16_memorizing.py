@@ -7,13 +7,13 @@ import math
 
 import torch
 
-import longrange as lr
+import longrange
 from longrange.config import ModelConfig
 
 
 def test_memorizing_tiny_trains_20_steps_under_fp16_autocast_with_a_scaler():
     torch.manual_seed(0)
-    model = lr.build_model(ModelConfig.from_name("memorizing-tiny"))
+    model = longrange.build_model(ModelConfig.from_name("memorizing-tiny"))
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     scaler = torch.amp.GradScaler(torch.get_default_device().type)
     state = model.init_state(2)
@@ -34,7 +34,7 @@ def test_memorizing_tiny_trains_20_steps_under_fp16_autocast_with_a_scaler():
 
 
 def test_memorizing_tiny_forward_in_half_weights_is_finite():
-    model = lr.build_model(ModelConfig.from_name("memorizing-tiny")).half()
+    model = longrange.build_model(ModelConfig.from_name("memorizing-tiny")).half()
     state = model.init_state(2)
     tokens = torch.randint(0, 256, (2, 16))
     for _ in range(2):  # the second segment searches a float16 memory

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch._dynamo as dynamo
 
-import longrange as lr
+import longrange
 
 SYSTEMS = [
     ("transformer-tiny", {}),
@@ -22,7 +22,7 @@ SYSTEMS = [
 
 @pytest.mark.parametrize(("preset", "overrides"), SYSTEMS, ids=[p for p, _ in SYSTEMS])
 def test_training_forward_traces_without_graph_breaks(preset, overrides):
-    model = lr.build_model(lr.ModelConfig.from_name(preset).replace(**overrides)).train()
+    model = longrange.build_model(longrange.ModelConfig.from_name(preset).replace(**overrides)).train()
     length = 256 if preset.startswith("reformer") else 64
     tokens = torch.randint(0, 256, (2, length))
     state = model.init_state(2) if model.stateful else None

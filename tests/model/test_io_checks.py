@@ -6,13 +6,13 @@ import pytest
 import torch
 import yaml
 
-import longrange as lr
+import longrange
 from longrange.model.io import CheckpointError, load, read_shapes
 
 
 def _saved(tmp_path, name="transformer-tiny"):
-    model = lr.build_model(lr.ModelConfig.from_name(name))
-    return model, lr.save(model, tmp_path / "ckpt")
+    model = longrange.build_model(longrange.ModelConfig.from_name(name))
+    return model, longrange.save(model, tmp_path / "ckpt")
 
 
 def test_header_shapes_are_read_without_loading(tmp_path):
@@ -37,7 +37,7 @@ def test_nan_weights_are_refused_at_load(tmp_path):
     model, _ = _saved(tmp_path)
     with torch.no_grad():
         model.blocks[0].ff.up.weight.fill_(float("nan"))
-    lr.save(model, tmp_path / "nan")
+    longrange.save(model, tmp_path / "nan")
     with pytest.raises(CheckpointError, match=r"NaN or infinite.*blocks\.0\.ff\.up\.weight.*diverged"):
         load(tmp_path / "nan")
     assert torch.isnan(load(tmp_path / "nan", allow_nonfinite=True).blocks[0].ff.up.weight).all()

@@ -5,7 +5,7 @@ token. Other systems join by adding their preset to SYSTEMS."""
 import pytest
 import torch
 
-import longrange as lr
+import longrange
 
 SYSTEMS = [
     "transformer-tiny",
@@ -19,7 +19,7 @@ SYSTEMS = [
 
 @pytest.mark.parametrize("name", SYSTEMS)
 def test_forward_backward_and_a_streamed_token_on_meta(name):
-    model = lr.build_model(lr.ModelConfig.from_name(name)).to("meta")
+    model = longrange.build_model(longrange.ModelConfig.from_name(name)).to("meta")
     tokens = torch.zeros(2, 32, dtype=torch.long, device="meta")
     doc_start = torch.tensor([True, False], device="meta")
     state = model.init_state(2) if model.stateful else None

@@ -3,15 +3,17 @@
 import pytest
 import torch
 
-import longrange as lr
+import longrange
 from tests.model.gradients import loss_and_grads as _grads
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.2])
 def test_reversible_equals_plain_twin_with_gradients(dropout):
     torch.manual_seed(0)
-    model = lr.build_model(
-        lr.ModelConfig.from_name("reformer-tiny", segment_len=64, dropout=dropout, layers=["local", "lsh", "local"])
+    model = longrange.build_model(
+        longrange.ModelConfig.from_name(
+            "reformer-tiny", segment_len=64, dropout=dropout, layers=["local", "lsh", "local"]
+        )
     )
     tokens = torch.randint(0, 256, (2, 64))
     loss_rev, grads_rev = _grads(model, tokens, seed=5)  # training mode: dropout + fresh LSH rotations
@@ -25,7 +27,9 @@ def test_reversible_equals_plain_twin_with_gradients(dropout):
 
 def test_reversible_with_a_padding_mask_equals_plain_twin_and_ignores_the_padding():
     torch.manual_seed(0)
-    model = lr.build_model(lr.ModelConfig.from_name("reformer-tiny", segment_len=64, layers=["local", "lsh"]))
+    model = longrange.build_model(
+        longrange.ModelConfig.from_name("reformer-tiny", segment_len=64, layers=["local", "lsh"])
+    )
     tokens = torch.randint(0, 256, (2, 40))
     real = torch.arange(40)[None] < torch.tensor([[40], [29]])  # row 1: 11 padding tokens at the end
     targets = tokens.masked_fill(~real, -100)
@@ -51,7 +55,7 @@ def test_reversible_with_a_padding_mask_equals_plain_twin_and_ignores_the_paddin
 
 def test_reversible_works_with_gradient_accumulation():
     torch.manual_seed(0)
-    model = lr.build_model(lr.ModelConfig.from_name("reformer-tiny", segment_len=32))
+    model = longrange.build_model(longrange.ModelConfig.from_name("reformer-tiny", segment_len=32))
     a, b = torch.randint(0, 256, (2, 2, 32))
     for m_rev in (True, False):
         model.reversible_backward = m_rev
@@ -68,8 +72,8 @@ def test_reversible_works_with_gradient_accumulation():
 @pytest.mark.parametrize("preset", ["transformer-tiny", "reformer-tiny"])
 def test_chunked_feed_forward_and_head_equal_unchunked(preset):
     torch.manual_seed(0)
-    plain = lr.build_model(lr.ModelConfig.from_name(preset, segment_len=64))
-    chunked = lr.build_model(lr.ModelConfig.from_name(preset, segment_len=64, ff_chunks=4, head_chunks=3))
+    plain = longrange.build_model(longrange.ModelConfig.from_name(preset, segment_len=64))
+    chunked = longrange.build_model(longrange.ModelConfig.from_name(preset, segment_len=64, ff_chunks=4, head_chunks=3))
     chunked.load_state_dict(plain.state_dict())
     tokens = torch.randint(0, 256, (2, 64))
     loss_a, grads_a = _grads(plain, tokens, seed=2)
@@ -80,7 +84,7 @@ def test_chunked_feed_forward_and_head_equal_unchunked(preset):
 
 
 def test_axial_positions_cover_long_sequences_with_few_parameters():
-    model = lr.build_model(lr.ModelConfig.from_name("reformer-tiny"))
+    model = longrange.build_model(longrange.ModelConfig.from_name("reformer-tiny"))
     assert model.positions.rows.numel() + model.positions.cols.numel() == 256 * 32 * 2
     out = model.positions(torch.tensor([[0, 255, 256, 65535]]))
     assert out.shape == (1, 4, 64)

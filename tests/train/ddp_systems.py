@@ -10,7 +10,7 @@ import sys
 import torch
 import torch.distributed as dist
 
-import longrange as lr
+import longrange
 from longrange.train import train
 from tests.train.systems import SYSTEMS, system_train_config
 
@@ -19,6 +19,6 @@ if __name__ == "__main__":
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
     for name in names:
-        model_cfg = lr.ModelConfig.from_name(f"{name}-tiny").replace(**SYSTEMS[name])
+        model_cfg = longrange.ModelConfig.from_name(f"{name}-tiny").replace(**SYSTEMS[name])
         train(model_cfg, system_train_config(device="cpu"), data, f"{out}/{name}")  # gloo, CPU tensors
     dist.destroy_process_group()

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import longrange as lr
+import longrange
 from longrange.model.io import CheckpointError
 from longrange.train import train
 from tests.train.systems import ROOT, SYSTEMS, cpu_subprocess_env, system_train_config, torchrun_command
@@ -61,7 +61,7 @@ def test_every_system_on_two_processes_equals_one(tmp_path, corpus_dir):
     assert result.returncode == 0, result.stderr[-3000:]
     for name, overrides in SYSTEMS.items():
         torch.manual_seed(0)
-        model_cfg = lr.ModelConfig.from_name(f"{name}-tiny").replace(**overrides)
+        model_cfg = longrange.ModelConfig.from_name(f"{name}-tiny").replace(**overrides)
         train(model_cfg, system_train_config(device="cpu"), str(corpus_dir), tmp_path / "one" / name)
         one, two = _losses(tmp_path / "one" / name), _losses(tmp_path / "two" / name)
         assert len(one) == len(two) == 4, name
@@ -93,12 +93,12 @@ def test_kill_9_of_a_two_process_run_resumes_exactly(tmp_path, corpus_dir):
     assert _losses(tmp_path / "clean") == _losses(tmp_path / "cut")
     # another world size is refused with what to do
     with pytest.raises(CheckpointError, match="written by 2 process.*--nproc_per_node 2"):
-        model_cfg = lr.ModelConfig.from_file(tmp_path / "cut" / "config.yaml")
+        model_cfg = longrange.ModelConfig.from_file(tmp_path / "cut" / "config.yaml")
         train(model_cfg, system_train_config(steps=8, device="cpu"), str(corpus_dir), tmp_path / "cut", resume=True)
 
 
 def test_memorizing_trains_in_fp16_with_a_gradient_scaler(tmp_path, corpus_dir):
-    model_cfg = lr.ModelConfig.from_name("memorizing-tiny").replace(**SYSTEMS["memorizing"])
+    model_cfg = longrange.ModelConfig.from_name("memorizing-tiny").replace(**SYSTEMS["memorizing"])
     train(model_cfg, system_train_config(steps=20, precision="fp16", lr=3e-3), str(corpus_dir), tmp_path / "fp16")
     losses = _losses(tmp_path / "fp16")
     assert len(losses) == 20 and all(map(lambda x: x is not None and x == x, losses))
@@ -112,7 +112,7 @@ def test_compile_trains_a_transformer(tmp_path, corpus_dir):
         torch.compile(torch.nn.Linear(2, 2))(torch.zeros(1, 2))
     except Exception as err:  # noqa: BLE001 -- a platform without a working compiler toolchain
         pytest.skip(f"torch.compile does not run on this platform: {err}")
-    model_cfg = lr.ModelConfig.from_name("transformer-tiny")
+    model_cfg = longrange.ModelConfig.from_name("transformer-tiny")
     train(model_cfg, system_train_config(steps=3, compile=True), str(corpus_dir), tmp_path / "compiled")
     torch.manual_seed(0)
     train(model_cfg, system_train_config(steps=3), str(corpus_dir), tmp_path / "eager")
@@ -145,4 +145,4 @@ def test_fsdp_on_two_processes_equals_one_and_resumes(tmp_path, corpus_dir, pres
     w1, w2 = _weights(tmp_path / "one"), _weights(tmp_path / "two")
     for key in w1:
         torch.testing.assert_close(w2[key], w1[key], rtol=2e-3, atol=2e-4, msg=key)
-    assert lr.load(tmp_path / "two") is not None  # one full safetensors file, like any other run
+    assert longrange.load(tmp_path / "two") is not None  # one full safetensors file, like any other run

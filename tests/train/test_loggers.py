@@ -31,12 +31,12 @@ def test_records_go_to_the_wandb_run(monkeypatch, tmp_path):
 
 
 def test_the_trainer_sends_its_metrics_with_wandb_set(monkeypatch, tmp_path, corpus_dir):
-    import longrange as lr
+    import longrange
     from longrange.train import TrainConfig, train
 
     sent = []
     run = types.SimpleNamespace(log=lambda data, step: sent.append(step))
     monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=lambda **kw: run))
     cfg = TrainConfig(steps=2, batch_size=2, segment_len=16, log_every=1, progress=False, wandb="proj")
-    train(lr.ModelConfig.from_name("transformer-tiny"), cfg, str(corpus_dir), tmp_path / "run")
+    train(longrange.ModelConfig.from_name("transformer-tiny"), cfg, str(corpus_dir), tmp_path / "run")
     assert sent[:2] == [1, 2]

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import longrange as lr
+import longrange
 from tests.conftest import make_documents
 from tests.train.systems import cpu_subprocess_env, torchrun_command
 
@@ -48,7 +48,7 @@ def test_torchrun_two_processes_train_a_reversible_reformer_like_one(tmp_path):
     b = load_file(str(tmp_path / "two" / "checkpoint" / "model.safetensors"))
     torch.manual_seed(1)  # the trainer's seed before it builds the model: the initial weights
     with torch.device("cpu"):  # as the trainer builds it
-        initial = lr.build_model(lr.ModelConfig.from_file(tmp_path / "one" / "config.yaml")).state_dict()
+        initial = longrange.build_model(longrange.ModelConfig.from_file(tmp_path / "one" / "config.yaml")).state_dict()
     assert a.keys() == b.keys()
     moved = max(float((a[key] - initial[key]).abs().max()) for key in a if key.startswith("blocks."))
     assert moved > 1e-3  # the blocks really trained, far beyond the tolerance below

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import longrange as lr
+import longrange
 from longrange.cli import main
 from longrange.data import load_corpus
 from longrange.model.io import CheckpointError
@@ -34,7 +34,7 @@ def _cfg(**kw) -> TrainConfig:
 
 
 def _xl():
-    return lr.ModelConfig.from_name("transformer-xl-tiny")
+    return longrange.ModelConfig.from_name("transformer-xl-tiny")
 
 
 def _weights(path: Path) -> dict:
@@ -71,7 +71,7 @@ def test_divergence_exits_non_zero_with_one_line(tmp_path, data, capsys):
 
 
 def test_one_non_finite_step_is_skipped_within_the_limit(tmp_path, data, monkeypatch):
-    trainer = Trainer(lr.build_model(_xl()), _cfg(steps=4), load_corpus(data).split("train"), None, tmp_path)
+    trainer = Trainer(longrange.build_model(_xl()), _cfg(steps=4), load_corpus(data).split("train"), None, tmp_path)
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     real = trainer.forward
 
@@ -231,7 +231,7 @@ def test_a_torn_last_metrics_line_is_dropped_on_resume(tmp_path, data, caplog):
 
 
 def test_disk_knn_memory_lives_under_the_run_folder(tmp_path, data):
-    cfg = lr.ModelConfig.from_name("memorizing-tiny").replace(**{"knn.storage": "disk"})
+    cfg = longrange.ModelConfig.from_name("memorizing-tiny").replace(**{"knn.storage": "disk"})
     run = tmp_path / "run"
     train(cfg, _cfg(steps=2, device="cpu"), data, run)  # disk storage maps its files into CPU memory
     assert (run / "knn-memory").is_dir()
@@ -329,7 +329,7 @@ def test_the_run_records_its_command_line_and_versions(tmp_path, data):
     run = tmp_path / "run"
     train(_xl(), _cfg(steps=2), data, run)
     record = json.loads((run / "invocations.jsonl").read_text().splitlines()[0])
-    assert record["longrange"] == lr.__version__ and record["torch"] == torch.__version__ and "argv" in record
+    assert record["longrange"] == longrange.__version__ and record["torch"] == torch.__version__ and "argv" in record
 
 
 # -- fine-tuning from another run's weights (--init-from) ----------------------------------------------------------
@@ -338,7 +338,7 @@ def test_the_run_records_its_command_line_and_versions(tmp_path, data):
 def test_init_from_loads_what_fits_lists_what_is_fresh_and_refuses_mis_shaped(tmp_path, data, caplog):
     xl = tmp_path / "xl"
     train(_xl(), _cfg(steps=2), data, xl)
-    memorizing = lr.ModelConfig.from_name("memorizing-tiny").replace(**{"knn.memory_size": 64})
+    memorizing = longrange.ModelConfig.from_name("memorizing-tiny").replace(**{"knn.memory_size": 64})
     caplog.set_level("INFO")
     assert (
         main(
@@ -349,8 +349,8 @@ def test_init_from_loads_what_fits_lists_what_is_fresh_and_refuses_mis_shaped(tm
     )
     assert "initialised from" in caplog.text and "gate" in caplog.text  # the kNN gate starts fresh, and says so
     loaded = int(re.search(r"(\d+) tensors loaded", caplog.text).group(1))
-    assert loaded >= len(lr.build_model(memorizing).state_dict()) // 2  # embeddings, norms, the XL layers...
-    small = lr.ModelConfig.from_name("transformer-xl-tiny").replace(d_model=32)
+    assert loaded >= len(longrange.build_model(memorizing).state_dict()) // 2  # embeddings, norms, the XL layers...
+    small = longrange.ModelConfig.from_name("transformer-xl-tiny").replace(d_model=32)
     with pytest.raises(CheckpointError, match="shape mismatch"):
         train(small, _cfg(steps=1), data, tmp_path / "bad", init_from=xl)
     assert main(["train", "--out", str(xl), "--resume", "--init-from", str(xl)]) == 2

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import longrange as lr
+import longrange
 from longrange.cli import main
 from longrange.train import TrainConfig, train
 from longrange.train import checkpoint as checkpoint_module
@@ -96,7 +96,7 @@ def test_a_checkpoint_write_removes_a_planted_tmp_link_and_never_writes_through_
     foreign.mkdir()
     (foreign / "config.yaml").write_text("theirs\n")
     (run / "checkpoint.tmp").symlink_to(foreign)  # planted after the run was claimed
-    model = lr.load(run)
+    model = longrange.load(run)
     checkpoint_module.write_checkpoint(run, model, {}, {"step": 3}, meta={"step": 3})
     assert (foreign / "config.yaml").read_text() == "theirs\n" and sorted(os.listdir(foreign)) == ["config.yaml"]
     assert not (run / "checkpoint.tmp").exists() and (run / "checkpoint" / "model.safetensors").is_file()
@@ -200,7 +200,7 @@ def test_resume_refuses_an_edited_run_config(run, capsys):
 
 
 def test_resume_through_the_library_refuses_a_model_config_other_than_the_checkpoints(run, data):
-    model_cfg = lr.ModelConfig.from_name("transformer-xl-tiny").replace(**{"xl.mem_len": 8})
+    model_cfg = longrange.ModelConfig.from_name("transformer-xl-tiny").replace(**{"xl.mem_len": 8})
     cfg = TrainConfig(steps=4, batch_size=2, segment_len=16, warmup_steps=2, progress=False, device="cpu")
     with pytest.raises(RunFolderError, match="differs from"):
         train(model_cfg, cfg, data, run, resume=True)
@@ -235,6 +235,6 @@ def test_resuming_a_finished_run_or_fewer_steps_appends_nothing(run, capsys):
     assert _snapshot(run) == before
     weights = load_file(str(run / "checkpoint" / "model.safetensors"))
     cfg = TrainConfig(steps=2, batch_size=2, segment_len=16, warmup_steps=2, progress=False, device="cpu")
-    train(lr.ModelConfig.from_name("transformer-xl-tiny"), cfg, None, run, resume=True)  # the library: a no-op
+    train(longrange.ModelConfig.from_name("transformer-xl-tiny"), cfg, None, run, resume=True)  # the library: a no-op
     assert _snapshot(run) == before
     assert all(torch.equal(v, load_file(str(run / "checkpoint" / "model.safetensors"))[k]) for k, v in weights.items())

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import longrange as lr
+import longrange
 from longrange.data import load_corpus
 from longrange.model.io import CheckpointError
 from longrange.train import TrainConfig, Trainer, train
@@ -33,7 +33,7 @@ def _weights(run: Path) -> dict:
 
 
 def test_tiny_model_loss_falls(tmp_path):
-    model_cfg = lr.ModelConfig.from_name("transformer-xl-tiny")
+    model_cfg = longrange.ModelConfig.from_name("transformer-xl-tiny")
     train(model_cfg, _cfg(steps=40), _docs_dir(tmp_path), tmp_path / "run")
     losses = [r["loss"] for r in _metrics(tmp_path / "run") if "loss" in r]
     assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5
@@ -55,7 +55,7 @@ def _metrics(run: Path) -> list[dict]:
 
 @pytest.mark.parametrize("preset", ["transformer-tiny", "transformer-xl-tiny"])
 def test_resume_equals_one_run(tmp_path, preset):
-    data, model_cfg = _docs_dir(tmp_path), lr.ModelConfig.from_name(preset)
+    data, model_cfg = _docs_dir(tmp_path), longrange.ModelConfig.from_name(preset)
     train(model_cfg, _cfg(steps=8), data, tmp_path / "once")
     half = _cfg(steps=8)
     trainer = _trainer(model_cfg, half, data, tmp_path / "twice")
@@ -77,7 +77,7 @@ def _trainer(model_cfg, train_cfg, data, out):
     corpus = load_corpus(data)
     torch.manual_seed(train_cfg.seed)
     out.mkdir(parents=True, exist_ok=True)
-    return Trainer(lr.build_model(model_cfg), train_cfg, corpus.split("train"), corpus.split("valid"), out)
+    return Trainer(longrange.build_model(model_cfg), train_cfg, corpus.split("train"), corpus.split("valid"), out)
 
 
 def test_sigkill_during_training_resumes_to_the_same_result(tmp_path):
@@ -119,11 +119,11 @@ def test_sigkill_during_training_resumes_to_the_same_result(tmp_path):
 
 def test_truncated_weights_give_a_clear_error(tmp_path):
     run = tmp_path / "run"
-    train(lr.ModelConfig.from_name("transformer-tiny"), _cfg(steps=2), _docs_dir(tmp_path), run)
+    train(longrange.ModelConfig.from_name("transformer-tiny"), _cfg(steps=2), _docs_dir(tmp_path), run)
     weights = run / "checkpoint" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
-        lr.load(run)
+        longrange.load(run)
 
 
 class _Exploit:
@@ -133,11 +133,11 @@ class _Exploit:
 
 def test_trainer_state_with_a_pickled_object_is_refused(tmp_path):
     run = tmp_path / "run"
-    model_cfg = lr.ModelConfig.from_name("transformer-tiny")
+    model_cfg = longrange.ModelConfig.from_name("transformer-tiny")
     train(model_cfg, _cfg(steps=2), _docs_dir(tmp_path), run)
     torch.save({"step": 1, "payload": _Exploit()}, run / "checkpoint" / "trainer.pt")
     with pytest.raises(CheckpointError, match="refusing"):
-        read_checkpoint(run / "checkpoint", lr.build_model(model_cfg))
+        read_checkpoint(run / "checkpoint", longrange.build_model(model_cfg))
     assert not Path("pwned.txt").exists()
 
 
@@ -145,11 +145,11 @@ def test_accumulation_equals_one_bigger_batch():
     """2 micro-batches of 2 rows == one batch of 4 rows over the same four one-segment documents."""
     gen = torch.Generator(torch.get_default_device()).manual_seed(0)
     docs = [bytes(torch.randint(32, 127, (17,), generator=gen).tolist()) for _ in range(8)]  # 16 targets each
-    model_cfg = lr.ModelConfig.from_name("transformer-tiny")
+    model_cfg = longrange.ModelConfig.from_name("transformer-tiny")
 
     def grads(batch_size, accumulate):
         torch.manual_seed(0)
-        model = lr.build_model(model_cfg)
+        model = longrange.build_model(model_cfg)
         trainer = Trainer(
             model,
             _cfg(batch_size=batch_size, accumulate=accumulate, grad_clip=0, steps=1, lr=1e-3, warmup_steps=0),
