@@ -70,15 +70,17 @@ def _fsync_dir(path: Path) -> None:
             os.fsync(fh.fileno())
 
 
-def _write_error(err: Exception, path: Path) -> CheckpointError:
-    """One line for a failed write; torch's zip writer reports a full disk as 'unexpected pos'."""
+def _write_error(err: Exception, path: Path, kept: Path | None) -> CheckpointError:
+    """One line for a failed write, saying which checkpoint is kept (`kept`, None: there is none yet); torch's zip
+    writer reports a full disk as 'unexpected pos'."""
     free = shutil.disk_usage(path.parent if path.parent.exists() else Path.cwd()).free
     full = isinstance(err, OSError) and err.errno == errno.ENOSPC
     reason = "the disk is full" if full or free < (64 << 20) else str(err).splitlines()[0]
-    return CheckpointError(
-        f"cannot write checkpoint {str(path)!r}: {reason} ({free / 2**20:.0f} MiB free); "
-        "the previous checkpoint is kept"
-    )
+    if kept is None:
+        left = "no checkpoint of this run is on disk yet (the unfinished one was removed)"
+    else:
+        left = f"the previous checkpoint is kept: {str(kept)!r} (step {read_meta(kept).get('step', '?')})"
+    return CheckpointError(f"cannot write checkpoint {str(path)!r}: {reason} ({free / 2**20:.0f} MiB free); {left}")
 
 
 def write_checkpoint(
@@ -103,6 +105,7 @@ def write_checkpoint(
     model (FSDP), written instead of `model`'s own.
     """
     final, tmp = out_dir / name, out_dir / f"{name}.tmp"
+    swapping = False
     try:
         if rank == 0:
             remove_run_path(tmp)  # a leftover, or a link planted there: removed itself, never followed
@@ -121,9 +124,16 @@ def write_checkpoint(
         if rank == 0:
             _fault_point("checkpoint-shards")
             _fsync_dir(tmp)
+            swapping = True  # from here the folder is whole: a failure leaves it for `find_checkpoint`'s order
             _swap_in(out_dir, tmp, final, keep if name == LATEST else 1)
     except (OSError, RuntimeError) as err:
-        raise _write_error(err, tmp) from err
+        if rank == 0 and not swapping:  # a half-written folder only fills the disk that may just have run out
+            try:
+                remove_run_path(tmp)
+            except OSError:
+                pass
+        kept = final if (final / TRAINER_STATE).is_file() else find_checkpoint(out_dir) if name == LATEST else None
+        raise _write_error(err, tmp, kept) from err
     barrier()
     return final
 

@@ -37,6 +37,7 @@ from longrange.model.build import build_model
 from longrange.model.lm import LongRangeLM
 from longrange.train.checkpoint import BEST, LATEST, find_checkpoint, read_checkpoint, read_weights, write_checkpoint
 from longrange.train.distributed import DistInfo, init_distributed, shutdown_distributed
+from longrange.train.guards import SpikeGuard, diverged_note
 from longrange.train.init_from import init_weights
 from longrange.train.loggers import wandb_logger
 from longrange.train.optim import build_optimizer, lr_at
@@ -97,7 +98,14 @@ class TrainConfig:
     checkpoint_every: int = _option(100, "write a checkpoint every N steps")
     keep_checkpoints: int = _option(2, "checkpoints kept, the newest included (plus the best with --eval-every)")
     max_bad_steps: int = _option(
-        3, "non-finite steps in a row that are skipped (no update) before the run stops as diverged (0: stop at once)"
+        3,
+        "bad steps (a non-finite loss or gradient norm, or a loss spike) in a row that are skipped (no update) "
+        "before the run stops as diverged (0: stop at once)",
+    )
+    spike_factor: float = _option(
+        10.0,
+        "a loss above this many times the median of the last 100 accepted losses (at least 1 nat; at the start "
+        "ln(vocab), a uniform guess) is a bad step, like a non-finite one (0: off)",
     )
     log_every: int = _option(10, "write metrics every N steps")
     device: str = _option("auto", "cpu, cuda, cuda:N or auto (cuda when available)")
@@ -122,8 +130,13 @@ class TrainConfig:
         for key in ("eval_every", "max_bad_steps", "warmup_steps", "eval_segments"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"train.{key}={getattr(self, key)} must be >= 0")
+        for key in ("lr", "min_lr", "init_lr", "weight_decay", "grad_clip", "spike_factor"):
+            if not math.isfinite(getattr(self, key)):  # inf passes every comparison below, and NaN fails none
+                raise ConfigError(f"train.{key}={getattr(self, key)} must be a finite number")
         if self.lr <= 0 or self.min_lr < 0 or self.init_lr < 0:
             raise ConfigError("train.lr must be > 0 and train.min_lr, train.init_lr >= 0")
+        if self.spike_factor < 0 or 0 < self.spike_factor <= 1:
+            raise ConfigError(f"train.spike_factor={self.spike_factor} must be above 1 (or 0: off)")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ConfigError(f"train.betas={self.betas} must be two numbers in [0, 1)")
 
@@ -154,6 +167,7 @@ RESUMABLE_KEYS = (
     "eval_every",
     "eval_segments",
     "max_bad_steps",
+    "spike_factor",
     "device",
     "compile",
     "threads",
@@ -226,7 +240,8 @@ def state_from_dict(model: LongRangeLM, data: dict | None, batch_size: int, devi
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss or the gradient norm stayed non-finite for more steps than `max_bad_steps` allows."""
+    """The loss or the gradient norm stayed non-finite, or the loss spiked (`SpikeGuard`), for more steps in a row
+    than `max_bad_steps` allows."""
 
 
 class TrainingInterrupted(Exception):
@@ -314,7 +329,8 @@ class Trainer:
         )
         self.forward = maybe_compile(self.ddp or self.model, cfg.compile)
         self.step = 0
-        self.bad_steps = 0  # non-finite steps in a row
+        self.bad_steps = 0  # bad steps (non-finite, or a loss spike) in a row
+        self.spikes = SpikeGuard(cfg.spike_factor, model.config.vocab_size)
         self.best_valid: float | None = None
         self.state: ModelState | None = None
         self.history: list[dict] = []
@@ -338,6 +354,7 @@ class Trainer:
             "model_state": state_to_dict(self.state),
             "bad_steps": self.bad_steps,
             "best_valid": self.best_valid,
+            "recent_losses": self.spikes.state_dict(),
         }
         optimizer = full_optimizer_state(self.model, self.optimizer) if self.fsdp else self.optimizer.state_dict()
         if self.dist.is_main:  # the optimiser state is the same on every rank (DDP) or gathered (FSDP): one copy
@@ -381,6 +398,7 @@ class Trainer:
         self.state = state_from_dict(self.model, saved["model_state"], self.stream.batch_size, self.device)
         self.bad_steps = int(saved.get("bad_steps", 0))
         self.best_valid = saved.get("best_valid")
+        self.spikes.load_state_dict(saved.get("recent_losses"))
         if self.dist.is_main:
             truncate_metrics(self.out_dir / METRICS, self.step)
         log.info("resumed %s at step %d", path, self.step)
@@ -440,26 +458,32 @@ class Trainer:
         metrics = {"loss": values[0] / tokens}
         metrics.update({name: values[2 + i] / tokens for i, name in enumerate(aux_names)})
         finite = math.isfinite(metrics["loss"]) and (math.isfinite(values[-1]) or self.scaler.is_enabled())
-        if finite:
+        spike = finite and self.spikes.is_spike(metrics["loss"])
+        if finite and not spike:
             self.scaler.step(self.optimizer)  # skips the update itself when fp16 gradients overflowed
             self.bad_steps = 0
+            self.spikes.accept(metrics["loss"])
         else:
             self.bad_steps += 1
-            self.state = state_before  # the memories of a non-finite step are not kept either
+            self.state = state_before  # the memories of a bad step are not kept either
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        if not finite and self.bad_steps > cfg.max_bad_steps:
+        if spike:
+            reference = self.spikes.reference()
+            what = f"loss {metrics['loss']:.4g}, above {cfg.spike_factor:g} x {reference:.4g} (--spike-factor)"
+        else:
+            what = f"loss {metrics['loss']:.4g}, gradient norm {values[-1]:.4g}"
+        if self.bad_steps > cfg.max_bad_steps:
             raise TrainingDiverged(
-                f"training diverged at step {self.step}: loss {metrics['loss']:.4g}, gradient norm {values[-1]:.4g} "
-                f"({self.bad_steps} non-finite step(s) in a row, --max-bad-steps {cfg.max_bad_steps}); the last good "
-                f"checkpoint is kept; lower --lr or raise --warmup-steps and --resume, or start again"
+                f"training diverged at step {self.step}: {what} ({self.bad_steps} bad step(s) in a row, "
+                f"--max-bad-steps {cfg.max_bad_steps}); {diverged_note(self.out_dir, self.step - self.bad_steps + 1)}"
             )
-        if not finite:
-            log.warning("step %d: non-finite loss or gradient norm; update skipped", self.step)
+        if self.bad_steps:
+            log.warning("step %d: %s; update skipped", self.step, what if spike else "non-finite " + what)
         if cfg.grad_clip > 0:
             metrics["grad_norm"] = values[-1]
-        return {**metrics, "lr": lr, "tokens": int(values[1]), "skipped": int(not finite)}
+        return {**metrics, "lr": lr, "tokens": int(values[1]), "skipped": int(bool(self.bad_steps))}
 
     # -- the loop ----------------------------------------------------------------------
     def fit(self) -> list[dict]:
@@ -489,7 +513,10 @@ class Trainer:
                     window_tokens, window_start = 0, time.perf_counter()
                 if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
                     self._validate_and_keep_best()
-                if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+                if self.step % cfg.checkpoint_every == 0 and self.bad_steps and self.step < cfg.steps:
+                    # its weights are those that just went wrong: writing it would rotate a good checkpoint away
+                    log.warning("step %d: no checkpoint during bad steps; the kept ones stay", self.step)
+                elif self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                     self.save()
                 if self.dist.any(stop.signum is not None):
                     bar.close()
