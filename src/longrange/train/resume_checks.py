@@ -81,17 +81,23 @@ def check_resumed_inputs(out_dir: Path, model_cfg: ModelConfig, corpus: Tokenize
 
 
 def _resume_point(out_dir: Path) -> Path:
+    """The checkpoint to resume: the newest one, or after a kill mid-swap (no ``checkpoint/``) the newest older one.
+    A ``checkpoint/`` with weights but no trainer state is damage, not a kill: it is named, never skipped over
+    (training on from an older one would then collide with it), and its weights are never advised away."""
+    latest = out_dir / "checkpoint"
+    damaged = (latest / WEIGHTS).is_file() and not (latest / TRAINER_STATE).is_file()
     path = find_checkpoint(out_dir)
-    if path is not None:
+    if path is not None and not damaged:
         return path
-    candidates = [out_dir / "checkpoint", out_dir / "checkpoint.old", out_dir / "checkpoint-best"]
+    candidates = [latest, out_dir / "checkpoint.old", out_dir / "checkpoint-best"]
     candidates += sorted(out_dir.glob("checkpoint-step-*"), reverse=True)
     with_weights = [p for p in candidates if (p / WEIGHTS).is_file()]
     if with_weights:
+        older = f", or move {latest.name}/ aside to resume from {path.name}/" if path is not None else ""
         raise RunFolderError(
             f"cannot resume {str(out_dir)!r}: no checkpoint to resume from: {with_weights[0].name}/ holds weights but "
             f"no {TRAINER_STATE} (the optimiser, data position and memories), so the run cannot continue exactly; "
-            f"the weights are kept: start a new run from them with --init-from {with_weights[0]} --out NEW"
+            f"the weights are kept: start a new run from them with --init-from {with_weights[0]} --out NEW{older}"
         )
     raise RunFolderError(
         f"cannot resume {str(out_dir)!r}: it has no checkpoint yet (killed before its first one?); "
