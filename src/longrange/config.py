@@ -314,7 +314,11 @@ class ModelConfig:
         return self._as_dict([kind for kind in _REGISTERED if kind in self.layers])
 
     def to_file(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        Path(path).write_text(self.to_text(), encoding="utf-8")
+
+    def to_text(self) -> str:
+        """The YAML text `to_file` writes; a ConfigError when it is over the cap that reading it back applies."""
+        return dump_yaml(self.to_dict(), "the model config")
 
     def with_run_files(self, folder: str | Path) -> ModelConfig:
         """This config with each mechanism's own files kept under run `folder` (its registered ``run_files``)."""
@@ -520,6 +524,20 @@ _ConfigLoader.add_implicit_resolver(
     re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
     list("-+0123456789"),
 )
+
+
+def dump_yaml(data: Any, what: str) -> str:
+    """`data` as the YAML text of a config file (UTF-8, not escaped); a ConfigError when that text is over
+    `MAX_CONFIG_BYTES`, the cap that reading a config applies, so that no run writes a config it cannot read back
+    (a config just under the cap can grow when written: flow lists become one line per item, escapes expand)."""
+    text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+    size = len(text.encode("utf-8"))
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"{what} would be {size:,} bytes written, over the {MAX_CONFIG_BYTES:,} a config may hold (what reading "
+            "it back allows); shorten its longest values"
+        )
+    return text
 
 
 def load_yaml_text(text: str, source: str = "YAML text") -> Any:

@@ -23,12 +23,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-import yaml
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from longrange.config import ConfigError, ModelConfig, _check_literals, _from_dict, _read_yaml
+from longrange.config import ConfigError, ModelConfig, _check_literals, _from_dict, _read_yaml, dump_yaml
 from longrange.data.stream import IGNORE_INDEX, DocumentStream
 from longrange.data.tokenized_corpus import run_corpus
 from longrange.data.tokenizer import save_run_tokenizer
@@ -622,11 +621,11 @@ def write_run_config(
     init_from: str | Path | None = None,
 ) -> None:
     """What `--resume` and `eval` read: the model config, the training config + corpus spec, the corpus manifest."""
-    write_run_file(out_dir / "config.yaml", yaml.safe_dump(model_cfg.to_dict(), sort_keys=False))
+    write_run_file(out_dir / "config.yaml", model_cfg.to_text())
     run_config = {"train": train_cfg.to_dict(), "data": data}
     if init_from is not None:
         run_config["init_from"] = str(init_from)
-    write_run_file(out_dir / RUN_CONFIG, yaml.safe_dump(run_config, sort_keys=False))
+    write_run_file(out_dir / RUN_CONFIG, dump_yaml(run_config, "the run config"))
     write_run_file(out_dir / "corpus.json", json.dumps({"spec": data or "stdlib", **manifest}, indent=1))
 
 
@@ -666,6 +665,7 @@ def train(
     Raises `TrainingDiverged` and `TrainingInterrupted` (after writing a checkpoint).
     """
     out_dir = Path(out_dir)
+    model_cfg.to_text()  # a config that could not be read back once written is refused before the folder is touched
     if train_cfg.threads:
         torch.set_num_threads(train_cfg.threads)
     device = resolve_device(train_cfg.device)
