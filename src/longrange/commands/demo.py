@@ -176,7 +176,8 @@ def _run_compare(args: argparse.Namespace, start: float) -> int:
         command=f"longrange demo --out {args.out} --steps {steps} --seeds {args.seeds}",
     )
     out = compare(cc, args.out)
-    note = regime_note(json.loads((out / "report.json").read_text()).get("pairs", []), cc.seeds)
+    report = out / "report.json"  # the pairs of systems and whether each is separated beyond the spread
+    note = regime_note(json.loads(report.read_text()).get("pairs", []) if report.is_file() else [], cc.seeds)
     if note:
         with (out / "report.md").open("a") as fh:
             fh.write(f"\n## What this budget can show\n\n{note}\n")
