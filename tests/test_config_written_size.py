@@ -4,7 +4,7 @@ folder is touched."""
 
 import pytest
 
-import longrange as lr
+import longrange
 from longrange.cli import main
 from longrange.config import MAX_CONFIG_BYTES, ConfigError, ModelConfig
 
@@ -29,7 +29,7 @@ def test_a_config_that_would_grow_over_the_cap_is_refused_before_the_run_starts(
     with pytest.raises(ConfigError, match="the model config would be .* bytes written, over the 1,048,576"):
         cfg.to_file(tmp_path / "out.yaml")
     with pytest.raises(ConfigError, match="over the 1,048,576"):
-        lr.save(lr.build_model(cfg), tmp_path / "saved")
+        longrange.save(longrange.build_model(cfg), tmp_path / "saved")
     out = tmp_path / "run"
     args = ["train", "--config", str(source), "--data", str(corpus_dir), "--out", str(out), "--steps", "1"]
     assert main([*args, "--batch-size", "2", "--segment-len", "16", "--no-progress"]) == 2
