@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import os
 import resource
 import shutil
@@ -52,7 +53,15 @@ from typing import Any
 
 import torch
 
+from longrange.attention import REGISTRY
 from longrange.config import PRESETS, ModelConfig, preset_names, sections
+from longrange.data.corpus import load_corpus
+from longrange.eval.evaluate import evaluate
+from longrange.model.io import load
+from longrange.report.html import write_html
+from longrange.report.markdown import write_report
+from longrange.train.checkpoint import find_checkpoint
+from longrange.train.trainer import TrainConfig, TrainingInterrupted, read_run, train
 
 log = logging.getLogger(__name__)
 
@@ -137,8 +146,6 @@ def _get_dotted(cfg: ModelConfig, key: str) -> Any:
 
 
 def unregistered(cfg: ModelConfig) -> list[str]:
-    from longrange.attention import REGISTRY
-
     return sorted({k for k in cfg.layers if k not in REGISTRY})
 
 
@@ -199,8 +206,6 @@ def _train_spec(spec: str | None) -> str | None:
 
 
 def _eval_documents(cc: CompareConfig) -> list[bytes]:
-    from longrange.data.corpus import load_corpus
-
     prepared = _prepared(cc.data)
     if prepared:  # the prepared split's held-out documents, in manifest order
         docs = [(prepared / d["file"]).read_bytes() for d in _manifest(prepared)["splits"]["test"]["documents"]]
@@ -228,11 +233,6 @@ def _peak_memory_mb(device: str) -> float:
 def run_system(cc: CompareConfig, system: str, cfg: ModelConfig, row_tokens: int, run_dir: Path, seed: int = 0) -> dict:
     """Train (or resume) one system with one seed, evaluate it (and, for seed 0, its memory ablations);
     write result.json + done."""
-    from longrange.eval.evaluate import evaluate
-    from longrange.model.io import load
-    from longrange.train.checkpoint import find_checkpoint
-    from longrange.train.trainer import TrainConfig, read_run, train
-
     if cc.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     accumulate = row_tokens // cfg.segment_len  # the row's segments, in order, in one update
@@ -316,9 +316,6 @@ def aggregate(runs: list[dict]) -> dict:
 
 def _ablations(cc: CompareConfig, run_dir: Path, cfg: ModelConfig, docs: list[bytes], precision: str) -> list[dict]:
     """The same checkpoint evaluated with its memory off, halved and doubled (in the run's `precision`)."""
-    from longrange.eval.evaluate import evaluate
-    from longrange.model.io import load
-
     key = memory_key(cfg)
     if key is None:
         return []
@@ -335,8 +332,6 @@ def _ablations(cc: CompareConfig, run_dir: Path, cfg: ModelConfig, docs: list[by
 
 
 def _child(cc_dict: dict, system: str, row_tokens: int, run_dir: str, seed: int) -> None:
-    from longrange.train.trainer import TrainingInterrupted
-
     cc = CompareConfig(**cc_dict)
     cfgs, _, _ = plan(CompareConfig(**{**cc_dict, "systems": [system], "row_tokens": row_tokens}))
     try:
@@ -367,8 +362,6 @@ def _run_in_child(target, args: tuple) -> int:
     its training child running. SIGINT is not passed on: Ctrl-C reaches the whole foreground process group, so the
     child has it already (a second one would make its trainer abort without a checkpoint); this process waits for
     the child likewise. Whatever else stops the wait, the child is terminated, not left behind."""
-    import multiprocessing
-
     proc = multiprocessing.get_context("spawn").Process(target=target, args=args)
     received: list[int] = []
 
@@ -436,9 +429,6 @@ def compare(cc: CompareConfig, out: str | Path, *, isolate: bool = True) -> Path
 
     With `isolate` each run (system, seed) trains in its own (spawned) process, so peak memory is per run.
     """
-    from longrange.report.html import write_html
-    from longrange.report.markdown import write_report
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cfgs, skipped, row_tokens = plan(cc)

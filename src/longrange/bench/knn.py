@@ -19,7 +19,9 @@ import time
 import torch
 import torch.nn.functional as F
 
+from longrange.config import ModelConfig
 from longrange.memory.knn_store import KNNMemory
+from longrange.model.build import build_model
 
 DISTRIBUTIONS = ("clustered", "random")
 N_CENTRES, SPREAD = 1024, 0.75
@@ -29,7 +31,7 @@ def available_backends(backends: list[str], threads: int) -> list[str]:
     """`backends` less the faiss ones when faiss is not installed; sets torch's and faiss's thread counts alike."""
     torch.set_num_threads(threads)
     try:
-        import faiss
+        import faiss  # optional here: without it the faiss backends are left out
     except ImportError:
         return [b for b in backends if not b.startswith("faiss")]
     faiss.omp_set_num_threads(threads)  # the same thread count for torch and faiss
@@ -122,9 +124,6 @@ def step_overhead(memory_sizes: list[int], steps: int = 5, batch_size: int = 4, 
     The models are stepped in turn (round robin), so load drifts on a shared machine hit them all
     alike; each memory is full, so every timed step searches M entries. Returns one row per size.
     """
-    from longrange.config import ModelConfig
-    from longrange.model.build import build_model
-
     runs = []
     for size in [0, *memory_sizes]:
         torch.manual_seed(0)

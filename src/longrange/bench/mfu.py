@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from longrange.config import ModelConfig, sections
+from longrange.model.build import build_model
 
 # Linear layers whose rows are not the segment's tokens: counted in the mechanism's term instead of 6 N_tok
 _PER_SEGMENT_LINEARS = ("r_proj", "pack_q", "decoder")
@@ -52,8 +53,6 @@ def _attention_flops(cfg: ModelConfig, kind: str, t: int, include_search: bool, 
 
 def matmul_params_per_token(cfg: ModelConfig) -> int:
     """Weights of the nn.Linear layers applied to every token (N_tok); the model is built on the meta device."""
-    from longrange.model.build import build_model
-
     with torch.device("meta"):
         model = build_model(cfg)
     return sum(

@@ -33,6 +33,7 @@ ceiling measured by the parent process at the start of the run. `compare_with_pe
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -45,6 +46,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from longrange.bench.knn import fill_knn_memories
+from longrange.bench.mfu import matmul_ceiling, mfu, model_flops_per_token
+from longrange.bench.report import machine_meta
+from longrange.config import ModelConfig
+from longrange.model.build import build_model
 from longrange.runtime import configure_device
 
 SYSTEMS = ("transformer", "reformer", "compressive", "memorizing")
@@ -74,8 +80,6 @@ class Layout:
 
 def our_config(system: str, layout: Layout, length: int):
     """Our ModelConfig for `system` on `layout` at L = `length` tokens per step (segments for stateful systems)."""
-    from longrange.config import ModelConfig
-
     shared = {"vocab_size": layout.vocab, "d_model": layout.d_model, "n_heads": layout.heads}
     n = layout.depth
     if system == "transformer":
@@ -102,9 +106,6 @@ def our_step(system: str, layout: Layout, length: int, carry: bool, full_memory:
 
     ``carry``: memories carried from step to step; ``full_memory``: carried, and every kNN store filled to its M
     entries first (the steady state of a long run, which a few timed steps of an empty store never reach)."""
-    from longrange.bench.knn import fill_knn_memories
-    from longrange.model.build import build_model
-
     cfg = our_config(system, layout, length)
     model = build_model(cfg).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -136,7 +137,7 @@ def peer_step(system: str, layout: Layout, length: int):
     seg = min(layout.segment, length)
     n = layout.depth
     if system == "transformer":
-        from x_transformers import Decoder, TransformerWrapper
+        from x_transformers import Decoder, TransformerWrapper  # a peer (the bench-peers extra), timed here only
 
         model = TransformerWrapper(
             num_tokens=layout.vocab,
@@ -149,7 +150,7 @@ def peer_step(system: str, layout: Layout, length: int):
             yield F.cross_entropy(logits.transpose(1, 2), tokens[:, 1:])
 
     elif system == "reformer":
-        from reformer_pytorch import ReformerLM
+        from reformer_pytorch import ReformerLM  # a peer (the bench-peers extra), timed here only
 
         model = ReformerLM(
             num_tokens=layout.vocab,
@@ -167,6 +168,7 @@ def peer_step(system: str, layout: Layout, length: int):
             yield F.cross_entropy(logits.transpose(1, 2), tokens[:, 1:])
 
     elif system == "compressive":
+        # a peer (the bench-peers extra), timed here only
         from compressive_transformer_pytorch import AutoregressiveWrapper, CompressiveTransformer
 
         net = CompressiveTransformer(
@@ -190,7 +192,7 @@ def peer_step(system: str, layout: Layout, length: int):
                 yield loss + aux_loss
 
     elif system == "memorizing":
-        from memorizing_transformers_pytorch import MemorizingTransformer
+        from memorizing_transformers_pytorch import MemorizingTransformer  # a peer (bench-peers), timed here only
 
         third = n // 3
         directory = tempfile.mkdtemp(prefix="peer-knn-")
@@ -274,8 +276,6 @@ def measure_in_subprocess(point: dict, timeout: float) -> dict:
 
 
 def peer_available(system: str) -> bool:
-    import importlib.util
-
     return importlib.util.find_spec(PEER_PACKAGES[system]) is not None
 
 
@@ -298,9 +298,6 @@ def compare_with_peers(
     reversed every other repeat; each point keeps its fastest round. `on_point(point, row)` sees each
     measurement as it is made.
     """
-    from longrange.bench.mfu import matmul_ceiling, mfu, model_flops_per_token
-    from longrange.bench.report import machine_meta
-
     unknown = [s for s in systems if s not in SYSTEMS]
     if unknown:
         raise ValueError(f"--systems: unknown system {unknown[0]!r}; choose from {list(SYSTEMS)}")

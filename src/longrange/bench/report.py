@@ -81,10 +81,10 @@ def write_results(rows: list[dict], out_dir: Path, meta: dict) -> None:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
+    import matplotlib  # loaded only to draw: its backend is chosen before pyplot loads
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after use("Agg"): files only, no display
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for variant in sorted({r["variant"] for r in rows}):

@@ -17,6 +17,8 @@ import torch
 from torch import Tensor, nn
 
 from longrange.attention import MECHANISMS, Mechanism
+from longrange.config import ModelConfig
+from longrange.model.build import build_model
 
 XL_SEGMENT = 512  # XL reads a long sequence in segments of this length, memory of the same length
 
@@ -60,9 +62,6 @@ class _Stack(nn.Module):
 
     def __init__(self, d: int, h: int, depth: int, reversible: bool):
         super().__init__()
-        from longrange.config import ModelConfig
-        from longrange.model.build import build_model
-
         cfg = ModelConfig(
             d_model=d,
             n_heads=h,

@@ -15,7 +15,10 @@ from pathlib import Path
 
 from longrange.bench import attention as attention_bench
 from longrange.bench import report
+from longrange.bench.knn import available_backends, search_points, step_overhead
+from longrange.bench.peers import SYSTEMS, Layout, compare_with_peers
 from longrange.bench.report import machine_meta
+from longrange.bench.train_speed import train_tokens_per_s
 from longrange.bench.variants import VARIANTS
 from longrange.runtime import add_runtime_options, resolve_device
 
@@ -83,8 +86,6 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     """Training tokens/s per preset on the built-in corpus."""
-    from longrange.bench.train_speed import train_tokens_per_s
-
     runtime = {"device": str(resolve_device(args.device)), "precision": args.precision, "compile": args.compile}
     rows = [train_tokens_per_s(p, args.steps, args.batch_size, args.threads, runtime=runtime) for p in args.presets]
     for r in rows:
@@ -119,8 +120,6 @@ def add_knn_args(p: argparse.ArgumentParser) -> None:
 
 def run_knn(args: argparse.Namespace) -> int:
     """kNN search time/recall vs memory size per backend, and the training-step overhead of a kNN layer."""
-    from longrange.bench.knn import available_backends, search_points, step_overhead
-
     args.backends = available_backends(args.backends, args.threads)
     options = {"hnsw_m": args.hnsw_m, "ef_construction": args.ef_construction, "ef_search": args.ef_search}
     options.update({"ivf_lists": args.ivf_lists, "ivf_probe": args.ivf_probe})
@@ -172,8 +171,6 @@ def run_reversible(args: argparse.Namespace) -> int:
 
 
 def add_peers_args(p: argparse.ArgumentParser) -> None:
-    from longrange.bench.peers import SYSTEMS
-
     p.add_argument("--systems", type=_csv(str), default=list(SYSTEMS), help=f"any of {list(SYSTEMS)}")
     p.add_argument("--lengths", type=_csv(int), default=[1024, 4096], help="target tokens per training step")
     p.add_argument("--d-model", type=int, default=512)
@@ -192,7 +189,6 @@ def add_peers_args(p: argparse.ArgumentParser) -> None:
 
 def run_peers(args: argparse.Namespace) -> int:
     """Training tokens/s of each system against its peer library, same layout, interleaved fresh processes."""
-    from longrange.bench.peers import Layout, compare_with_peers
 
     def show(point: dict, row: dict) -> None:
         label = " full memory" if point["full_memory"] else " carried" if point["carry"] else ""

@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from longrange.convert.hf_reformer import convert_hf_reformer
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("format", choices=["hf-reformer"], help="source format")
@@ -23,8 +25,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from longrange.convert.hf_reformer import convert_hf_reformer
-
     out = convert_hf_reformer(args.src, args.out, hash_seed=args.hash_seed)
     print(f"-> {out} (model.safetensors + config.yaml)")
     return 0

@@ -21,11 +21,13 @@ from pathlib import Path
 
 import torch
 
+from longrange.compare import SYSTEMS, CompareConfig, compare
 from longrange.config import ModelConfig
 from longrange.data.corpus import load_corpus
 from longrange.data.tokenizer import ByteTokenizer
 from longrange.eval.evaluate import evaluate
 from longrange.generate import generate
+from longrange.model.io import load
 from longrange.runtime import add_runtime_options, resolve_device
 from longrange.train.trainer import TrainConfig, read_run, train
 
@@ -79,8 +81,6 @@ def run_demo(
         compile=compile,
     )
     train(model_cfg, train_cfg, None, out_dir, resume=resume)
-    from longrange.model.io import load
-
     model = load(out_dir).to(device)
     trained_in = read_run(out_dir)[1].precision
     corpus = load_corpus(None)
@@ -155,8 +155,6 @@ def regime_note(pairs: list[dict], seeds: int, stored: Path = LONG_CONTEXT_RESUL
 
 
 def _run_compare(args: argparse.Namespace, start: float) -> int:
-    from longrange.compare import SYSTEMS, CompareConfig, compare
-
     steps = args.steps or DEMO_STEPS
     print(
         f"comparing {', '.join(SYSTEMS)} (size tiny, {steps} updates of {DEMO_ROWS} rows x {DEMO_ROW_TOKENS} tokens, "

@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        from longrange.hf import export_hf
+        from longrange.hf import export_hf  # longrange.hf needs the optional transformers package
     except ImportError as err:
         raise ValueError(
             f"export hf needs the optional transformers package (pip install 'longrange[hf]'): {err}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 
 from longrange.config import ModelConfig, preset_names
+from longrange.model.build import build_model
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -15,8 +16,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from longrange.model.build import build_model
-
     print(f"{'preset':24} {'layers':>6} {'d_model':>7} {'heads':>5} {'segment':>7} {'params':>10}  attention")
     for name in preset_names():
         if args.filter not in name:

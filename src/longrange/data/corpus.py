@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from longrange.data.hf import hf_documents
 from longrange.data.token_store import TokenDocuments, TokenStoreWriter, open_split, store_meta
 
 log = logging.getLogger(__name__)
@@ -163,9 +164,7 @@ def load_corpus(
     if spec is None or str(spec) == "stdlib":
         corpus = stdlib_corpus()
     elif str(spec).startswith("hf:"):
-        from longrange.data.hf import hf_corpus
-
-        corpus = hf_corpus(str(spec), text_field)
+        corpus = Corpus(*hf_documents(str(spec), text_field))
     elif Path(spec).is_dir() and (Path(spec) / "manifest.json").is_file():
         return load_prepared(Path(spec))
     else:

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from longrange.data.corpus import Corpus
 
-
-def hf_corpus(spec: str, text_field: str = "text") -> Corpus:
+def hf_documents(spec: str, text_field: str = "text") -> tuple[str, list[bytes], dict]:
+    """The corpus's name, its documents (every row's text, encoded) and its manifest entry."""
     try:
-        import datasets
+        import datasets  # an optional extra, needed only for --data hf:
     except ImportError as err:
         raise ValueError(
             f"--data {spec!r} needs the Hugging Face `datasets` package: pip install 'longrange[hf-datasets]'"
@@ -35,4 +34,4 @@ def hf_corpus(spec: str, text_field: str = "text") -> Corpus:
             raise ValueError(f"--data {spec!r} has no text field {text_field!r}; its fields: {part.column_names}")
         documents += [t.encode() for t in part[text_field] if isinstance(t, str) and t.strip()]
     manifest = {"source": "huggingface", "dataset": name, "config": config or None}
-    return Corpus(Path(name).name or name, documents, manifest)
+    return Path(name).name or name, documents, manifest

@@ -36,6 +36,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from longrange.data.corpus import BYTE_STORE
+from longrange.data.token_store import TokenStoreWriter
+
 log = logging.getLogger(__name__)
 
 
@@ -271,9 +274,6 @@ LOCAL_CORPORA = ("enwik8", "pg19", "wikitext103")
 
 def _write_prepared(out: Path, name: str, source: dict, parts: dict[str, Iterator[tuple[str, bytes]]]) -> Path:
     """Stream each split's (name, text) documents into the byte store; write the manifest last (atomically)."""
-    from longrange.data.corpus import BYTE_STORE
-    from longrange.data.token_store import TokenStoreWriter
-
     out.mkdir(parents=True, exist_ok=True)
     writer = TokenStoreWriter(out / BYTE_STORE, "uint8", {"tokenizer": "bytes", "vocab_size": 256})
     manifest: dict = {"name": name, "sources": [source], "splits": {}, "store": BYTE_STORE}

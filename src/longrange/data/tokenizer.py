@@ -73,7 +73,7 @@ _UNICODE_TO_BYTE = {c: b for b, c in _bytes_to_unicode().items()}
 
 def _require_tokenizers():
     try:
-        import tokenizers
+        import tokenizers  # an optional extra (longrange[bpe]), needed only for BPE tokenizers
     except ImportError as err:
         raise ValueError(
             "--tokenizer bpe:VOCAB / FILE.json needs the Hugging Face `tokenizers` package: "

@@ -65,10 +65,10 @@ def attention_by_region(
 
 
 def plot_attention_by_region(result: dict, path) -> None:
-    import matplotlib
+    import matplotlib  # loaded only to draw: its backend is chosen before pyplot loads
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after use("Agg"): files only, no display
 
     fig, ax = plt.subplots(figsize=(9, 4))
     n = result["buckets"]

@@ -63,6 +63,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 BACKENDS = ("exact", "faiss-flat", "faiss-hnsw", "faiss-ivf")
@@ -526,7 +527,7 @@ class KNNMemory:
 
     # ------------------------------------------------------------------ faiss backends
     def _new_index(self):
-        import faiss
+        import faiss  # loaded only when a faiss backend is used (the exact one needs none)
 
         if self.backend == "faiss-flat":
             return faiss.IndexIDMap(faiss.IndexFlatIP(self.dim))
@@ -553,7 +554,7 @@ class KNNMemory:
     def _index_add(self, r: int, h: int, keys: Tensor, ids: Tensor) -> None:
         if keys.shape[0] == 0:
             return
-        import faiss
+        import faiss  # loaded only when a faiss backend is used (the exact one needs none)
 
         index = self._faiss[r][h]
         x = np.ascontiguousarray(keys.detach().float().cpu().numpy())
@@ -628,13 +629,9 @@ class KNNMemory:
         self._mark_stale()  # loaded rows may hold reset or padded slots
 
     def save(self, path) -> None:
-        from safetensors.torch import save_file
-
         save_file({k: v.contiguous().cpu() for k, v in self.state_dict().items()}, str(path))
 
     def load(self, path) -> None:
-        from safetensors.torch import load_file
-
         self.load_state_dict(load_file(str(path)))
 
 

@@ -9,7 +9,7 @@ from longrange.attention.base import AttentionModule
 from longrange.config import ConfigError, ModelConfig
 from longrange.model.blocks import Block
 from longrange.model.lm import LongRangeLM
-from longrange.model.positions import AbsolutePositions
+from longrange.model.positions import AbsolutePositions, AxialPositions
 
 
 def build_attention(cfg: ModelConfig, kind: str, layer_index: int, causal: bool = True) -> AttentionModule:
@@ -31,8 +31,6 @@ def build_positions(cfg: ModelConfig):
     if cfg.positions == "none":
         return None
     if cfg.positions == "axial":
-        from longrange.model.positions import AxialPositions  # added with the Reformer
-
         return AxialPositions(cfg.d_model, list(cfg.axial_shape), cfg.axial_dims)
     return AbsolutePositions(cfg.positions, cfg.d_model, cfg.max_len)
 

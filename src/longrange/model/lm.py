@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from longrange.memory.state import ModelState
 from longrange.model.blocks import Block, run_blocks
 from longrange.model.feedforward import apply_chunked
+from longrange.model.reversible import plain_reversible, reversible, reversible_with_state
 
 IGNORE_INDEX = -100  # targets with this value (padding) count in no loss
 
@@ -160,8 +161,6 @@ class LongRangeLM(nn.Module):
     ) -> tuple[Tensor, list, dict[str, Tensor]]:
         """Run every block, threading each layer's state and the attention carry (Luna's P)."""
         if self.reversible:
-            from longrange.model.reversible import plain_reversible, reversible, reversible_with_state
-
             if not torch.is_grad_enabled() and any(s is not None for s in state.layers):
                 # streaming generation: thread each layer's decode cache (no backward pass to save memory for)
                 h, layers = reversible_with_state(self.blocks, h, state.layers, self.readout, pad_mask)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 
 def _pyplot():
-    import matplotlib
+    import matplotlib  # loaded only to draw: its backend is chosen before pyplot loads
 
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
@@ -17,8 +18,6 @@ def _pyplot():
 
 def training_curves(run_dirs: dict[str, Path], path: Path) -> Path:
     """Training loss (in bits per byte) against training tokens, one line per system."""
-    import math
-
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for system, run_dir in run_dirs.items():

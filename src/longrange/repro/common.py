@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+
 from longrange.config import ModelConfig
 from longrange.eval.evaluate import evaluate
 from longrange.model.build import build_model
@@ -27,8 +29,6 @@ def train_model(
 
     ``model``: continue training this model (a curriculum stage) instead of building a fresh one from `cfg`.
     """
-    import torch
-
     torch.manual_seed(seed)
     model = build_model(cfg) if model is None else model
     train_cfg = TrainConfig(

@@ -19,7 +19,7 @@ def wandb_logger(project: str | None, run_dir: str | Path, config: dict | None =
     if not project:
         return None
     try:
-        import wandb
+        import wandb  # an optional extra (longrange[wandb]), needed only for --wandb
     except ImportError as err:
         raise ValueError(f"--wandb {project!r} needs the `wandb` package: pip install 'longrange[wandb]'") from err
     run = wandb.init(project=project, name=Path(run_dir).name, dir=str(run_dir), config=config or {}, resume="allow")

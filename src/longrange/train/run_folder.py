@@ -36,6 +36,10 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
+from longrange import __version__
+
 log = logging.getLogger(__name__)
 
 LOCK = ".lock"
@@ -227,10 +231,6 @@ def _inside(path: Path, folder: Path) -> bool:
 
 def record_invocation(out_dir: Path, world_size: int) -> None:
     """Append this start's command line and versions to ``invocations.jsonl``."""
-    import torch
-
-    from longrange import __version__
-
     record = {
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "argv": sys.argv,

@@ -31,9 +31,11 @@ from longrange.config import ConfigError, ModelConfig, _check_literals, _from_di
 from longrange.data.stream import IGNORE_INDEX, DocumentStream
 from longrange.data.tokenized_corpus import run_corpus
 from longrange.data.tokenizer import save_run_tokenizer
+from longrange.eval.evaluate import evaluate
 from longrange.memory.state import ModelState
 from longrange.model.build import build_model
 from longrange.model.lm import LongRangeLM
+from longrange.runtime import autocast, configure_device, maybe_compile, resolve_device, resolve_precision
 from longrange.train.checkpoint import BEST, LATEST, find_checkpoint, read_checkpoint, read_weights, write_checkpoint
 from longrange.train.distributed import DistInfo, init_distributed, shutdown_distributed
 from longrange.train.guards import SpikeGuard, diverged_note
@@ -51,7 +53,6 @@ from longrange.train.run_folder import (
     truncate_metrics,
     write_run_file,
 )
-from longrange.runtime import autocast, configure_device, maybe_compile, resolve_device, resolve_precision
 from longrange.train.sharding import (
     full_optimizer_state,
     full_weights,
@@ -535,8 +536,6 @@ class Trainer:
             self.save(BEST, valid_bpb=bpb)
 
     def validate(self, max_segments: int | None = None) -> dict[str, float]:
-        from longrange.eval.evaluate import evaluate
-
         if not self.valid_docs or not (self.dist.is_main or self.fsdp):  # FSDP: every rank runs the shards
             return {}
         with autocast(self.device, self.cfg.precision):
@@ -571,7 +570,7 @@ class Trainer:
 def _tensorboard_writer(out_dir: Path):
     """A TensorBoard writer when the optional `tensorboard` package is installed, else None."""
     try:
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # needs the optional tensorboard package
     except ImportError:
         return None
     return SummaryWriter(str(out_dir / "tensorboard"))
