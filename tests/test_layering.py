@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import graphlib
 import io
+import re
 import tokenize
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 ROOT = "longrange"
 
 # Top to bottom; each entry is a package under longrange/ (or a module directly in it), and "longrange" is the
-# package itself (longrange/__init__.py, the public API). The same picture is in docs/architecture.md.
+# package itself (longrange/__init__.py, the public API). The same picture is in docs/architecture.md ("Layers").
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("cli",),
     ("commands",),
@@ -208,6 +209,22 @@ def cycle(imports: list[Import], known: set[str]) -> list[str]:
     return []
 
 
+def documented_layers(text: str) -> tuple[tuple[str, ...], ...]:
+    """The layers drawn in the first code block under "## Layers" of docs/architecture.md: each line that starts
+    with names (``cli.py``, ``commands/``, ``longrange/__init__.py``, ...) is a layer; lines that start with a
+    space or the arrow ``v`` continue a description."""
+    block = text.split("\n## Layers\n", 1)[1].split("```", 2)[1]
+    layers = []
+    for line in block.splitlines():
+        if not line or line[0] in " v":
+            continue
+        names = re.match(r"(?:[\w/]+?(?:\.py|/)(?:\s+|$))+", line).group().split()
+        layers.append(
+            tuple(ROOT if n == f"{ROOT}/__init__.py" else n.removesuffix(".py").removesuffix("/") for n in names)
+        )
+    return tuple(layers)
+
+
 @pytest.fixture(scope="module")
 def every_import() -> list[Import]:
     modules = all_modules()
@@ -218,6 +235,10 @@ def test_every_package_has_one_place_in_the_layers():
     placed = [name for layer in LAYERS for name in layer]
     assert len(placed) == len(set(placed))
     assert {layer_of(m) for m in all_modules()} == set(placed)
+
+
+def test_the_architecture_document_draws_the_same_layers():
+    assert documented_layers((SRC.parent / "docs" / "architecture.md").read_text()) == LAYERS
 
 
 def test_imports_point_down_the_layers(every_import):
