@@ -39,8 +39,9 @@ LAYERS: tuple[tuple[str, ...], ...] = (
 )
 
 # Third-party packages a function may import where it uses them: optional extras (transformers, datasets,
-# tokenizers, tensorboard, wandb, the benchmark peers), and faiss and matplotlib, which are installed with longrange
-# but whose absence the code handles (and matplotlib's Agg backend is chosen before pyplot loads).
+# tokenizers, tensorboard, wandb, the benchmark peers), and two that are installed with longrange but loaded only
+# where used: faiss (only its backends need it; `bench knn` leaves them out without it) and matplotlib (only to
+# draw; its Agg backend is chosen before pyplot loads).
 OPTIONAL = (
     "transformers",
     "datasets",
