@@ -37,8 +37,10 @@ def test_cuda_index_beyond_the_devices_is_refused():
 def test_precisions():
     assert autocast_dtype("fp32") is None
     assert autocast_dtype("bf16") is torch.bfloat16 and autocast_dtype("fp16") is torch.float16
-    with pytest.raises(ValueError, match=r"--precision 'fp8' is not one of \['bf16', 'fp16', 'fp32'\]"):
+    with pytest.raises(ValueError, match=r"--precision 'fp8' is not one of \['auto', 'fp32', 'bf16', 'fp16'\]"):
         autocast_dtype("fp8")
+    with pytest.raises(ValueError, match="--precision auto must be decided first"):
+        autocast_dtype("auto")
     layer = torch.nn.Linear(4, 4)
     device = torch.get_default_device()  # `make test-gpu`: the layer and its autocast are on CUDA
     with autocast(device, "bf16"):
