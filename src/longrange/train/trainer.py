@@ -538,15 +538,16 @@ class Trainer:
     def validate(self, max_segments: int | None = None) -> dict[str, float]:
         if not self.valid_docs or not (self.dist.is_main or self.fsdp):  # FSDP: every rank runs the shards
             return {}
-        with autocast(self.device, self.cfg.precision):
-            result = evaluate(
-                self.model,
-                self.valid_docs,
-                batch_size=min(4, len(self.valid_docs)),
-                segment_len=self.segment_len,
-                device=self.device,
-                max_segments=max_segments,
-            )
+        # in the run's precision: an autocast around evaluate() was undone by its own (fp32 unless told otherwise)
+        result = evaluate(
+            self.model,
+            self.valid_docs,
+            batch_size=min(4, len(self.valid_docs)),
+            segment_len=self.segment_len,
+            device=self.device,
+            max_segments=max_segments,
+            precision=self.cfg.precision,
+        )
         self.model.train()
         return {"valid_bpb": result["bpb"]} if self.dist.is_main else {}
 
