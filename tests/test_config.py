@@ -64,9 +64,9 @@ def _alias_bomb(levels: int = 9, width: int = 9) -> str:
 def test_yaml_alias_bomb_is_refused_in_well_under_a_second(tmp_path):
     import time
 
-    from longrange.config import _read_yaml
+    from longrange.config import read_yaml
     from longrange.model.io import load_config
-    from longrange.train.trainer import TrainConfig
+    from longrange.train.config import TrainConfig
 
     path = tmp_path / "bomb.yaml"
     path.write_text(_alias_bomb())
@@ -74,7 +74,7 @@ def test_yaml_alias_bomb_is_refused_in_well_under_a_second(tmp_path):
     ckpt.mkdir()
     (ckpt / "config.yaml").write_text(_alias_bomb())
     (ckpt / "model.safetensors").write_bytes(b"")
-    for read in (_read_yaml, longrange.ModelConfig.from_file, TrainConfig.from_file, lambda _: load_config(ckpt)):
+    for read in (read_yaml, longrange.ModelConfig.from_file, TrainConfig.from_file, lambda _: load_config(ckpt)):
         start = time.perf_counter()
         with pytest.raises(ConfigError, match=r"anchors and aliases \(&, \*\) are not allowed") as err:
             read(path)
@@ -163,11 +163,11 @@ def test_good_values_pass_and_ints_become_floats():
 
 
 def test_a_trainer_like_dataclass_gets_the_same_checks():
-    """The trainer's `TrainConfig` uses `_check_literals` / `_from_dict`; any dataclass does."""
+    """The trainer's `TrainConfig` uses `check_field_types` / `dataclass_from_dict`; any dataclass does."""
     from dataclasses import dataclass, field
     from typing import Literal
 
-    from longrange.config import _check_literals, _from_dict
+    from longrange.config import check_field_types, dataclass_from_dict
 
     @dataclass
     class Train:
@@ -179,9 +179,9 @@ def test_a_trainer_like_dataclass_gets_the_same_checks():
         optimizer: Literal["adamw", "adam"] = "adamw"
 
         def __post_init__(self):
-            _check_literals(self)
+            check_field_types(self)
 
-    assert _from_dict(Train, {"lr": 1, "betas": [1, 0.5]}, prefix="train.") == Train(lr=1.0, betas=[1.0, 0.5])
+    assert dataclass_from_dict(Train, {"lr": 1, "betas": [1, 0.5]}, prefix="train.") == Train(lr=1.0, betas=[1.0, 0.5])
     for bad, match in [
         ({"steps": "10"}, r"train.steps='10' must be an integer"),
         ({"steps": 1.5}, r"train.steps=1.5 must be an integer"),
@@ -194,7 +194,7 @@ def test_a_trainer_like_dataclass_gets_the_same_checks():
         ({"stpes": 3}, r"unknown key 'train.stpes'"),
     ]:
         with pytest.raises(ConfigError, match=match):
-            _from_dict(Train, bad, prefix="train.")
+            dataclass_from_dict(Train, bad, prefix="train.")
     with pytest.raises(ConfigError, match=r"^bf16=1 must be true or false$"):
         Train(bf16=1)
 

@@ -72,7 +72,7 @@ def test_new_mechanism_trains_evaluates_generates_and_compares(window_mechanism,
     from longrange.compare import CompareConfig, compare
     from longrange.eval.evaluate import evaluate
     from longrange.generate import generate
-    from longrange.train.trainer import TrainConfig, train
+    from longrange.train import TrainConfig, train
 
     # the config accepts the kind, its section (constructor, dotted overrides, YAML) and checks its types
     cfg = longrange.ModelConfig.from_name("window-tiny", **{"window.window": 6})

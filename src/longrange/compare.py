@@ -1,6 +1,6 @@
 """One fair comparison of the systems: the same documents in the same order, the same budget, several seeds.
 
-`compare(cfg)` trains each system (`longrange.train.trainer.train`) once per seed into
+`compare(cfg)` trains each system (`longrange.train.train`) once per seed into
 ``<out>/runs/<system>/seed-<k>``, evaluates every run on the same held-out documents
 (`longrange.eval.evaluate.evaluate`), runs memory ablations of seed 0 for systems with memory (the same
 checkpoint evaluated with the memory off / halved / doubled through config overrides), and writes a report
@@ -61,7 +61,9 @@ from longrange.model.io import load
 from longrange.report.html import write_html
 from longrange.report.markdown import write_report
 from longrange.train.checkpoint import find_checkpoint
-from longrange.train.trainer import TrainConfig, TrainingInterrupted, read_run, train
+from longrange.train.config import TrainConfig, read_run
+from longrange.train.signals import TrainingInterrupted
+from longrange.train.trainer import train
 
 log = logging.getLogger(__name__)
 

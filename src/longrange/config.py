@@ -128,7 +128,7 @@ def _section_value(kind: str, value: Any) -> Any:
     if isinstance(value, cls):
         return value
     if isinstance(value, dict):
-        return _from_dict(cls, value, prefix=f"{kind}.")
+        return dataclass_from_dict(cls, value, prefix=f"{kind}.")
     raise ConfigError(f"{kind} must be a mapping of {cls.__name__} keys, got {value!r}")
 
 
@@ -234,7 +234,7 @@ class ModelConfig:
         return data
 
     def __post_init__(self) -> None:
-        _check_literals(self)  # types first: the checks below compare and compute with the values
+        check_field_types(self)  # types first: the checks below compare and compute with the values
         if self.d_ff is None:
             self.d_ff = 4 * self.d_model
         for i, kind in enumerate(self.layers):
@@ -270,7 +270,7 @@ class ModelConfig:
             if not self.axial_shape or _prod(self.axial_shape) < self.max_len:
                 raise ConfigError(f"axial_shape={self.axial_shape} must multiply to at least max_len={self.max_len}")
         for kind in _REGISTERED:
-            _check_literals(self.section(kind), prefix=f"{kind}.")
+            check_field_types(self.section(kind), prefix=f"{kind}.")
 
     # derived ------------------------------------------------------------------
     @property
@@ -296,13 +296,13 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        cfg = _from_dict(cls, data)
+        cfg = dataclass_from_dict(cls, data)
         _warn_unused_sections(cfg, data)
         return cfg
 
     @classmethod
     def from_file(cls, path: str | Path) -> ModelConfig:
-        data = _read_yaml(path)
+        data = read_yaml(path)
         data = data.get("model", data)  # accept a run config with a `model:` section
         if "preset" in data:
             preset = data.pop("preset")
@@ -335,7 +335,8 @@ class ModelConfig:
         data = self._as_dict(_REGISTERED)
         for key, value in overrides.items():
             _set_dotted(data, key, value)
-        cfg = _from_dict(ModelConfig, data)  # not from_dict: warn about the sections changed here, not older ones
+        # not from_dict: warn about the sections changed here, not older ones
+        cfg = dataclass_from_dict(ModelConfig, data)
         _warn_unused_sections(cfg, {key.partition(".")[0] for key in overrides})
         return cfg
 
@@ -387,7 +388,7 @@ def _set_dotted(data: dict, key: str, value: Any) -> None:
         data[head] = value
 
 
-def _from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+def dataclass_from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     """An instance of dataclass `cls` from a mapping: unknown keys and values of the wrong type are refused."""
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {type(data).__name__}")
@@ -409,7 +410,7 @@ def _config_keys(cls: type) -> set[str]:
     return names | set(_REGISTERED) if issubclass(cls, ModelConfig) else names
 
 
-def _check_literals(obj: Any, prefix: str = "") -> None:
+def check_field_types(obj: Any, prefix: str = "") -> None:
     """Check every field of dataclass `obj` against its declared type (see `_checked`); fix ints given for floats.
 
     Dataclasses call it first in ``__post_init__``, before any check that compares or computes with a value.
@@ -556,7 +557,7 @@ def load_yaml_text(text: str, source: str = "YAML text") -> Any:
         raise ConfigError(f"{source} is nested too deeply to be a config") from err
 
 
-def _read_yaml(path: str | Path) -> dict[str, Any]:
+def read_yaml(path: str | Path) -> dict[str, Any]:
     """The mapping in YAML file `path` (``--config``, a checkpoint's ``config.yaml``, ``train.yaml``)."""
     path = Path(path)
     if not path.is_file():

@@ -11,7 +11,6 @@ import torch
 import longrange
 from longrange.attention.positions import T5RelativeBias
 from longrange.memory.state import ModelState
-from longrange.train.trainer import state_from_dict, state_to_dict
 
 SEGMENT = 8
 CONFIGS = {
@@ -88,12 +87,14 @@ def test_a_state_loaded_from_a_checkpoint_is_not_taken_for_a_fresh_one(name):
     state = model.init_state(2)
     for s in range(2):
         state = model(tokens[:, s * SEGMENT : (s + 1) * SEGMENT], state=state).state
-    saved = state_to_dict(state)
-    loaded = state_from_dict(model, saved, 2, torch.get_default_device())
+    saved = state.state_dict()
+    loaded = model.init_state(2)
+    loaded.load_state_dict(saved)
     for entry in saved["layers"]:
         if entry is not None:
             entry.pop("live")  # a checkpoint written before the counts existed
-    old_format = state_from_dict(model, saved, 2, torch.get_default_device())
+    old_format = model.init_state(2)
+    old_format.load_state_dict(saved)
     x = tokens[:, 2 * SEGMENT :]
     expected = model(x, state=state).logits  # (each state has its own kNN store: no entry is added twice)
     torch.testing.assert_close(model(x, state=loaded).logits, expected)

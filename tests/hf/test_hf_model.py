@@ -245,7 +245,7 @@ def test_export_command_and_reading_the_folder_back(tmp_path, capsys):
 
 
 def test_train_init_from_an_export(tmp_path, corpus_dir):
-    from longrange.train.trainer import TrainConfig, train
+    from longrange.train import TrainConfig, train
 
     cfg = longrange.ModelConfig.from_name("transformer-xl-tiny")
     source = random_model(cfg)

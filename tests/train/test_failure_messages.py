@@ -14,8 +14,9 @@ from longrange.config import ConfigError
 from longrange.data.corpus import load_corpus
 from longrange.model.io import CheckpointError
 from longrange.train import checkpoint as checkpoint_module
-from longrange.train.guards import SpikeGuard
-from longrange.train.trainer import TrainConfig, Trainer, TrainingDiverged, train
+from longrange.train.config import TrainConfig
+from longrange.train.guards import SpikeGuard, TrainingDiverged
+from longrange.train.trainer import Trainer, train
 
 TINY = ["--batch-size", "2", "--segment-len", "16", "--warmup-steps", "2", "--no-progress"]
 
@@ -97,8 +98,8 @@ def test_the_accepted_losses_are_part_of_a_checkpoint(tmp_path, corpus_dir):
     trainer.fit()
     again = _trainer(tmp_path / "b", corpus_dir, steps=4)
     again.out_dir = trainer.out_dir
-    assert again.resume() and again.spikes.state_dict() == trainer.spikes.state_dict()
-    assert len(trainer.spikes.state_dict()) == 4
+    assert again.resume() and again.divergence.spikes.state_dict() == trainer.divergence.spikes.state_dict()
+    assert len(trainer.divergence.spikes.state_dict()) == 4
 
 
 @pytest.mark.parametrize("value", ["inf", "-inf", "nan"])

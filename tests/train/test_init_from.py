@@ -10,8 +10,8 @@ from longrange.config import ModelConfig
 from longrange.data.corpus import load_corpus
 from longrange.model.build import build_model
 from longrange.model.io import save
+from longrange.train import TrainConfig, train
 from longrange.train.init_from import init_weights
-from longrange.train.trainer import TrainConfig, train
 
 
 def _saved(cfg: ModelConfig, path):

@@ -17,8 +17,9 @@ from longrange.data import load_corpus
 from longrange.model.io import CheckpointError
 from longrange.train import TrainConfig, train
 from longrange.train import checkpoint as checkpoint_module
+from longrange.train.guards import TrainingDiverged
 from longrange.train.run_folder import RunFolderError, RunLock
-from longrange.train.trainer import Trainer, TrainingDiverged
+from longrange.train.trainer import Trainer
 
 TINY = ["--batch-size", "2", "--segment-len", "16", "--warmup-steps", "2", "--no-progress", "--log-every", "1"]
 
@@ -81,7 +82,7 @@ def test_one_non_finite_step_is_skipped_within_the_limit(tmp_path, data, monkeyp
 
     trainer.forward = poisoned
     metrics = trainer.train_step()
-    assert metrics["skipped"] == 1 and trainer.bad_steps == 1
+    assert metrics["skipped"] == 1 and trainer.divergence.bad_steps == 1
     for key, value in trainer.model.state_dict().items():
         assert torch.equal(value, before[key]), key  # no update from a non-finite step
 

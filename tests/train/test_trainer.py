@@ -16,7 +16,7 @@ from longrange.data import load_corpus
 from longrange.model.io import CheckpointError
 from longrange.train import TrainConfig, Trainer, train
 from longrange.train.checkpoint import read_checkpoint
-from longrange.train.trainer import write_run_config
+from longrange.train.config import write_run_config
 from tests.conftest import make_documents
 from tests.train.systems import cpu_subprocess_env, torchrun_command
 
@@ -24,8 +24,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _cfg(**kw):
+    """fp32 explicitly: these tests compare runs with float32 references (auto would pick bf16 for a wider model)."""
     base = dict(batch_size=2, segment_len=16, lr=3e-3, warmup_steps=2, log_every=1, checkpoint_every=4, progress=False)
-    return TrainConfig(**{**base, **kw})
+    return TrainConfig(**{**base, "precision": "fp32", **kw})
 
 
 def _weights(run: Path) -> dict:

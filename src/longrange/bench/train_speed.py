@@ -11,7 +11,8 @@ from longrange.config import ModelConfig
 from longrange.data.corpus import load_corpus
 from longrange.model.build import build_model
 from longrange.runtime import peak_memory_mib, synchronize
-from longrange.train.trainer import TrainConfig, Trainer
+from longrange.train.config import TrainConfig
+from longrange.train.trainer import Trainer
 
 
 def train_tokens_per_s(

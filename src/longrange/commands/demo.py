@@ -29,7 +29,8 @@ from longrange.eval.evaluate import evaluate
 from longrange.generate import generate
 from longrange.model.io import load
 from longrange.runtime import add_runtime_options, resolve_device
-from longrange.train.trainer import TrainConfig, read_run, train
+from longrange.train.config import TrainConfig, read_run
+from longrange.train.trainer import train
 
 EVAL_BYTES = 16 * 1024
 DEMO_STEPS = 140  # updates per system and seed in the comparison; see the docstring for the time

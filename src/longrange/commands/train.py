@@ -18,17 +18,13 @@ import sys
 import typing
 from pathlib import Path
 
-from longrange.config import ConfigError, ModelConfig, _read_yaml, check_run_config_sections, load_yaml_text
-from longrange.train.resume_checks import finished_message
+from longrange.config import ConfigError, ModelConfig, check_run_config_sections, load_yaml_text, read_yaml
+from longrange.train.config import RESUMABLE_KEYS, TrainConfig
+from longrange.train.guards import TrainingDiverged
+from longrange.train.resume_checks import check_resume_settings, finished_message
 from longrange.train.run_folder import RUN_CONFIG
-from longrange.train.trainer import (
-    RESUMABLE_KEYS,
-    TrainConfig,
-    TrainingDiverged,
-    TrainingInterrupted,
-    check_resume_settings,
-    train,
-)
+from longrange.train.signals import TrainingInterrupted
+from longrange.train.trainer import train
 
 CONFIG_SECTIONS = ("model", "train", "data")  # what a --config file may hold
 
@@ -94,7 +90,7 @@ def parse_overrides(items: list[str]) -> dict:
 def _file_sections(path: Path | None) -> dict:
     if path is None:
         return {}
-    data = _read_yaml(path)
+    data = read_yaml(path)
     check_run_config_sections(data, CONFIG_SECTIONS, source=f"config file {str(path)!r}")
     return data
 

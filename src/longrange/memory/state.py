@@ -17,7 +17,10 @@ as segments enter the memory; a reset leaves it (an upper bound stays true); a m
 live". It is a Python int, known without reading the device, so using it costs no host synchronisation.
 
 An external, non-differentiable store (the kNN memory) rides along as ``store``; it must offer
-``reset(rows: BoolTensor (B,))`` and may offer ``to(device)``.
+``reset(rows: BoolTensor (B,))`` and may offer ``to(device)`` and ``state_dict()`` / ``load_state_dict()``.
+
+``state_dict()`` / ``load_state_dict()`` give the memories as a checkpoint holds them: plain containers of
+tensors and numbers (what ``torch.load(weights_only=True)`` reads), loaded into a fresh state of the same model.
 """
 
 from __future__ import annotations
@@ -75,6 +78,23 @@ class LayerState:
             self.store.to(device)
         return self._with_tensors({k: v.to(device) for k, v in self.tensors.items()})
 
+    def state_dict(self) -> dict[str, Any]:
+        """The tensors, the live counts and the store's own state (when it has one), for a checkpoint."""
+        saved: dict[str, Any] = {"tensors": dict(self.tensors), "live": dict(self.live)}
+        if self.store is not None and hasattr(self.store, "state_dict"):
+            saved["store"] = self.store.state_dict()
+        return saved
+
+    def load_state_dict(self, saved: dict[str, Any], device: torch.device | str) -> None:
+        """Take the saved tensors (onto `device`), live counts and store state, in place.
+
+        A checkpoint without live counts (written before they existed) leaves them unknown: every slot may be
+        live. Never the fresh state's zeros, which would hide the loaded memories from attention."""
+        self.tensors.update({key: value.to(device) for key, value in saved["tensors"].items()})
+        self.live = dict(saved.get("live", {}))
+        if "store" in saved and self.store is not None:
+            self.store.load_state_dict(saved["store"])
+
 
 @dataclass
 class ModelState:
@@ -102,6 +122,19 @@ class ModelState:
 
     def to(self, device: torch.device | str) -> ModelState:
         return ModelState([s.to(device) if s is not None else None for s in self.layers], self.pos.to(device))
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"layers": [per layer: LayerState.state_dict() or None], "pos": pos}``: what a checkpoint holds."""
+        return {"layers": [s.state_dict() if s is not None else None for s in self.layers], "pos": self.pos}
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        """Take a `state_dict` in place; `self` is a fresh state of the same model (``model.init_state``), and
+        the saved tensors move to its device."""
+        device = self.pos.device
+        for layer, layer_saved in zip(self.layers, saved["layers"], strict=True):
+            if layer is not None and layer_saved is not None:
+                layer.load_state_dict(layer_saved, device)
+        self.pos = saved["pos"].to(device)
 
 
 # ---------------------------------------------------------------------------- pytrees

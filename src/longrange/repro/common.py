@@ -11,7 +11,8 @@ from longrange.config import ModelConfig
 from longrange.eval.evaluate import evaluate
 from longrange.model.build import build_model
 from longrange.model.lm import LongRangeLM
-from longrange.train.trainer import TrainConfig, Trainer
+from longrange.train.config import TrainConfig
+from longrange.train.trainer import Trainer
 
 
 def train_model(

@@ -32,8 +32,9 @@ from longrange.data.corpus import load_corpus
 from longrange.model.build import build_model
 from longrange.model.io import load, load_config
 from longrange.repro.common import held_out_bpb, write_json
+from longrange.train.config import TrainConfig
 from longrange.train.init_from import init_weights
-from longrange.train.trainer import TrainConfig, train
+from longrange.train.trainer import train
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -1,5 +1,6 @@
 """Training: one trainer for every system, checkpoints, distributed set-up."""
 
-from longrange.train.trainer import RECIPES, TrainConfig, Trainer, train
+from longrange.train.config import RECIPES, TrainConfig
+from longrange.train.trainer import Trainer, train
 
 __all__ = ["RECIPES", "TrainConfig", "Trainer", "train"]

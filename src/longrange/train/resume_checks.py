@@ -1,5 +1,7 @@
 """What `--resume` checks before it continues a run, so that it continues the run as it was trained.
 
+- The settings: the training settings, the model config and the corpus spec asked for must be the saved run's,
+  except `RESUMABLE_KEYS` (`check_resume_settings`).
 - A checkpoint to continue from: a checkpoint folder whose weights lack their trainer state (optimiser, data
   position, memories) cannot continue exactly; it is named and its weights are kept (`--init-from` starts a new
   run from them), never deleted on advice.
@@ -20,17 +22,44 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from longrange.config import ModelConfig
+from longrange.config import ConfigError, ModelConfig
 from longrange.data.corpus import corpus_change
 from longrange.data.tokenized_corpus import TokenizedCorpus
 from longrange.data.tokenizer import RUN_TOKENIZER, get_tokenizer
 from longrange.model.io import CONFIG, WEIGHTS
 from longrange.train.checkpoint import TRAINER_STATE, find_checkpoint, read_meta
+from longrange.train.config import RESUMABLE_KEYS, TrainConfig, read_run, with_recipe
 from longrange.train.run_folder import RunFolderError
 
 log = logging.getLogger(__name__)
 
 CORPUS_RECORD = "corpus.json"
+
+
+def check_resume_settings(
+    out_dir: str | Path, model_cfg: ModelConfig | None, train_data: dict, data: str | None
+) -> tuple[ModelConfig, TrainConfig, str | None]:
+    """Refuse settings that differ from the saved run's, except `RESUMABLE_KEYS`; returns the run's configs."""
+    saved_model, saved_train, saved_data = read_run(out_dir)
+    changed = [
+        f"{key}={value!r} (the run has {getattr(saved_train, key)!r})"
+        for key, value in with_recipe(train_data).items()
+        if key not in RESUMABLE_KEYS
+        and value != getattr(saved_train, key)
+        and not (key == "precision" and value == "auto")  # auto resumes with the precision the run recorded
+    ]
+    if model_cfg is not None and model_cfg.to_dict() != saved_model.to_dict():
+        old, new = saved_model.to_dict(), model_cfg.to_dict()
+        changed += [f"model {k}={new[k]!r} (the run has {old.get(k)!r})" for k in new if new[k] != old.get(k)]
+    if data is not None and data != saved_data:
+        changed.append(f"--data {data!r} (the run has {saved_data!r})")
+    if changed:
+        raise ConfigError(
+            f"--resume continues the run as it was configured; refusing changed {'; '.join(changed)}. "
+            f"Only {', '.join(RESUMABLE_KEYS)} may change on resume"
+        )
+    merged = {**saved_train.to_dict(), **{k: v for k, v in train_data.items() if k in RESUMABLE_KEYS}}
+    return saved_model, TrainConfig.from_dict(merged), saved_data
 
 
 def check_resumable(out_dir: Path, steps: int, tokenizer: str | None) -> Path:

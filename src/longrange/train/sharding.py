@@ -1,4 +1,5 @@
-"""FSDP2 (`torch.distributed.fsdp.fully_shard`) for models larger than one device.
+"""How a model is spread over the ranks of a torchrun launch: DDP replicas, or FSDP2 shards for models larger than
+one device (`spread_over_ranks`).
 
 With ``--shard fsdp`` under torchrun every block is its own FSDP unit and the model the root one:
 parameters, gradients and optimiser state are split across ranks and each block's parameters are
@@ -22,9 +23,32 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
+from torch.nn.parallel import DistributedDataParallel
+
+from longrange.train.distributed import DistInfo
 
 _GATHER = StateDictOptions(full_state_dict=True, cpu_offload=True)
 _SCATTER = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+
+
+def spread_over_ranks(
+    model: nn.Module, dist: DistInfo, device: torch.device, shard: str
+) -> DistributedDataParallel | None:
+    """Under torchrun: with ``shard="fsdp"`` shard `model` in place (before its optimiser is built: the optimiser
+    must hold the sharded parameters) and return None; else the DDP replica that averages the gradients. None in one
+    process."""
+    if not dist.enabled:
+        return None
+    if shard == "fsdp":
+        shard_model(model)
+        return None
+    # a stateful model leaves parameters unused in some steps (the kNN gate while its memory is empty, the
+    # compression weights before anything is evicted): DDP must look for them or it waits for their gradients
+    return DistributedDataParallel(
+        model,
+        device_ids=[device.index] if device.type == "cuda" else None,
+        find_unused_parameters=model.stateful,
+    )
 
 
 def shard_model(model: nn.Module) -> nn.Module:
