@@ -69,6 +69,17 @@ def test_luna_seq2seq_reports_both_models(tmp_path):
         luna_seq2seq.run(_args("luna-seq2seq", tmp_path, models="luna-16,nope"))
 
 
+def test_reformer_ablations_small_size_sets_the_larger_model_and_keeps_given_options(tmp_path):
+    from longrange.repro import reformer_ablations
+
+    args = reformer_ablations.with_size(
+        _args("reformer-ablations", tmp_path, size="small", steps=7), vars(_args("reformer-ablations", tmp_path))
+    )
+    assert (args.d_model, args.segment_len, args.layers, args.steps) == (256, 1024, 4, 7)  # --steps 7 given: kept
+    names = list(reformer_ablations.variants(args))
+    assert names == ["full, separate Q/K", "full, shared QK", "LSH-1", "LSH-4"]  # shared QK and rounds only
+
+
 def test_memory_finetune_starts_from_a_model_pretrained_without_memory(tmp_path):
     from longrange.config import ModelConfig
     from longrange.repro import memory_finetune
