@@ -9,7 +9,23 @@ from torch.utils import _pytree as pytree
 import longrange
 from longrange.config import ModelConfig
 
-EXPORTS = ["transformer-tiny", "transformer-xl-tiny", "reformer-tiny", "luna-tiny", "compressive-tiny"]
+# torch.export before 2.13 cannot trace the torch.Generator that seeds the Reformer's rotations in evaluation
+# (`attention/lsh/hashing.py::draw_rotations`): seen on 2.11 (+ CUDA), passes on 2.13; 2.12 was not tried
+GENERATOR_EXPORT = "2.13"
+EXPORTS = [
+    "transformer-tiny",
+    "transformer-xl-tiny",
+    pytest.param(
+        "reformer-tiny",
+        marks=pytest.mark.skipif(
+            torch.__version__ < GENERATOR_EXPORT,
+            reason=f"torch.export of torch {torch.__version__} cannot trace the seeded rotations' torch.Generator "
+            f"(needs torch >= {GENERATOR_EXPORT})",
+        ),
+    ),
+    "luna-tiny",
+    "compressive-tiny",
+]
 
 
 @pytest.mark.parametrize("name", EXPORTS)
