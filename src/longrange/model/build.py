@@ -8,7 +8,7 @@ from longrange.attention import REGISTRY
 from longrange.attention.base import AttentionModule
 from longrange.config import ConfigError, ModelConfig
 from longrange.model.blocks import Block
-from longrange.model.lm import LongRangeLM
+from longrange.model.lm import EMBED_INIT_STD, LongRangeLM
 from longrange.model.positions import AbsolutePositions, AxialPositions
 
 
@@ -27,12 +27,14 @@ def build_attention(cfg: ModelConfig, kind: str, layer_index: int, causal: bool 
     )
 
 
-def build_positions(cfg: ModelConfig):
+def build_positions(cfg: ModelConfig, sinusoid_scale: float = 1.0):
+    """The absolute positions `cfg` asks for (None: none); `sinusoid_scale`: the RMS of the token embeddings they
+    are added to (`AbsolutePositions`)."""
     if cfg.positions == "none":
         return None
     if cfg.positions == "axial":
         return AxialPositions(cfg.d_model, list(cfg.axial_shape), cfg.axial_dims)
-    return AbsolutePositions(cfg.positions, cfg.d_model, cfg.max_len)
+    return AbsolutePositions(cfg.positions, cfg.d_model, cfg.max_len, sinusoid_scale)
 
 
 def build_blocks(cfg: ModelConfig, causal: bool = True) -> list[Block]:
@@ -59,7 +61,7 @@ def build_model(cfg: ModelConfig) -> LongRangeLM:
         vocab_size=cfg.vocab_size,
         d_model=cfg.d_model,
         dropout=cfg.dropout,
-        positions=build_positions(cfg),
+        positions=build_positions(cfg, sinusoid_scale=EMBED_INIT_STD),
         head_chunks=cfg.head_chunks,
         tie_embeddings=cfg.tie_embeddings,
         reversible=cfg.reversible,

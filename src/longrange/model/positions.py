@@ -12,11 +12,19 @@ from longrange.attention.positions import sinusoid
 
 
 class AbsolutePositions(nn.Module):
-    """Absolute positions added to embeddings: ``sinusoidal`` or ``learned`` (table of `max_len`)."""
+    """Absolute positions added to embeddings: ``sinusoidal`` or ``learned`` (table of `max_len`).
 
-    def __init__(self, kind: str, d_model: int, max_len: int):
+    ``sinusoid_scale`` multiplies the sinusoids (RMS 1/sqrt 2 per element) so that they are added at the size of
+    the token embeddings: in the papers (Vaswani et al. 2017; Luna's fairseq code) a token embedding of RMS 1
+    (N(0, 1/d) times sqrt(d)) meets a sinusoid of RMS 1/sqrt 2. A model whose embeddings start smaller scales its
+    sinusoids by the same factor (the language model: 0.02, `build_model`); unscaled, a sinusoid 35 times the
+    token leaves the first layer norm mostly position, and a byte model learns far slower (0.7 bpb worse at
+    luna-tiny's and transformer-tiny's budget; benchmarks/results/repro/luna-gap.md).
+    """
+
+    def __init__(self, kind: str, d_model: int, max_len: int, sinusoid_scale: float = 1.0):
         super().__init__()
-        self.kind, self.d_model, self.max_len = kind, d_model, max_len
+        self.kind, self.d_model, self.max_len, self.sinusoid_scale = kind, d_model, max_len, sinusoid_scale
         if kind == "learned":
             self.table = nn.Embedding(max_len, d_model)
             nn.init.normal_(self.table.weight, std=0.02)
@@ -28,7 +36,7 @@ class AbsolutePositions(nn.Module):
         if self.kind != "sinusoidal" and positions.device.type == "cpu" and int(positions.max()) >= self.max_len:
             raise ValueError(f"position {int(positions.max())} is beyond max_len={self.max_len}; raise max_len")
         if self.kind == "sinusoidal":
-            return sinusoid(positions, self.d_model)
+            return sinusoid(positions, self.d_model) * self.sinusoid_scale
         return self.table(positions)
 
 
