@@ -1,9 +1,9 @@
-"""Model FLOPs per training token and the measured fp32 matmul ceiling: model-FLOPs utilisation (MFU).
+"""Model FLOPs per training token and the measured matmul ceiling: model-FLOPs utilisation (MFU).
 
 MFU = model FLOPs per token x tokens/s / matmul FLOP/s measured on this machine in the same run, as nanoGPT's
 ``estimate_mfu`` does (there against a GPU's datasheet peak; CPUs have no trustworthy datasheet figure, and
-these machines are shared, so the ceiling is measured: fp32 ``torch.mm`` at the model's own shapes on the run's
-thread count).
+these machines are shared, so the ceiling is measured: ``torch.mm`` at the model's own shapes on the run's
+thread count, in fp32, or in bf16 / fp16 for a run under that autocast).
 
 Model FLOPs (PaLM appendix B, nanoGPT): the FLOPs the model's definition needs, counted as 3x the forward
 (forward 1x, backward 2x), with no recomputation (a reversible stack recomputes its forward in backward: that is
@@ -76,13 +76,19 @@ def model_flops_per_token(
 
 
 def matmul_ceiling(
-    cfg: ModelConfig, tokens: int, threads: int, seconds: float = 0.6, device: str | torch.device = "cpu"
+    cfg: ModelConfig,
+    tokens: int,
+    threads: int,
+    seconds: float = 0.6,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
 ) -> dict:
-    """fp32 matmul FLOP/s at the model's shapes: (tokens x d) @ (d x 4d) and (tokens x 4d) @ (4d x d).
+    """Matmul FLOP/s in `dtype` at the model's shapes: (tokens x d) @ (d x 4d) and (tokens x 4d) @ (4d x d).
 
     The best of the shapes is the ceiling (GFLOP/s); each shape is timed in repeats of ~`seconds` / 6 s and
     its fastest repeat kept, since a shared machine only ever slows a repeat down. On CUDA the timings are
-    synchronised (fp32 there may use TF32 if the run allows it, as the model's matmuls then do too).
+    synchronised (fp32 there may use TF32 if the run allows it, as the model's matmuls then do too). A run under
+    bf16 (fp16) autocast is judged against the bf16 (fp16) rate: its matrix products run in that dtype.
     """
     torch.set_num_threads(threads)
     device = torch.device(device)
@@ -95,8 +101,8 @@ def matmul_ceiling(
     shapes = [(tokens, d, f), (tokens, f, d), (tokens, d, 3 * d)]
     best: dict[str, float] = {}
     for m, k, n in shapes:
-        a, b = torch.randn(m, k, device=device), torch.randn(k, n, device=device)
-        out = torch.empty(m, n, device=device)
+        a, b = torch.randn(m, k, device=device, dtype=dtype), torch.randn(k, n, device=device, dtype=dtype)
+        out = torch.empty(m, n, device=device, dtype=dtype)
         torch.mm(a, b, out=out)  # warm-up
         sync()
         start = time.perf_counter()
@@ -112,7 +118,12 @@ def matmul_ceiling(
             sync()
             fastest = min(fastest, (time.perf_counter() - start) / reps)
         best[f"{m}x{k}x{n}"] = 2 * m * k * n / fastest / 1e9
-    return {"gflops": max(best.values()), "by_shape": best, "threads": threads}
+    return {
+        "gflops": max(best.values()),
+        "by_shape": best,
+        "threads": threads,
+        "dtype": str(dtype).removeprefix("torch."),
+    }
 
 
 def mfu(flops_per_token: float, tokens_per_s: float, ceiling_gflops: float) -> float:

@@ -18,7 +18,7 @@ from longrange.bench import report
 from longrange.bench.knn import available_backends, search_points, step_overhead
 from longrange.bench.peers import SYSTEMS, Layout, compare_with_peers
 from longrange.bench.report import machine_meta
-from longrange.bench.train_speed import train_tokens_per_s
+from longrange.bench.train_speed import best_point, make_trainer, profile_steps, sweep_batch_sizes
 from longrange.bench.variants import VARIANTS
 from longrange.runtime import add_runtime_options, resolve_device
 
@@ -79,25 +79,83 @@ def run_attention(args: argparse.Namespace) -> int:
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--presets", type=_csv(str), default=["transformer-tiny", "transformer-xl-tiny"])
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--steps", type=int, default=10, help="timed steps per point (after 2 warm-up steps)")
+    p.add_argument("--batch-size", type=int, default=8, help="rows per step (the first of a sweep)")
+    p.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=None,
+        help="sweep: double the batch size from --batch-size up to this cap or until the device runs out of "
+        "memory, and report each preset's fastest (default: --batch-size only)",
+    )
+    p.add_argument(
+        "--sweep-seconds",
+        type=float,
+        default=0.0,
+        help="stop a preset's sweep before a point that would end past this many seconds (0: no limit)",
+    )
+    p.add_argument("--fused-adamw", action="store_true", help="torch's fused AdamW (one kernel for every update)")
+    p.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        metavar="OUT",
+        help="also write torch.profiler's table of time by kernel (CUDA time on a GPU, CPU time on the CPU) of "
+        "each preset's training step at its fastest batch size to OUT/PRESET.{txt,json}",
+    )
+    p.add_argument("--profile-steps", type=int, default=3, help="steps profiled (after one warm-up step)")
     add_runtime_options(p)
 
 
 def run_train(args: argparse.Namespace) -> int:
-    """Training tokens/s per preset on the built-in corpus."""
+    """Training tokens/s per preset on the built-in corpus (a batch-size sweep with --max-batch-size)."""
+    cap = args.max_batch_size or args.batch_size
+    if args.batch_size < 1 or cap < args.batch_size or args.steps < 1 or args.profile_steps < 1:
+        raise ValueError("need --steps >= 1, --profile-steps >= 1 and 1 <= --batch-size <= --max-batch-size")
     runtime = {"device": str(resolve_device(args.device)), "precision": args.precision, "compile": args.compile}
-    rows = [train_tokens_per_s(p, args.steps, args.batch_size, args.threads, runtime=runtime) for p in args.presets]
-    for r in rows:
-        r["ratio"] = r["tokens_per_s"] / rows[0]["tokens_per_s"]
+    options = {"runtime": runtime, "fused_adamw": args.fused_adamw}
+
+    def show(r: dict) -> None:
+        if r["status"] != "ok":
+            print(f"{r['preset']:>24} batch {r['batch_size']:>4}: {r['status']}", flush=True)
+            return
+        memory = "" if r["peak_mib"] is None else f", peak {r['peak_mib']:,.0f} MiB"
         print(
-            f"{r['preset']:>24} {r['precision']}: {r['tokens_per_s']:10.0f} tokens/s  x{r['ratio']:.2f}  MFU {r['mfu']:.0%} "
-            f"({r['model_flops_per_token'] / 1e6:.1f} MFLOP/token, ceiling {r['ceiling_gflops']:.0f} GFLOP/s; "
-            f"{r['params']:,} params, threads={r['threads']})"
+            f"{r['preset']:>24} batch {r['batch_size']:>4} {r['precision']}: {r['tokens_per_s']:10.0f} tokens/s  "
+            f"MFU {r['mfu']:.0%} (ceiling {r['ceiling_gflops']:.0f} GFLOP/s {r['ceiling_dtype']}{memory})",
+            flush=True,
         )
+
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "train.json").write_text(json.dumps({"meta": machine_meta(args.threads), "rows": rows}, indent=1))
-    return 0
+    meta = {**machine_meta(args.threads), "steps": args.steps, "batch_sizes": [args.batch_size, cap], **options}
+    rows, points = [], []
+    for preset in args.presets:
+        sweep = sweep_batch_sizes(
+            preset, args.steps, args.batch_size, cap, args.threads, seconds=args.sweep_seconds, on_point=show, **options
+        )
+        points += sweep
+        best = best_point(sweep)
+        if best is None:
+            print(f"{preset:>24}: no batch size of {args.batch_size} or more fits on {runtime['device']}")
+            continue
+        best["ratio"] = best["tokens_per_s"] / (rows[0] if rows else best)["tokens_per_s"]
+        rows.append(best)
+        if args.profile is not None:
+            trainer = make_trainer(preset, best["batch_size"], args.profile_steps + 1, **options)
+            print(f"-> {profile_steps(trainer, args.profile_steps, args.profile, preset)}")
+            del trainer
+        # written after every preset, so that a run stopped by a time limit keeps what it measured
+        (args.out / "train.json").write_text(json.dumps({"meta": meta, "rows": rows, "points": points}, indent=1))
+    for r in rows:
+        memory = "" if r["peak_mib"] is None else f", peak {r['peak_mib']:,.0f} MiB"
+        print(
+            f"{r['preset']:>24} {r['precision']}: {r['tokens_per_s']:10.0f} tokens/s  x{r['ratio']:.2f}  "
+            f"MFU {r['mfu']:.0%} at batch {r['batch_size']} "
+            f"({r['model_flops_per_token'] / 1e6:.1f} MFLOP/token, ceiling {r['ceiling_gflops']:.0f} GFLOP/s "
+            f"{r['ceiling_dtype']}{memory}; {r['params']:,} params, threads={r['threads']})"
+        )
+    (args.out / "train.json").write_text(json.dumps({"meta": meta, "rows": rows, "points": points}, indent=1))
+    return 0 if rows else 1
 
 
 def add_knn_args(p: argparse.ArgumentParser) -> None:
