@@ -69,3 +69,34 @@ def test_model_reset_row_equals_fresh_state():
     torch.testing.assert_close(carried[0], fresh[0], rtol=0, atol=1e-6)
     torch.testing.assert_close(carried[1], no_reset[1], rtol=0, atol=1e-6)
     assert not torch.allclose(carried[1], fresh[1])
+
+
+def test_state_dict_is_the_checkpoint_layout_and_loads_into_a_fresh_state():
+    """What a checkpoint's ``model_state`` holds (checkpoints written before must load after): per layer None or
+    {"tensors", "live"[, "store"]}, and "pos"; the tensors themselves, not copies."""
+    cfg = longrange.ModelConfig.from_name(
+        "memorizing-tiny", **{"xl.mem_len": 8, "knn.mem_len": 8, "knn.memory_size": 16, "knn.topk": 2}
+    )
+    model = longrange.build_model(cfg).eval()
+    tokens = torch.randint(0, cfg.vocab_size, (2, 2 * cfg.segment_len))
+    with torch.no_grad():
+        state = model(tokens[:, : cfg.segment_len], state=model.init_state(2)).state
+    saved = state.state_dict()
+    assert list(saved) == ["layers", "pos"] and saved["pos"] is state.pos
+    for layer, entry in zip(state.layers, saved["layers"], strict=True):
+        if layer is None:
+            assert entry is None
+            continue
+        assert list(entry) == ["tensors", "live", *(["store"] if layer.store is not None else [])]
+        assert all(entry["tensors"][key] is value for key, value in layer.tensors.items())
+        assert entry["live"] == layer.live
+    assert any(entry is not None and "store" in entry for entry in saved["layers"])
+    loaded = model.init_state(2)
+    loaded.load_state_dict(saved)
+    assert torch.equal(loaded.pos, state.pos)
+    for layer, back in zip(state.layers, loaded.layers, strict=True):
+        if layer is not None:
+            assert back.live == layer.live and all(torch.equal(back[k], v) for k, v in layer.tensors.items())
+    with torch.no_grad():
+        x = tokens[:, cfg.segment_len :]
+        torch.testing.assert_close(model(x, state=loaded).logits, model(x, state=state).logits)

@@ -208,3 +208,12 @@ def test_torchrun_two_processes_match_one(tmp_path):
     one, two = _weights(tmp_path / "one"), _weights(tmp_path / "two")
     for key in one:
         torch.testing.assert_close(one[key], two[key], rtol=2e-3, atol=2e-4)
+
+
+def test_the_public_names_stay_where_users_import_them():
+    from longrange import train as package
+    from longrange.train import config, trainer
+
+    assert package.train is trainer.train and package.Trainer is trainer.Trainer
+    assert package.TrainConfig is config.TrainConfig and package.RECIPES is config.RECIPES
+    assert set(package.__all__) == {"RECIPES", "TrainConfig", "Trainer", "train"}
