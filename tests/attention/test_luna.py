@@ -1,5 +1,7 @@
 """Luna: chunked prefix sums == naive formula == recurrent steps; causality; equivariance; padding."""
 
+import math
+
 import pytest
 import torch
 
@@ -194,8 +196,76 @@ def test_bidirectional_equals_the_reference_formula(share):
         torch.testing.assert_close(got.carry, attn.p_norm(packed + p), rtol=1e-5, atol=1e-5)
 
 
-def test_causal_pack_weights_default_to_the_references_elu_plus_one():
+def test_causal_pack_weights_are_elu_plus_one_or_the_references_softplus():
+    """elu + 1 by default (the reference's first causal layer); softplus as the reference has it now, beta ln 2:
+    log2(1 + 2^x), which is 1 at 0 as elu + 1 is."""
     assert longrange.ModelConfig.from_name("luna-tiny").luna.activation == "elu"
     scores = torch.linspace(-5, 5, 11)
     torch.testing.assert_close(_luna(activation="elu")._phi(scores), torch.nn.functional.elu(scores) + 1)
-    torch.testing.assert_close(_luna(activation="softplus")._phi(scores), torch.log1p(scores.exp()))
+    torch.testing.assert_close(_luna(activation="softplus")._phi(scores), torch.log2(1 + 2**scores))
+
+
+def _reference_causal(attn: LunaAttention, x: torch.Tensor) -> torch.Tensor:
+    """fairseq-apollo's causal Luna (``LunarCausalAttention``, biases zero) written from its equations, O(T^2):
+
+        A_s[j] = softplus_{beta ln 2}(pq_j . k_s / sqrt(E)),  K_t[j] = (1 / t) sum_{s <= t} A_s[j] c_s,
+        y_t = sum_j softmax_j(q_t . K_t[j] / sqrt(E)) K_t[j],  out = y W_o,
+
+    per head, with pq = P W_pq, q = x W_q, k = x W_pk, c = x W_c (tied unpack keys and values)."""
+    b, t, _ = x.shape
+    e, n_p = D // H, attn.proj_len
+    pq = attn.pack_q(attn.p_init + attn.p_pos).view(n_p, H, e)
+    q, k, c = ((x @ w.T).view(b, t, H, e) for w in attn.in_proj.weight.split(D))
+    out = torch.zeros(b, t, H, e, dtype=x.dtype)
+    for i in range(t):
+        for h in range(H):
+            a = torch.nn.functional.softplus(k[:, : i + 1, h] @ pq[:, h].T / e**0.5, beta=math.log(2))  # (B, i+1, l)
+            packed = a.transpose(1, 2) @ c[:, : i + 1, h] / (i + 1)  # (B, l, E)
+            w = ((packed @ q[:, i, h, :, None]).squeeze(-1) / e**0.5).softmax(-1)  # (B, l)
+            out[:, i, h] = (w[..., None] * packed).sum(1)
+    return attn.out(out.reshape(b, t, D))
+
+
+@pytest.mark.parametrize("chunk_len", [3, 8, 100])
+def test_length_normalised_softplus_is_the_references_causal_luna_in_float64(monkeypatch, chunk_len):
+    """normalize: length with activation: softplus computes the reference's function: chunked (ragged, exact,
+    one chunk), in blocks of the prefix sums (BLOCK_TOKENS 8), and one token at a time from the recurrent state."""
+    monkeypatch.setattr(luna_module, "BLOCK_TOKENS", 8)
+    torch.manual_seed(0)
+    attn = LunaAttention(
+        D, H, 0.0, True, 0, L, "softplus", share_projections=True, chunk_len=chunk_len, normalize="length"
+    ).double()
+    for p in attn.parameters():  # weights large enough that the pack weights vary far from 1
+        torch.nn.init.normal_(p, std=0.5)
+    x = torch.randn(2, T, D, dtype=torch.float64)
+    with torch.no_grad():
+        want = _reference_causal(attn, x)
+        got = attn(x, state=None, doc_start=None).out
+        state, steps = attn.init_state(2, x.device, x.dtype), []
+        for i in range(T):
+            result = attn(x[:, i : i + 1], state=state, doc_start=None)
+            state, steps = result.state, [*steps, result.out]
+        weighted = LunaAttention(D, H, 0.0, True, 0, L, "softplus", True, chunk_len).double()
+        weighted.load_state_dict(attn.state_dict())
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(torch.cat(steps, 1), want, rtol=1e-12, atol=1e-12)
+    # the default normalisation (by the sum of the weights) is another function
+    assert (weighted(x, state=None, doc_start=None).out - want).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("normalize", ["weights", "length"])
+def test_padding_before_the_tokens_is_not_counted(normalize):
+    """Left padding packs nothing and, divided by the length, does not count in t."""
+    attn = LunaAttention(D, H, 0.0, True, 0, L, "elu", share_projections=False, chunk_len=5, normalize=normalize)
+    x = torch.randn(1, T, D)
+    padded = torch.cat([torch.randn(1, 6, D), x], 1)
+    pad_mask = torch.cat([torch.zeros(1, 6), torch.ones(1, T)], 1).bool()
+    with torch.no_grad():
+        real = attn(x, state=None, doc_start=None).out
+        with_pad = attn(padded, state=None, doc_start=None, pad_mask=pad_mask).out[:, 6:]
+    torch.testing.assert_close(with_pad, real, rtol=1e-5, atol=1e-5)
+
+
+def test_an_unknown_normalisation_is_refused():
+    with pytest.raises(ValueError, match="luna.normalize"):
+        LunaAttention(D, H, 0.0, True, 0, L, "elu", True, 8, normalize="sum")

@@ -40,16 +40,21 @@ they are computed as x (W_k P^T), a (D, H * l) matrix built per forward: the sam
 quarter of a (D x D) GEMM instead of a whole one (the parameters are unchanged).
 
 Deliberate deviations, each with its reason:
-- phi is elu + 1 by default, the reference's (``LunarCausalAttention``); ``activation: softplus``
-  (log(1 + e^x), beta 1) is an option the reference lacks, kept for ablation: also positive, smooth
-  and ~e^x for very negative scores, ~x (elu + 1: x + 1) for large ones. Beta 1 is the plain softplus:
-  the reference gives no softplus setting to match, and a sharper beta would add a hyperparameter.
+- phi is elu + 1 by default: the reference's causal layer (``LunarCausalAttention``) used elu + 1 until
+  it changed to softplus with beta ln 2 (phi(0) = 1), which is ``activation: softplus`` here. Both are
+  positive, smooth, ~e^x for very negative scores and ~x for large ones, and train alike (ablation:
+  benchmarks/results/repro/luna-gap.md); elu + 1 is the linear-attention feature map of Katharopoulos
+  et al. (2020) that the paper's causal form follows.
 - The causal form has no separate unpack key / value projections of Y_p^t: a projection of
   Y_p^t per head equals packing projected tokens (packing is linear), so it is folded into c's
   projection (tied keys = values, as in the reference's causal layer); untied
   (``share_projections: false``) the unpack keys and values pack two different projections of X.
-  The reference normalises the causal prefix sums by t; here by the running sum of the pack
-  weights, so Y_p^t is a weighted mean of the c_s (the causal analogue of the softmax pack).
+  The reference normalises the causal prefix sums by t (``normalize: length``); here by default by
+  the running sum of the pack weights (``normalize: weights``), so Y_p^t is a weighted mean of the c_s
+  (the causal analogue of the softmax pack) and a slot whose tokens have not come yet does not read as
+  a vector shrunk by 1/t. The two train alike (luna-gap.md). With ``normalize: length`` and
+  ``activation: softplus`` the causal layer computes the reference's function (the reference adds
+  biases to its projections; none here).
 - In the causal form P is not replaced by the packed output between layers: Y_p^t differs per
   position, and feeding it on would either leak the future or break the prefix sums. Every layer
   packs with the same learned P (each through its own pack-query projection); the carry passes P on.
@@ -63,6 +68,7 @@ one-pass computation (``decode_cache``).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -84,6 +90,9 @@ class LunaConfig:
     activation: Literal["elu", "softplus"] = "elu"  # non-negative pack weights of the causal form
     share_projections: bool = True  # keys = values in pack and unpack (the paper's sharing, its parameter budget)
     chunk_len: int = 32  # block of the causal prefix sums; fastest near sqrt(proj_len * head width): 32 for l=16
+    # causal prefix sums divided by the running sum of the pack weights (a weighted mean), or by the number of
+    # tokens t as the reference does
+    normalize: Literal["weights", "length"] = "weights"
 
     def flops(self, d_model: int, segment_len: int) -> float:
         """Training FLOPs per token (`longrange.bench.mfu`), causal: pack (l slots over the prefix) and unpack (the
@@ -106,17 +115,20 @@ class LunaAttention(AttentionModule):
         activation: str,
         share_projections: bool,
         chunk_len: int,
+        normalize: str = "weights",
     ):
         super().__init__()
         if proj_len < 1 or chunk_len < 1:
             raise ValueError(f"luna.proj_len={proj_len} and luna.chunk_len={chunk_len} must be >= 1")
         if activation not in ("elu", "softplus"):
             raise ValueError(f"luna.activation={activation!r} is not one of ['elu', 'softplus']")
+        if normalize not in ("weights", "length"):
+            raise ValueError(f"luna.normalize={normalize!r} is not one of ['weights', 'length']")
         if d_model % n_heads:
             raise ValueError(f"d_model={d_model} must be a multiple of n_heads={n_heads}")
         self.n_heads, self.d_model, self.d_head = n_heads, d_model, d_model // n_heads
         self.causal, self.dropout, self.proj_len, self.chunk_len = causal, dropout, proj_len, chunk_len
-        self.activation, self.share = activation, share_projections
+        self.activation, self.share, self.normalize = activation, share_projections, normalize
         if layer_index == 0:  # the learned initial P and its own position embedding
             self.p_init = nn.Parameter(torch.randn(proj_len, d_model) * d_model**-0.5)
             self.p_pos = nn.Parameter(torch.randn(proj_len, d_model) * 0.02)
@@ -138,12 +150,13 @@ class LunaAttention(AttentionModule):
         return LayerState(
             {
                 "num": torch.zeros(batch_size, h, l, n_values * e, device=device, dtype=torch.float32),  # sum a c
-                "den": torch.zeros(batch_size, h, l, device=device, dtype=torch.float32),  # sum a
+                "den": torch.zeros(batch_size, h, l, device=device, dtype=torch.float32),  # sum a, or t
             }
         )
 
     def _phi(self, scores: Tensor) -> Tensor:
-        return F.elu(scores) + 1.0 if self.activation == "elu" else F.softplus(scores)
+        # softplus with the reference's beta ln 2: log2(1 + 2^x), 1 at 0 as elu + 1 is
+        return F.elu(scores) + 1.0 if self.activation == "elu" else F.softplus(scores, beta=math.log(2.0))
 
     def _p(self, carry: Tensor | None, batch: int) -> Tensor:
         if carry is not None:
@@ -209,29 +222,38 @@ class LunaAttention(AttentionModule):
         parts = tokens.view(b, n, c, -1, h, e).permute(3, 1, 0, 4, 2, 5).contiguous().unbind(0)
         q, vals = parts[0], parts[-1] if self.share else torch.cat(parts[-2:], dim=-1)  # (N, B, H, C, E | 2E)
         a = self._phi(scores.view(b, n, c, h, l).permute(1, 0, 3, 2, 4).contiguous())  # (N, B, H, C, l), >= 0
+        counts = None  # normalize "length": every real token counts 1 in the denominators, (N, B, 1, C, 1)
         if pad_mask is not None or n * c != t:  # padding (ours or the caller's) packs nothing
             valid = pad_mask if pad_mask is not None else torch.ones(b, t, dtype=torch.bool, device=x.device)
-            a = a * F.pad(valid, (0, n * c - t)).to(a.dtype).view(b, n, c).transpose(0, 1)[:, :, None, :, None]
+            counts = F.pad(valid, (0, n * c - t)).to(a.dtype).view(b, n, c).transpose(0, 1)[:, :, None, :, None]
+            a = a * counts
+        if self.normalize == "length" and counts is None:
+            counts = a.new_ones(n, b, 1, c, 1)
         num, den, ys = state["num"], state["den"], []
         # blocks of BLOCK_TOKENS, carrying the sums: every block's (and its backward's) temporaries
         # stay cache-sized, so the cost per token does not grow with T (a loop over blocks, not tokens)
         step = max(1, BLOCK_TOKENS // c)
         # split, not slicing: the backward of a split is one concatenation, a slice's a zero-filled full copy
-        for q_i, a_i, vals_i in zip(q.split(step), a.split(step), vals.split(step), strict=True):
-            y_i, num, den = causal_luna(q_i, a_i, vals_i, num, den, e)
+        norm_weights = counts.split(step) if self.normalize == "length" else [None] * -(-n // step)
+        for q_i, a_i, vals_i, n_i in zip(q.split(step), a.split(step), vals.split(step), norm_weights, strict=True):
+            y_i, num, den = causal_luna(q_i, a_i, vals_i, num, den, e, n_i)
             ys.append(y_i)
         y = ys[0] if len(ys) == 1 else torch.cat(ys)  # (N, B, H, C, E)
         y = y.permute(1, 0, 3, 2, 4).reshape(b, n * c, h * e)[:, :t].to(x.dtype)  # (B, T, D)
         return F.dropout(y, self.dropout, self.training), state.replace(num=num, den=den)
 
 
-def causal_luna(q: Tensor, a: Tensor, vals: Tensor, num: Tensor, den: Tensor, d_key: int):
+def causal_luna(
+    q: Tensor, a: Tensor, vals: Tensor, num: Tensor, den: Tensor, d_key: int, norm_weights: Tensor | None = None
+):
     """Causal pack + unpack by chunked prefix sums, every chunk at once (no loop over tokens or chunks).
 
     Chunk-major shapes: q (N, B, H, C, E) unpack queries; a (N, B, H, C, l) pack weights (zero for
     padding); vals (N, B, H, C, E) the packed tokens c (unpack keys = values), or (N, B, H, C, 2E) the
     unpack key and value tokens side by side; num (B, H, l, E or 2E) / den (B, H, l) sums over earlier
-    chunks; d_key = E scales the unpack scores. Returns y (N, B, H, C, E) and the new sums.
+    chunks; d_key = E scales the unpack scores; norm_weights: what den sums, broadcastable to a (None: a
+    itself, a weighted mean; 1 per real token: division by t, the reference's). Returns y (N, B, H, C, E)
+    and the new sums.
 
     With packed_t[j] = num_t[j] / den_t[j] and num_t[j] = num_before_chunk[j] + sum_{s<=t in chunk} a_s[j] c_s:
         score_t[j] = q_t . packed_t[j] = ((G a)[t, j] + q_t . num_before[j]) / den_t[j],  G = tril(q c^T)
@@ -243,12 +265,13 @@ def causal_luna(q: Tensor, a: Tensor, vals: Tensor, num: Tensor, den: Tensor, d_
     chunk = q.shape[-2]
     at = a.transpose(-1, -2)  # (N, B, H, l, C)
     chunk_num = at @ vals  # (N, B, H, l, E | 2E) sums inside each chunk
-    chunk_den = a.sum(-2)  # (N, B, H, l)
+    weights = a if norm_weights is None else norm_weights
+    chunk_den = weights.sum(-2)  # (N, B, H, l), or (N, B, 1, 1) for counts
     num_all = chunk_num.cumsum(0)
     num_before = num + num_all - chunk_num  # exclusive prefix over chunks
     den_all = chunk_den.cumsum(0)
     den_before = den + den_all - chunk_den
-    inv_den = 1.0 / (den_before[..., None, :] + a.cumsum(-2)).clamp(min=1e-6)  # (N, B, H, C, l)
+    inv_den = 1.0 / (den_before[..., None, :] + weights.cumsum(-2)).clamp(min=1e-6)  # (N, B, H, C, l)
     nb_keys, nb_values = (num_before, num_before) if keys is vals else num_before.split(e, dim=-1)
     causal = torch.ones(chunk, chunk, dtype=q.dtype, device=q.device).tril()
     g = (q @ keys.transpose(-1, -2)) * causal  # (N, B, H, C, C)
