@@ -59,11 +59,25 @@ def test_a_point_that_fails_is_recorded_with_its_reason():
 def test_knn_bench_writes_its_table(tmp_path):
     out = tmp_path / "knn"
     args = ["bench", "knn", "--sizes", "256", "--backends", "exact", "--distributions", "random", "--queries", "8"]
-    assert main([*args, "--k", "4", "--dim", "8", "--steps", "0", "--threads", "1", "--out", str(out)]) == 0
+    options = ["--k", "4", "--dim", "8", "--steps", "0", "--threads", "1", "--precision", "fp32"]
+    assert main([*args, *options, "--out", str(out)]) == 0
     data = json.loads((out / "knn.json").read_text())
     assert [(r["backend"], r["size"], r["recall"]) for r in data["search"]] == [("exact", 256, 1.0)]
     table = (out / "knn.md").read_text()
-    assert "| random | 256 | exact |" in table and "k = 4, d = 8" in table
+    assert "| random | 256 | exact fp32 |" in table and "k = 4, d = 8" in table
+
+
+def test_knn_bench_in_bf16_times_a_bf16_store_against_the_float32_one(tmp_path):
+    out = tmp_path / "knn"
+    args = ["bench", "knn", "--sizes", "4096", "--backends", "exact", "--distributions", "clustered", "--queries", "8"]
+    options = ["--k", "4", "--dim", "8", "--threads", "1", "--precision", "bf16", "--out", str(out)]
+    steps = ["--steps", "1", "--step-preset", "memorizing-tiny", "--step-sizes", "64"]
+    assert main([*args, *options, *steps]) == 0
+    data = json.loads((out / "knn.json").read_text())
+    assert [(r["backend"], r["precision"]) for r in data["search"]] == [("exact", "fp32"), ("exact", "bf16")]
+    assert data["search"][1]["recall"] >= 0.99  # its agreement with the float32 search
+    assert [(r["memory_size"], r["precision"]) for r in data["step"]] == [(0, "bf16"), (64, "bf16")]
+    assert "| clustered | 4,096 | exact bf16 |" in (out / "knn.md").read_text()
 
 
 def test_reversible_bench_reports_the_growth_of_both_stacks(tmp_path, monkeypatch):

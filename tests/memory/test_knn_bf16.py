@@ -154,7 +154,7 @@ def test_a_memorizing_model_keeps_its_memory_in_the_runs_precision():
     model = longrange.build_model(longrange.ModelConfig.from_name("memorizing-tiny"))
     tokens = torch.randint(0, 256, (2, 16))
     for dtype in (torch.bfloat16, torch.float32):
-        state = model.init_state(4)
+        state = model.init_state(2)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
             for _ in range(2):
                 state = model(tokens, state=state).state

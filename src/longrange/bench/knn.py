@@ -9,6 +9,12 @@ Key distributions (unit vectors, d = 64 by default):
   limited set of directions (tokens and contexts that recur). 1024 random centres; each key is
   ``normalise(centre + 0.75 * g / sqrt(d))`` with g standard normal, i.e. cosine ~0.8 to its
   centre. Queries are drawn the same way (a query looks for keys of its own kind).
+
+Precision: in a bf16 run (``--precision bf16``, or ``auto`` where the device has fast bf16 matrix products)
+the keys and queries are rounded to bf16, as the kNN layer of a run under bf16 autocast makes them, and the
+exact search runs twice: over a float32 store (the ground truth and the time to beat, as in fp32) and over a
+bf16 store (`KNNMemory` in 16 bits), whose recall@k is its agreement with the float32 search. faiss indexes hold
+float32 (faiss refuses bf16). The step overhead runs its models under the autocast of the precision.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import torch.nn.functional as F
 from longrange.config import ModelConfig
 from longrange.memory.knn_store import KNNMemory
 from longrange.model.build import build_model
+from longrange.runtime import autocast, autocast_dtype
 
 DISTRIBUTIONS = ("clustered", "random")
 N_CENTRES, SPREAD = 1024, 0.75
@@ -66,20 +73,27 @@ def search_points(
     repeats: int = 3,
     index_options: dict | None = None,
     hnsw_random_max: int = 262144,
+    precision: str = "fp32",
 ):
-    """Yield one row per (distribution, size, backend): median search time of `queries` queries, build time
-    (faiss index construction incl. IVF training and HNSW graph), recall@k against the exact search
-    and time relative to the exact backend. HNSW on random keys is skipped above `hnsw_random_max`
-    (its build takes many minutes there, for a recall far below target anyway)."""
+    """Yield one row per (distribution, size, backend, store precision): median search time of `queries` queries,
+    build time (faiss index construction incl. IVF training and HNSW graph), recall@k against the exact float32
+    search and time relative to it. HNSW on random keys is skipped above `hnsw_random_max` (its build takes many
+    minutes there, for a recall far below target anyway). ``precision`` "bf16" adds the exact search over a bf16
+    store, on keys rounded to bf16 (module docstring)."""
+    low = autocast_dtype(precision)
+    runs = [("exact", torch.float32)] + ([("exact", low)] if low is not None else [])
+    runs += [(b, torch.float32) for b in backends if b != "exact"]  # faiss: float32 only
     for distribution in distributions:
         for size in sizes:
             keys = make_keys(distribution, size, dim, seed=0).view(1, 1, size, dim)  # (B=1, H=1, M, E)
             q = make_keys(distribution, queries, dim, seed=1).view(1, 1, queries, dim)
+            if low is not None:  # as the kNN layer makes them under the run's autocast
+                keys, q = keys.to(low).float(), q.to(low).float()
             truth, exact_s = None, None
-            for backend in ["exact", *[b for b in backends if b != "exact"]]:
+            for backend, dtype in runs:
                 if backend == "faiss-hnsw" and distribution == "random" and size > hnsw_random_max:
                     continue
-                memory = KNNMemory(1, size, 1, dim, backend=backend, **(index_options or {}))
+                memory = KNNMemory(1, size, 1, dim, backend=backend, dtype=dtype, **(index_options or {}))
                 memory.add(keys, keys)
                 start = time.perf_counter()
                 if backend != "exact":
@@ -97,6 +111,7 @@ def search_points(
                     "distribution": distribution,
                     "size": size,
                     "backend": backend,
+                    "precision": "fp32" if dtype == torch.float32 else precision,
                     "search_s": statistics.median(times),
                     "build_s": build_s,
                     "recall": _recall(truth, slots[0, 0]),
@@ -107,29 +122,38 @@ def search_points(
                     yield row
 
 
-def fill_knn_memories(state, batch_size: int) -> None:
-    """Fill every kNN store of `state` to capacity with random unit keys (search cost = a full memory)."""
+def fill_knn_memories(state, batch_size: int, dtype: torch.dtype = torch.float32) -> None:
+    """Fill every kNN store of `state` to capacity with random unit keys (search cost = a full memory), in `dtype`
+    (bf16: what a bf16 run adds, so that an empty store of a float32 model becomes a bf16 one)."""
     for layer in state.layers:
         store = getattr(layer, "store", None) if layer is not None else None
         if store is None:
             continue
         g = torch.Generator().manual_seed(0)
         keys = F.normalize(torch.randn(batch_size, store.n_heads, store.capacity, store.dim, generator=g), dim=-1)
-        store.add(keys, keys)
+        store.add(keys.to(dtype), keys.to(dtype))
 
 
-def step_overhead(memory_sizes: list[int], steps: int = 5, batch_size: int = 4, preset: str = "memorizing-small"):
-    """Seconds per training step (forward, backward, AdamW) of `preset` with each memory size vs M = 0.
+def step_overhead(
+    memory_sizes: list[int],
+    steps: int = 5,
+    batch_size: int = 4,
+    preset: str = "memorizing-small",
+    precision: str = "fp32",
+):
+    """Seconds per training step (forward, backward, AdamW) of `preset` with each memory size vs M = 0, under the
+    autocast of `precision` (a decided one: fp32, bf16 or fp16; bf16 memories are filled with bf16 entries).
 
     The models are stepped in turn (round robin), so load drifts on a shared machine hit them all
     alike; each memory is full, so every timed step searches M entries. Returns one row per size.
     """
+    entries = torch.bfloat16 if precision == "bf16" else torch.float32
     runs = []
     for size in [0, *memory_sizes]:
         torch.manual_seed(0)
         model = build_model(ModelConfig.from_name(preset, **{"knn.memory_size": size}))
         state = model.init_state(batch_size)
-        fill_knn_memories(state, batch_size)
+        fill_knn_memories(state, batch_size, entries)
         runs.append({"size": size, "model": model, "state": state, "times": []})
         runs[-1]["opt"] = torch.optim.AdamW(model.parameters(), lr=1e-4)
     seg = runs[0]["model"].config.segment_len
@@ -138,14 +162,15 @@ def step_overhead(memory_sizes: list[int], steps: int = 5, batch_size: int = 4, 
         tokens = torch.randint(0, 256, (batch_size, seg), generator=g)
         for run in runs:
             start = time.perf_counter()
-            out = run["model"](tokens, state=run["state"], targets=tokens)
+            with autocast(torch.device("cpu"), precision):
+                out = run["model"](tokens, state=run["state"], targets=tokens)
             out.loss.backward()
             run["opt"].step()
             run["opt"].zero_grad()
             run["state"] = out.state.detach()
             if step > 0:  # the first step warms up allocators
                 run["times"].append(time.perf_counter() - start)
-    rows = [{"memory_size": r["size"], "step_s": statistics.median(r["times"])} for r in runs]
+    rows = [{"memory_size": r["size"], "precision": precision, "step_s": statistics.median(r["times"])} for r in runs]
     for r in rows:
         r["ratio"] = r["step_s"] / rows[0]["step_s"]
     return rows

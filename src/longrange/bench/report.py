@@ -117,17 +117,20 @@ def knn_table(rows: list[dict], overhead: list[dict], meta: dict) -> str:
         f"kNN search: {meta['queries']} queries, k = {meta['k']}, d = {meta['dim']}, {meta['threads']} thread(s) "
         f"for torch and faiss; index settings {meta['index_options']}.",
         "",
-        "| keys | M | backend | search ms | speed-up vs exact | recall@k | build s |",
+        "| keys | M | backend, store | search ms | speed-up vs exact fp32 | recall@k vs exact fp32 | build s |",
         "|---|---:|---|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['distribution']} | {r['size']:,} | {r['backend']} | {r['search_s'] * 1e3:.1f} | "
-            f"{r['speedup_vs_exact']:.1f} | {r['recall']:.3f} | {r['build_s']:.1f} |"
+            f"| {r['distribution']} | {r['size']:,} | {r['backend']} {r.get('precision', 'fp32')} | "
+            f"{r['search_s'] * 1e3:.1f} | {r['speedup_vs_exact']:.1f} | {r['recall']:.3f} | {r['build_s']:.1f} |"
         )
     if overhead:
-        lines += ["", "| memory M | train step s | vs no memory |", "|---:|---:|---:|"]
-        lines += [f"| {r['memory_size']:,} | {r['step_s']:.3f} | {r['ratio']:.2f} |" for r in overhead]
+        lines += ["", "| memory M | precision | train step s | vs no memory |", "|---:|---|---:|---:|"]
+        lines += [
+            f"| {r['memory_size']:,} | {r.get('precision', 'fp32')} | {r['step_s']:.3f} | {r['ratio']:.2f} |"
+            for r in overhead
+        ]
     return "\n".join(lines) + "\n"
 
 

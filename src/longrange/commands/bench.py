@@ -13,6 +13,8 @@ import argparse
 import json
 from pathlib import Path
 
+import torch
+
 from longrange.bench import attention as attention_bench
 from longrange.bench import report
 from longrange.bench.knn import available_backends, search_points, step_overhead
@@ -20,7 +22,8 @@ from longrange.bench.peers import SYSTEMS, Layout, compare_with_peers
 from longrange.bench.report import machine_meta
 from longrange.bench.train_speed import best_point, make_trainer, profile_steps, sweep_batch_sizes
 from longrange.bench.variants import VARIANTS
-from longrange.runtime import add_runtime_options, resolve_device
+from longrange.config import ModelConfig
+from longrange.runtime import PRECISION_CHOICES, add_runtime_options, resolve_device, resolve_precision
 
 
 def _csv(kind):
@@ -174,6 +177,14 @@ def add_knn_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--step-sizes", type=_csv(int), default=[8192, 65536], help="memory sizes for the step overhead")
     p.add_argument("--step-preset", default="memorizing-small")
     p.add_argument("--steps", type=int, default=5, help="timed training steps per memory size (0: skip)")
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=PRECISION_CHOICES,
+        help="bf16: the exact search also over a bf16 store (keys rounded to bf16, as a bf16 run stores them), "
+        "timed and checked against the float32 one, and the step overhead under bf16 autocast; auto (default): "
+        "bf16 where the CPU has fast bf16 matrix products (the step overhead: as a run of --step-preset decides)",
+    )
 
 
 def run_knn(args: argparse.Namespace) -> int:
@@ -181,23 +192,43 @@ def run_knn(args: argparse.Namespace) -> int:
     args.backends = available_backends(args.backends, args.threads)
     options = {"hnsw_m": args.hnsw_m, "ef_construction": args.ef_construction, "ef_search": args.ef_search}
     options.update({"ivf_lists": args.ivf_lists, "ivf_probe": args.ivf_probe})
+    cpu = torch.device("cpu")
+    precision = resolve_precision(args.precision, cpu)  # the search alone: the CPU decides
     rows = []
     points = search_points(
-        args.sizes, args.backends, args.distributions, args.dim, args.queries, args.k, 3, options, args.hnsw_random_max
+        args.sizes,
+        args.backends,
+        args.distributions,
+        args.dim,
+        args.queries,
+        args.k,
+        3,
+        options,
+        args.hnsw_random_max,
+        precision,
     )
     for r in points:
         rows.append(r)
         print(
-            f"{r['distribution']:>9} {r['backend']:>10} M={r['size']:>8}: search {r['search_s'] * 1e3:8.1f} ms "
+            f"{r['distribution']:>9} {r['backend']:>10} {r['precision']} M={r['size']:>8}: "
+            f"search {r['search_s'] * 1e3:8.1f} ms "
             f"(x{r['speedup_vs_exact']:5.1f} vs exact), recall {r['recall']:.3f}, build {r['build_s']:6.1f} s",
             flush=True,
         )
-    overhead = step_overhead(args.step_sizes, steps=args.steps, preset=args.step_preset) if args.steps else []
+    step_precision = resolve_precision(args.precision, cpu, ModelConfig.from_name(args.step_preset))
+    overhead = (
+        step_overhead(args.step_sizes, steps=args.steps, preset=args.step_preset, precision=step_precision)
+        if args.steps
+        else []
+    )
     for r in overhead:
-        print(f"train step, memory {r['memory_size']:>6}: {r['step_s']:.3f} s  x{r['ratio']:.2f} vs no memory")
+        print(
+            f"train step {r['precision']}, memory {r['memory_size']:>6}: {r['step_s']:.3f} s  "
+            f"x{r['ratio']:.2f} vs no memory"
+        )
     args.out.mkdir(parents=True, exist_ok=True)
     meta = {**machine_meta(args.threads), "index_options": options, "queries": args.queries, "k": args.k}
-    meta["dim"] = args.dim
+    meta.update(dim=args.dim, precision=precision, step_precision=step_precision)
     (args.out / "knn.json").write_text(json.dumps({"meta": meta, "search": rows, "step": overhead}, indent=1))
     (args.out / "knn.md").write_text(report.knn_table(rows, overhead, meta))
     print(f"-> {args.out}/knn.{{json,md}}")
