@@ -277,6 +277,22 @@ def test_lsh_under_bfloat16_autocast_runs_and_matches_float32():
     assert torch.corrcoef(torch.stack([got.float().flatten(), expected.flatten()]))[0, 1] > 0.98
 
 
+def test_lsh_trains_under_bfloat16_autocast_with_gradients_close_to_float32():
+    """A training step's backward runs outside the autocast region, on the bf16 tensors the forward saved: the
+    kernel's backward took the saved logsumexp in bf16, which the fused attention backward refuses (it keeps
+    the logsumexp in float32), so a bf16 training step of an LSH model failed."""
+    attn = _lsh(2, 8, 4, seed=1)
+    x = torch.randn(1, 40, D, requires_grad=True)
+    attn(x, state=None, doc_start=None).out.square().sum().backward()
+    expected = x.grad.clone()
+    x.grad = None
+    with torch.autocast(torch.get_default_device().type, dtype=torch.bfloat16):
+        out = attn(x, state=None, doc_start=None).out
+    out.float().square().sum().backward()
+    assert torch.isfinite(x.grad).all()
+    assert torch.corrcoef(torch.stack([x.grad.flatten(), expected.flatten()]))[0, 1] > 0.9
+
+
 @pytest.mark.cpu_only
 def test_native_kernel_refuses_band_bounds_it_cannot_take():
     qk, v = torch.randn(1, 8, 1, 4), torch.randn(1, 8, 1, 4)

@@ -132,7 +132,9 @@ class SortedLSHAttention(torch.autograd.Function):
         norm = torch.linalg.vector_norm(qk, dim=-1, keepdim=True)  # (batch, Tp, H, 1)
         keys = qk / norm.clamp_min(NORM_EPS)  # F.normalize, by hand: the backward pass needs only the norms
         y = qk.new_zeros(qk.shape)  # (batch, Tp, H, E)
-        lse = qk.new_empty(bh, s)  # sorted order
+        # sorted order; float32 at least, as the fused attention keeps it: a 16-bit logsumexp near the self score's
+        # -1e5 is hundreds apart, and the attention backward refuses one
+        lse = qk.new_empty(bh, s, dtype=torch.promote_types(qk.dtype, torch.float32))
         codes = torch.empty(bh, s // block, block, w, dtype=torch.int8, device=qk.device)
         sources = [z.reshape(-1, e) for z in (qk, keys, v)]  # flat rows, views
         groups = _groups(bh, s // block, block * w)
@@ -172,7 +174,7 @@ class SortedLSHAttention(torch.autograd.Function):
             lay = _Layout(order, rows, first, stop, tp, heads, block, window)
             if first == 0:
                 weight = _round_weights(lse[rows], order[rows], tp).to(qk.dtype)  # (G, S)
-            lse_g = lse[rows, lay.items].view_as(lay.query_rows).to(qk.dtype)
+            lse_g = lse[rows, lay.items].view_as(lay.query_rows)  # float32 (float64 for a float64 check)
             q_g, k_w, v_w, bias = ctx.kept or (
                 lay.queries(sources[0]),
                 lay.windows(sources[1]),
