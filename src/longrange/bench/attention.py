@@ -3,8 +3,11 @@
 Each (variant, length) point runs in a fresh subprocess, so its peak memory is its own: on CPU
 the growth of the process's peak resident set (``ru_maxrss``) over the level measured just before
 the input is created; on CUDA ``torch.cuda.max_memory_allocated``. Time is the median of
-`repeats` forward+backward passes after one warm-up. Ratios are against ``full`` at the same
-length, measured in the same run (`sweep`). `reversible_growth` measures reversible against plain stacks.
+`repeats` forward+backward passes after one warm-up, under the autocast of ``precision`` (fp32: none; bf16 or
+fp16: the module's matrix products in that dtype, its weights and input kept in fp32, as a training step under
+``--precision bf16`` runs them). Ratios are against ``full`` at the same length, measured in the same run (`sweep`);
+a variant that ran out of time or memory at one length is not tried at the longer ones.
+`reversible_growth` measures reversible against plain stacks.
 """
 
 from __future__ import annotations
@@ -22,12 +25,21 @@ import torch
 
 from longrange.bench.report import BASELINE, add_ratios
 from longrange.bench.variants import VARIANTS
+from longrange.runtime import autocast
 
 
 def measure(
-    variant: str, length: int, d_model: int, heads: int, batch: int, causal: bool, repeats: int, device: str
+    variant: str,
+    length: int,
+    d_model: int,
+    heads: int,
+    batch: int,
+    causal: bool,
+    repeats: int,
+    device: str,
+    precision: str = "fp32",
 ) -> dict:
-    """One point, in this process: {"time_s", "peak_mib"}."""
+    """One point, in this process: {"time_s", "peak_mib"}; ``precision`` a decided one (fp32, bf16, fp16)."""
     torch.manual_seed(0)
     module, run = VARIANTS[variant](d_model, heads, causal)
     module = module.to(device)
@@ -38,7 +50,9 @@ def measure(
     times = []
     for i in range(repeats + 1):
         start = time.perf_counter()
-        run(module, x).sum().backward()
+        with autocast(torch.device(device), precision):
+            out = run(module, x)
+        out.float().sum().backward()
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         if i:  # the first pass is a warm-up
@@ -59,8 +73,9 @@ def measure_in_subprocess(point: dict, threads: int, timeout: float) -> dict:
     except subprocess.TimeoutExpired:
         return {**point, "status": f"timeout>{timeout:.0f}s"}
     if done.returncode != 0:
-        reason = "out of memory" if done.returncode in (-9, 137) else done.stderr.strip().splitlines()[-1:]
-        return {**point, "status": f"failed: {reason}"}
+        if done.returncode in (-9, 137) or "OutOfMemoryError" in done.stderr:  # killed by the OS, or CUDA's
+            return {**point, "status": "out of memory"}
+        return {**point, "status": f"failed: {done.stderr.strip().splitlines()[-1:]}"}
     return {**point, **json.loads(done.stdout.strip().splitlines()[-1]), "status": "ok"}
 
 
@@ -78,16 +93,19 @@ def sweep(
     timeout: float,
     baseline_max_length: int,
     on_row: Callable[[dict], None] | None = None,
+    precision: str = "fp32",
 ) -> list[dict]:
     """Every (variant, length) point in a fresh process, the baseline (full attention) included up to
     `baseline_max_length` (quadratic time); rows with ratios against the baseline. `on_row` sees each row as it
-    is measured."""
+    is measured. A variant whose point failed (a timeout, out of memory) gets a "not run" row at the longer
+    lengths instead of costing their timeouts too; `lengths` are taken in increasing order."""
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown variant {unknown[0]!r}; choose from {sorted(VARIANTS)}")
     variants = variants if BASELINE in variants else [BASELINE, *variants]
     rows = []
-    for length in lengths:
+    failed: dict[str, int] = {}  # variant -> the length its point failed at
+    for length in sorted(lengths):
         for variant in variants:
             if variant == BASELINE and length > baseline_max_length:
                 continue
@@ -100,8 +118,14 @@ def sweep(
                 "causal": causal,
                 "repeats": repeats,
                 "device": device,
+                "precision": precision,
             }
-            rows.append(measure_in_subprocess(point, threads, timeout))
+            if variant in failed:
+                rows.append({**point, "status": f"not run: failed at length {failed[variant]}"})
+            else:
+                rows.append(measure_in_subprocess(point, threads, timeout))
+                if rows[-1]["status"] != "ok":
+                    failed[variant] = length
             if on_row is not None:
                 on_row(rows[-1])
     add_ratios(rows)

@@ -47,6 +47,13 @@ def add_attention_args(p: argparse.ArgumentParser) -> None:
         default=16384,
         help="skip the full-attention baseline above this length (quadratic time)",
     )
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=PRECISION_CHOICES,
+        help="fp32 (default), bf16 or fp16 autocast around each forward (weights and input in fp32, as in a "
+        "training step), or auto (bf16 where the device has fast bf16 matrix products)",
+    )
 
 
 def run_attention(args: argparse.Namespace) -> int:
@@ -58,8 +65,13 @@ def run_attention(args: argparse.Namespace) -> int:
             f"{row.get('peak_mib', float('nan')):8.0f} MiB  {row['status']}",
             flush=True,
         )
+        with open(args.out / "rows.jsonl", "a") as f:  # each point as it is measured: a sweep cut short keeps them
+            f.write(json.dumps(row) + "\n")
 
-    device = str(resolve_device(args.device))
+    device = resolve_device(args.device)
+    precision = resolve_precision(args.precision, device)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "rows.jsonl").unlink(missing_ok=True)
     rows = attention_bench.sweep(
         args.variants,
         args.lengths,
@@ -68,13 +80,14 @@ def run_attention(args: argparse.Namespace) -> int:
         batch=args.batch,
         causal=not args.bidirectional,
         repeats=args.repeats,
-        device=device,
+        device=str(device),
         threads=args.threads,
         timeout=args.timeout,
         baseline_max_length=args.full_max_length,
         on_row=show,
+        precision=precision,
     )
-    report.write_results(rows, args.out, machine_meta(args.threads))
+    report.write_results(rows, args.out, {**machine_meta(args.threads), "precision": precision})
     print(report.format_table(rows))
     print(f"-> {args.out}/results.{{csv,json,md,png}}")
     return 0
