@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from longrange.config import ModelConfig
 from longrange.memory.knn_store import KNNMemory
 from longrange.model.build import build_model
-from longrange.runtime import autocast, autocast_dtype
+from longrange.runtime import autocast, autocast_dtype, synchronize
 
 DISTRIBUTIONS = ("clustered", "random")
 N_CENTRES, SPREAD = 1024, 0.75
@@ -74,12 +74,15 @@ def search_points(
     index_options: dict | None = None,
     hnsw_random_max: int = 262144,
     precision: str = "fp32",
+    device: str | torch.device = "cpu",
 ):
     """Yield one row per (distribution, size, backend, store precision): median search time of `queries` queries,
     build time (faiss index construction incl. IVF training and HNSW graph), recall@k against the exact float32
     search and time relative to it. HNSW on random keys is skipped above `hnsw_random_max` (its build takes many
     minutes there, for a recall far below target anyway). ``precision`` "bf16" adds the exact search over a bf16
-    store, on keys rounded to bf16 (module docstring)."""
+    store, on keys rounded to bf16 (module docstring). The exact backend's store lives on `device` (faiss: the
+    CPU)."""
+    device = torch.device(device)
     low = autocast_dtype(precision)
     runs = [("exact", torch.float32)] + ([("exact", low)] if low is not None else [])
     runs += [(b, torch.float32) for b in backends if b != "exact"]  # faiss: float32 only
@@ -93,18 +96,23 @@ def search_points(
             for backend, dtype in runs:
                 if backend == "faiss-hnsw" and distribution == "random" and size > hnsw_random_max:
                     continue
-                memory = KNNMemory(1, size, 1, dim, backend=backend, dtype=dtype, **(index_options or {}))
-                memory.add(keys, keys)
+                where = device if backend == "exact" else torch.device("cpu")
+                memory = KNNMemory(1, size, 1, dim, backend=backend, dtype=dtype, device=where, **(index_options or {}))
+                memory.add(keys.to(where), keys.to(where))
+                queries_here = q.to(where)
                 start = time.perf_counter()
                 if backend != "exact":
                     memory._ensure_faiss()  # the index is built lazily at the first search
                 build_s = time.perf_counter() - start
-                memory.search_slots(q, k)  # warm-up
+                memory.search_slots(queries_here, k)  # warm-up
                 times = []
                 for _ in range(repeats):
+                    synchronize(where)
                     start = time.perf_counter()
-                    _, slots = memory.search_slots(q, k)
+                    _, slots = memory.search_slots(queries_here, k)
+                    synchronize(where)
                     times.append(time.perf_counter() - start)
+                slots = slots.cpu()
                 if truth is None:  # the exact backend runs first: the ground truth and the time to beat
                     truth, exact_s = slots[0, 0], statistics.median(times)
                 row = {
@@ -122,16 +130,24 @@ def search_points(
                     yield row
 
 
+FILL_CHUNK = 65536  # entries per row added at once when filling a store (a 1M-entry fill in one go: 4x its size)
+
+
 def fill_knn_memories(state, batch_size: int, dtype: torch.dtype = torch.float32) -> None:
     """Fill every kNN store of `state` to capacity with random unit keys (search cost = a full memory), in `dtype`
-    (bf16: what a bf16 run adds, so that an empty store of a float32 model becomes a bf16 one)."""
+    (bf16: what a bf16 run adds, so that an empty store of a float32 model becomes a bf16 one), made on the
+    store's device `FILL_CHUNK` entries per row at a time."""
     for layer in state.layers:
         store = getattr(layer, "store", None) if layer is not None else None
         if store is None:
             continue
-        g = torch.Generator().manual_seed(0)
-        keys = F.normalize(torch.randn(batch_size, store.n_heads, store.capacity, store.dim, generator=g), dim=-1)
-        store.add(keys.to(dtype), keys.to(dtype))
+        device = store.keys.device
+        g = torch.Generator(device).manual_seed(0)
+        for start in range(0, store.capacity, FILL_CHUNK):
+            n = min(FILL_CHUNK, store.capacity - start)
+            keys = torch.randn(batch_size, store.n_heads, n, store.dim, generator=g, device=device)
+            keys = F.normalize(keys, dim=-1).to(dtype)
+            store.add(keys, keys)
 
 
 def step_overhead(
@@ -140,18 +156,21 @@ def step_overhead(
     batch_size: int = 4,
     preset: str = "memorizing-small",
     precision: str = "fp32",
+    device: str | torch.device = "cpu",
 ):
     """Seconds per training step (forward, backward, AdamW) of `preset` with each memory size vs M = 0, under the
-    autocast of `precision` (a decided one: fp32, bf16 or fp16; bf16 memories are filled with bf16 entries).
+    autocast of `precision` (a decided one: fp32, bf16 or fp16; bf16 memories are filled with bf16 entries), with
+    the models and their stores on `device`.
 
     The models are stepped in turn (round robin), so load drifts on a shared machine hit them all
     alike; each memory is full, so every timed step searches M entries. Returns one row per size.
     """
     entries = torch.bfloat16 if precision == "bf16" else torch.float32
+    device = torch.device(device)
     runs = []
     for size in [0, *memory_sizes]:
         torch.manual_seed(0)
-        model = build_model(ModelConfig.from_name(preset, **{"knn.memory_size": size}))
+        model = build_model(ModelConfig.from_name(preset, **{"knn.memory_size": size})).to(device)
         state = model.init_state(batch_size)
         fill_knn_memories(state, batch_size, entries)
         runs.append({"size": size, "model": model, "state": state, "times": []})
@@ -159,15 +178,17 @@ def step_overhead(
     seg = runs[0]["model"].config.segment_len
     g = torch.Generator().manual_seed(1)
     for step in range(steps + 1):
-        tokens = torch.randint(0, 256, (batch_size, seg), generator=g)
+        tokens = torch.randint(0, 256, (batch_size, seg), generator=g).to(device)
         for run in runs:
+            synchronize(device)
             start = time.perf_counter()
-            with autocast(torch.device("cpu"), precision):
+            with autocast(device, precision):
                 out = run["model"](tokens, state=run["state"], targets=tokens)
             out.loss.backward()
             run["opt"].step()
             run["opt"].zero_grad()
             run["state"] = out.state.detach()
+            synchronize(device)
             if step > 0:  # the first step warms up allocators
                 run["times"].append(time.perf_counter() - start)
     rows = [{"memory_size": r["size"], "precision": precision, "step_s": statistics.median(r["times"])} for r in runs]

@@ -13,8 +13,6 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
-
 from longrange.bench import attention as attention_bench
 from longrange.bench import report
 from longrange.bench.knn import available_backends, search_points, step_overhead
@@ -191,6 +189,12 @@ def add_knn_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--step-preset", default="memorizing-small")
     p.add_argument("--steps", type=int, default=5, help="timed training steps per memory size (0: skip)")
     p.add_argument(
+        "--device",
+        default="cpu",
+        help="where the exact search's store and the step overhead's models live: cpu (default), cuda, cuda:N or "
+        "auto (faiss indexes stay on the CPU)",
+    )
+    p.add_argument(
         "--precision",
         default="auto",
         choices=PRECISION_CHOICES,
@@ -205,8 +209,8 @@ def run_knn(args: argparse.Namespace) -> int:
     args.backends = available_backends(args.backends, args.threads)
     options = {"hnsw_m": args.hnsw_m, "ef_construction": args.ef_construction, "ef_search": args.ef_search}
     options.update({"ivf_lists": args.ivf_lists, "ivf_probe": args.ivf_probe})
-    cpu = torch.device("cpu")
-    precision = resolve_precision(args.precision, cpu)  # the search alone: the CPU decides
+    device = resolve_device(args.device)
+    precision = resolve_precision(args.precision, device)  # the search alone: the device decides
     rows = []
     points = search_points(
         args.sizes,
@@ -219,6 +223,7 @@ def run_knn(args: argparse.Namespace) -> int:
         options,
         args.hnsw_random_max,
         precision,
+        device,
     )
     for r in points:
         rows.append(r)
@@ -228,9 +233,11 @@ def run_knn(args: argparse.Namespace) -> int:
             f"(x{r['speedup_vs_exact']:5.1f} vs exact), recall {r['recall']:.3f}, build {r['build_s']:6.1f} s",
             flush=True,
         )
-    step_precision = resolve_precision(args.precision, cpu, ModelConfig.from_name(args.step_preset))
+    step_precision = resolve_precision(args.precision, device, ModelConfig.from_name(args.step_preset))
     overhead = (
-        step_overhead(args.step_sizes, steps=args.steps, preset=args.step_preset, precision=step_precision)
+        step_overhead(
+            args.step_sizes, steps=args.steps, preset=args.step_preset, precision=step_precision, device=device
+        )
         if args.steps
         else []
     )
@@ -241,7 +248,7 @@ def run_knn(args: argparse.Namespace) -> int:
         )
     args.out.mkdir(parents=True, exist_ok=True)
     meta = {**machine_meta(args.threads), "index_options": options, "queries": args.queries, "k": args.k}
-    meta.update(dim=args.dim, precision=precision, step_precision=step_precision)
+    meta.update(dim=args.dim, precision=precision, step_precision=step_precision, device=str(device))
     (args.out / "knn.json").write_text(json.dumps({"meta": meta, "search": rows, "step": overhead}, indent=1))
     (args.out / "knn.md").write_text(report.knn_table(rows, overhead, meta))
     print(f"-> {args.out}/knn.{{json,md}}")
