@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from longrange.train.distributed import process_group_backend
 from longrange.runtime import autocast, autocast_dtype, maybe_compile, resolve_device
+from longrange.train.distributed import process_group_backend
 
 
 def test_cpu_and_auto_resolve():
@@ -76,3 +76,13 @@ def test_a_cuda_process_group_also_carries_host_side_tensors():
     to read them), so a CUDA group maps the CPU to gloo (never run with nccl here: one GPU, no second rank)."""
     assert process_group_backend(torch.device("cuda", 1)) == "cpu:gloo,cuda:nccl"
     assert process_group_backend(torch.device("cpu")) == "gloo"
+
+
+def test_gloo_can_be_asked_for_ranks_that_share_one_gpu(monkeypatch):
+    monkeypatch.setenv("LONGRANGE_DIST_BACKEND", "gloo")
+    assert process_group_backend(torch.device("cuda", 0)) == "gloo"
+    monkeypatch.setenv("LONGRANGE_DIST_BACKEND", "mpi")
+    with pytest.raises(ValueError, match="only gloo"):
+        process_group_backend(torch.device("cuda", 0))
+    monkeypatch.delenv("LONGRANGE_DIST_BACKEND")
+    assert process_group_backend(torch.device("cuda", 0)) == "cpu:gloo,cuda:nccl"

@@ -75,10 +75,22 @@ class DistInfo:
         return result
 
 
+BACKEND_ENV = "LONGRANGE_DIST_BACKEND"  # "gloo": every collective on gloo, CUDA tensors included
+
+
 def process_group_backend(device: torch.device) -> str:
     """gloo on the CPU; on CUDA nccl for CUDA tensors (gradients, parameters, metrics) and gloo for the host-side
     ones (a step's token counts, the stop flag), which stay on the CPU so that reading them costs no device sync:
-    nccl alone refuses a CPU tensor."""
+    nccl alone refuses a CPU tensor.
+
+    ``LONGRANGE_DIST_BACKEND=gloo`` puts the CUDA tensors on gloo too: for ranks that share one GPU (each started
+    as its own torchrun node, LOCAL_RANK 0), which nccl refuses; slower, a check of the multi-process path on a
+    machine with one GPU."""
+    chosen = os.environ.get(BACKEND_ENV, "").strip().lower()
+    if chosen not in ("", "gloo"):
+        raise ValueError(f"{BACKEND_ENV}={chosen!r}: only gloo may be asked for (unset: gloo on the CPU, nccl on CUDA)")
+    if chosen == "gloo":
+        return "gloo"
     return "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
 
 
