@@ -56,5 +56,5 @@ stage train 90 $LR bench train --device cuda --precision bf16 --batch-size 8 --s
     --out "$RUNS/train"
 
 cp "$RUNS"/attention/results.json "$OUT/attention.json" 2>/dev/null
-cp "$RUNS"/train/results.json "$OUT/train.json" 2>/dev/null
+cp "$RUNS"/train/train.json "$OUT/train.json" 2>/dev/null  # bench train writes train.json
 rm -rf "$RUNS"
