@@ -245,7 +245,7 @@ def readme_rows(summary: dict, folder: str) -> list[str]:
             lines.append(
                 f"| {r['preset']} | {r['precision']}{' fused AdamW' if r.get('fused_adamw') else ''} | "
                 f"{r['batch_size']} ({tried}; {r.get('sweep_stopped') or '-'}) | {r['tokens_per_s']:,.0f} | "
-                f"{r['mfu']:.0%} | {r['ceiling_tflops']:.0f} {r.get('ceiling_dtype') or ''} | "
+                f"{r['mfu']:.0%} | {r['ceiling_tflops']:.3g} {r.get('ceiling_dtype') or ''} | "
                 f"{_cell(r.get('peak_mib'), ',.0f')} | "
                 f"{'-' if c is None else format(c['tokens_per_s'], ',.0f') + ' at ' + str(c['batch_size'])} |"
             )
