@@ -4,30 +4,32 @@
 #
 # Usage: benchmarks/gpu_run.sh OUT_DIR [STAGE ...]     (default: every stage, in this order)
 #
-#   stage      limit  expected on one H100/H200  what
+#   stage      limit  expected on one H100/H200 (estimates from the H200 run of gpu_check.sh; not yet measured)
 #   env          30 s      5 s   device, torch, CUDA, bf16 (env.json)
-#   tests       300 s    200 s   the suite's tensors on CUDA (pytest --device cuda; tests.xml)
-#   breaks       90 s     30 s   TORCH_LOGS=graph_breaks for memorizing under torch.compile (breaks.log)
-#   sweep       240 s    170 s   bench train, six base systems, bf16, fused AdamW, batch 8 doubling to 128 or out of
-#                                memory (25 s per system at most), MFU vs the bf16 matmul rate, peak memory,
+#   tests       300 s    200 s   the suite's tensors on CUDA (pytest --device cuda; tests.xml; the H200 took 180-200 s)
+#   breaks       90 s     25 s   TORCH_LOGS=graph_breaks for memorizing under torch.compile (breaks.log)
+#   sweep       240 s    160 s   bench train, six base systems, bf16, fused AdamW, batch 8 doubling to 128 or out of
+#                                memory (20 s per system at most), MFU vs the bf16 matmul rate, peak memory,
 #                                and a torch.profiler table per system at its best batch (sweep/, profile/)
 #   compile     200 s    120 s   bench train --compile, transformer-base and memorizing-base at batch 32 (compile/)
 #   attention   240 s    150 s   bench attention in bf16, full / xl / lsh-4 / luna-16 / knn at 16K, 64K, 256K,
-#                                time and peak memory, 40 s per point (attention/)
+#                                time and peak memory, 40 s per point, a fresh process per point (attention/)
 #   knn         150 s     70 s   bench knn on the GPU in bf16: exact search over 1M keys, memorizing-base's kNN
 #                                layer at M = 65K and 1M (knn/)
 #   train      T+200 s  T+90 s   transformer-xl-base in bf16 for T = TRAIN_SECONDS (300) with evaluation every
 #                                1,000 steps, stopped by SIGTERM (a checkpoint), eval, --resume 200 steps, eval,
 #                                generate (train/)
-#   dist        150 s     60 s   torchrun: the cpu:gloo,cuda:nccl group (world size 1); world size 1 through
+#   dist        360 s     60 s   torchrun: the cpu:gloo,cuda:nccl group (world size 1); world size 1 through
 #                                train / checkpoint / --resume; two ranks on the one GPU with gloo
 #                                (LONGRANGE_DIST_BACKEND=gloo, each rank its own torchrun node) through the same
 #   summary      30 s      2 s   OUT_DIR/summary.json (and INTO/summary.json when INTO is set)
 #
-# Expected total about 15.5 min with T = 300 s, more than one 15-minute lease once the machine's start (1-3 min)
-# is counted, and one command may run 10 minutes at most. Split it, e.g. `env tests breaks sweep attention summary`
-# (about 9.5 min) in one call and `knn compile train dist summary` with TRAIN_SECONDS=120 (about 6 min) in another,
-# on the same warm machine; the summary of the second call reads both calls' outputs in the same OUT_DIR.
+# Every stage with T = 300 s: about 20 minutes, more than a 15-minute lease (which also pays the machine's start,
+# 1-3 min), and one command may run 10 minutes at most. Within one lease, on the same warm machine and OUT_DIR:
+#   call 1 (about 9 min):  benchmarks/gpu_run.sh OUT env tests sweep attention summary
+#   call 2 (about 4.5 min): TRAIN_SECONDS=60 benchmarks/gpu_run.sh OUT knn dist train summary
+# and `breaks compile` with TRAIN_SECONDS=300 `train` in a later lease (the second call's summary reads both calls'
+# outputs: stages.jsonl is appended to, the output folders are per stage).
 #
 # Environment: PYTHON (python3), TRAIN_SECONDS (300), CARD (the summary's card name; default from the device
 # name), INTO (a folder that also gets summary.json, e.g. benchmarks/results/gpu-h100), WORKERS (pytest-xdist
@@ -58,7 +60,7 @@ if [[ $DRY == 1 ]]; then  # tiny sizes on the CPU: proves the stages and the sum
     TRAIN_EXTRA="--eval-every 20 --checkpoint-every 20 --log-every 5 --threads 1"
 else
     DEVICE=cuda SIZE=base
-    SWEEP="--batch-size 8 --max-batch-size 128 --steps 5 --sweep-seconds 25 --profile-steps 2"
+    SWEEP="--batch-size 8 --max-batch-size 128 --steps 5 --sweep-seconds 20 --profile-steps 2"
     COMPILE="--presets transformer-base,memorizing-base --batch-size 32 --steps 5"
     ATTENTION="--lengths 16384,65536,262144 --repeats 3 --timeout 40"
     KNN="--sizes 1048576 --queries 512 --k 32 --step-sizes 65536,1048576 --step-preset memorizing-base --steps 3"
