@@ -117,3 +117,13 @@ def test_precision_and_compile_options(tmp_path, corpus_dir, capsys, monkeypatch
     assert _eval(run, "--precision", "bf16", "--compile", "--output", str(tmp_path / "bf16.json")) == 0
     fp32, bf16 = (json.loads((tmp_path / f"{p}.json").read_text())["bpb"] for p in ("fp32", "bf16"))
     assert len(compiled) == 1 and bf16 == pytest.approx(fp32, abs=0.05) and bf16 != fp32
+
+
+def test_the_default_result_file_is_not_written_through_a_link(tmp_path, corpus_dir, capsys):
+    run = _run(tmp_path, corpus_dir)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    default_output(run, "train", {"docs": 2}).symlink_to(victim)  # planted where eval writes its result
+    assert _eval(run) == 2
+    assert victim.read_text() == "precious\n"
+    assert "link" in capsys.readouterr().err

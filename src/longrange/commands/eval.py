@@ -29,6 +29,7 @@ from longrange.data.tokenizer import load_run_tokenizer
 from longrange.eval.evaluate import check_result, evaluate
 from longrange.model.io import load
 from longrange.runtime import add_runtime_options, resolve_device, resolve_precision
+from longrange.train.run_folder import write_run_file
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +159,11 @@ def run(args: argparse.Namespace) -> int:
         line += f" ({result['tokens']:,} tokens, perplexity {result['perplexity']:.2f} per token)"
     print(line, flush=True)
     try:
-        out.write_text(json.dumps({**result, "split": args.split, "settings": settings}, indent=1, allow_nan=False))
+        text = json.dumps({**result, "split": args.split, "settings": settings}, indent=1, allow_nan=False)
+        if args.output is None:  # the run folder's own name: written without following a link planted there
+            write_run_file(out, text)
+        else:
+            out.write_text(text)
     except OSError as err:  # the result is already printed: a read-only run folder loses only the file
         if args.output is not None:  # ... but a file the user named is what was asked for: its loss is an error
             print(f"longrange eval: error: could not write --output {out}: {err.strerror or err}", file=sys.stderr)
