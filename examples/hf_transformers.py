@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM
 
-import longrange as lr
+import longrange
 import longrange.hf  # registers the "longrange" model type with AutoConfig and AutoModelForCausalLM
-from longrange.data.tokenizers import load_run_tokenizer
+from longrange.data.tokenizer import load_run_tokenizer
 
 PROMPT = "Memories carry context from one segment to the next. " * 3  # longer than the tiny model's segment
 
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
         run = args.run
         if run is None:
             torch.manual_seed(0)
-            run = lr.save(lr.build_model(lr.ModelConfig.from_name("transformer-xl-tiny")), Path(tmp) / "run")
+            run = longrange.save(longrange.build_model(longrange.ModelConfig.from_name("transformer-xl-tiny")), Path(tmp) / "run")
         out = longrange.hf.export_hf(run, Path(tmp) / "hf")  # what `longrange export hf RUN OUT` writes
         model = AutoModelForCausalLM.from_pretrained(out)  # a LongRangeForCausalLM, in eval mode
         tokenizer = load_run_tokenizer(out)  # the run's BPE tokenizer.json, or bytes
