@@ -30,7 +30,9 @@ def main(argv: list[str] | None = None) -> None:
         run = args.run
         if run is None:
             torch.manual_seed(0)
-            run = longrange.save(longrange.build_model(longrange.ModelConfig.from_name("transformer-xl-tiny")), Path(tmp) / "run")
+            run = longrange.save(
+                longrange.build_model(longrange.ModelConfig.from_name("transformer-xl-tiny")), Path(tmp) / "run"
+            )
         out = longrange.hf.export_hf(run, Path(tmp) / "hf")  # what `longrange export hf RUN OUT` writes
         model = AutoModelForCausalLM.from_pretrained(out)  # a LongRangeForCausalLM, in eval mode
         tokenizer = load_run_tokenizer(out)  # the run's BPE tokenizer.json, or bytes
